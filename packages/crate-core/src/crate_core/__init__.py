@@ -1,0 +1,29 @@
+"""crate_core: the CRATE layer (MSSA + ISTA), rate-reduction measures, registry and shared tooling."""
+
+from . import rate
+from .hub import from_pretrained, save_pretrained
+from .ista import ISTA, OvercompleteISTA
+from .layer import CRATELayer, CRATEStack, LayerOutputs
+from .mssa import MSSA
+from .registry import UnknownModelError, create, get_config, list_models, register
+from .stacks import build_stack, register_stack
+
+__all__ = [
+    "MSSA",
+    "ISTA",
+    "OvercompleteISTA",
+    "CRATELayer",
+    "CRATEStack",
+    "LayerOutputs",
+    "rate",
+    "register",
+    "create",
+    "get_config",
+    "list_models",
+    "UnknownModelError",
+    "save_pretrained",
+    "from_pretrained",
+    "build_stack",
+    "register_stack",
+]
+__version__ = "0.1.0"

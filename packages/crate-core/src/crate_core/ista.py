@@ -1,0 +1,102 @@
+"""ISTA blocks, the sparsification half of a CRATE layer (tokens are rows, u is (B, N, d)).
+
+Square block (official CRATE): one non-negative proximal-gradient step on
+    lambda ||a||_1 + 1/2 ||u - a D^T||^2,  a >= 0,  warm-started at a = u,
+    ISTA(u) = ReLU(u + eta (u D - u D^T D) - eta lambda)        (D is d x d)
+(column form ReLU(u + eta D^T (u - D u) - eta lambda)). There is no residual around it.
+Since u D - u D^T D = u (D - D^T D), the forward forms W = I + eta (D - D^T D) once and
+does a single (d x d) matmul per token.
+
+Overcomplete block (CRATE-alpha, CRATE-LM): D is d x m (m = ratio * d), T steps from a = 0,
+    a_1 = ReLU(eta u D - eta lambda)
+    a_{t+1} = ReLU(a_t - eta (a_t D^T - u) D - eta lambda)
+and the block emits the decoded a_T D_out^T, with D_out = D1 (CRATE-alpha, decoupled,
+the layer adds a residual) or D_out = D (CRATE-LM, tied, no residual).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _kaiming(shape: tuple[int, int]) -> nn.Parameter:
+    w = torch.empty(*shape)
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+    return nn.Parameter(w)
+
+
+def _check(step_size: float, lambd: float) -> None:
+    if not step_size > 0:
+        raise ValueError(f"step_size must be > 0, got step_size={step_size}")
+    if not lambd >= 0:
+        raise ValueError(f"lambd must be >= 0, got lambd={lambd}")
+
+
+class ISTA(nn.Module):
+    """Official square-dictionary ISTA step: ReLU(u + eta (u D - u D^T D) - eta lambda)."""
+
+    def __init__(self, dim: int, step_size: float = 0.1, lambd: float = 0.1):
+        super().__init__()
+        _check(step_size, lambd)
+        self.dim, self.step_size, self.lambd = dim, step_size, lambd
+        self.D = _kaiming((dim, dim))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if u.shape[-1] != self.dim:
+            raise ValueError(f"ISTA expects last dimension {self.dim}, got {tuple(u.shape)}")
+        D, eta = self.D, self.step_size
+        eye = torch.eye(self.dim, device=D.device, dtype=D.dtype)
+        W = eye + eta * (D - D.t() @ D)
+        return F.relu(u @ W - eta * self.lambd)
+
+    def codes(self, u: torch.Tensor) -> torch.Tensor:
+        """The sparse code (for the square block it is the output itself)."""
+        return self(u)
+
+
+class OvercompleteISTA(nn.Module):
+    """T-step ISTA over an overcomplete dictionary D (d x ratio*d), from a = 0.
+
+    tied=False: CRATE-alpha, decoded with a separate D1 (the layer adds a residual).
+    tied=True: CRATE-LM, decoded with D itself (no residual).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        ratio: int = 4,
+        steps: int = 2,
+        step_size: float = 0.1,
+        lambd: float = 0.1,
+        tied: bool = False,
+    ):
+        super().__init__()
+        _check(step_size, lambd)
+        if ratio < 1 or steps < 1:
+            raise ValueError(f"ratio and steps must be >= 1, got ratio={ratio}, steps={steps}")
+        self.dim, self.ratio, self.steps = dim, ratio, steps
+        self.step_size, self.lambd, self.tied = step_size, lambd, tied
+        self.D = _kaiming((dim, ratio * dim))
+        self.D1 = None if tied else _kaiming((dim, ratio * dim))
+
+    def codes(self, u: torch.Tensor) -> torch.Tensor:
+        """The sparse code a_T, shape (..., ratio*d)."""
+        if u.shape[-1] != self.dim:
+            raise ValueError(f"OvercompleteISTA expects last dimension {self.dim}, got {tuple(u.shape)}")
+        D, eta, thr = self.D, self.step_size, self.step_size * self.lambd
+        uD = u @ D
+        a = F.relu(eta * uD - thr)
+        for _ in range(self.steps - 1):
+            # (a D^T) D costs 2 N d m; forming the (m x m) Gram D^T D would cost N m^2 = 2x more
+            a = F.relu(a - eta * ((a @ D.t()) @ D - uD) - thr)
+        return a
+
+    def decode(self, a: torch.Tensor) -> torch.Tensor:
+        return a @ (self.D if self.tied else self.D1).t()
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.codes(u))

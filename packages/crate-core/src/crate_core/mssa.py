@@ -1,0 +1,126 @@
+"""Multi-head Subspace Self-Attention (MSSA), the compression half of a CRATE layer.
+
+Tokens are rows: x has shape (B, N, d). With K heads of width p and one bias-free
+projection U: d -> K*p shared by query, key and value,
+
+    w_k = x U_k                                  (B, N, p), the per-head subspace coordinates
+    MSSA(x) = W_out . concat_k softmax(w_k w_k^T / sqrt(p)) w_k
+
+i.e. ordinary attention with q = k = v = w_k. It is (up to absorbed scalars) a gradient
+step on the coding rate of the tokens against the K subspaces, so
+z + MSSA(LN(z)) compresses z (Yu et al., "White-Box Transformers via Sparse Rate Reduction").
+The input is expected already normalised; the LayerNorm lives in the CRATE layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def check_heads(dim: int, heads: int, dim_head: int | None) -> int:
+    """Validate the head layout and return the per-head width p."""
+    if dim <= 0:
+        raise ValueError(f"dim must be positive, got dim={dim}")
+    if heads <= 0:
+        raise ValueError(f"heads must be positive, got heads={heads}")
+    if dim_head is None:
+        if dim % heads != 0:
+            raise ValueError(f"dim={dim} is not divisible by heads={heads}; pass dim_head explicitly")
+        return dim // heads
+    if dim_head <= 0:
+        raise ValueError(f"dim_head must be positive, got dim_head={dim_head}")
+    return dim_head
+
+
+def build_attention_mask(
+    attn_mask: torch.Tensor | None, batch: int, n: int, causal: bool, device: torch.device
+) -> torch.Tensor | None:
+    """Turn a key-padding mask (B, N) (True = real token) and/or causality into a boolean
+    mask broadcastable to (B, heads, N, N) where True means "may attend". Other masks
+    (bool or additive float, already broadcastable to (B, heads, N, N)) pass through."""
+    if attn_mask is not None and attn_mask.dim() == 2:
+        if attn_mask.shape != (batch, n):
+            raise ValueError(
+                f"attn_mask of shape {tuple(attn_mask.shape)} does not match (batch, tokens)=({batch}, {n})"
+            )
+        attn_mask = attn_mask.to(torch.bool)[:, None, None, :]
+    if causal:
+        tri = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
+        if attn_mask is None:
+            return tri
+        if attn_mask.dtype != torch.bool:
+            return attn_mask.masked_fill(~tri, float("-inf"))
+        return attn_mask & tri
+    return attn_mask
+
+
+class MSSA(nn.Module):
+    """Multi-head subspace self-attention with a tied q = k = v projection.
+
+    Args:
+        dim: token width d.
+        heads: number of subspaces K.
+        dim_head: subspace dimension p (default d / K).
+        causal: query i attends only to keys j <= i.
+        out_bias: bias in the output projection (official CRATE: yes; CRATE-alpha, CRATE-BERT: no).
+        dropout: attention-probability and output dropout during training.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int | None = None,
+        causal: bool = False,
+        out_bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.dim, self.heads = dim, heads
+        self.dim_head = check_heads(dim, heads, dim_head)
+        self.causal = causal
+        self.dropout = dropout
+        inner = heads * self.dim_head
+        self.U = nn.Linear(dim, inner, bias=False)
+        self.out = nn.Linear(inner, dim, bias=out_bias)
+        self.out_drop = nn.Dropout(dropout)
+
+    def subspaces(self) -> torch.Tensor:
+        """The K subspace bases U_k as a (K, d, p) tensor (w_k = x @ U_k)."""
+        return rearrange(self.U.weight, "(k p) d -> k d p", k=self.heads)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head coordinates w = x U, shape (B, K, N, p)."""
+        return rearrange(self.U(x), "b n (k p) -> b k n p", k=self.heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        return_attention: bool = False,
+        w: torch.Tensor | None = None,
+    ):
+        """x: (B, N, d) normalised tokens. attn_mask: (B, N) key padding (True = keep) or a
+        mask broadcastable to (B, K, N, N). Returns (B, N, d), plus the softmax maps
+        (B, K, N, N) when return_attention. ``w`` may pass a precomputed ``project(x)``."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"MSSA expects x of shape (batch, tokens, {self.dim}), got {tuple(x.shape)}")
+        b, n, _ = x.shape
+        w = self.project(x) if w is None else w
+        mask = build_attention_mask(attn_mask, b, n, self.causal, x.device)
+        p_drop = self.dropout if self.training else 0.0
+        if return_attention:
+            scores = (w @ w.transpose(-2, -1)) / math.sqrt(self.dim_head)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            attn = scores.softmax(dim=-1)
+            o = F.dropout(attn, p_drop, self.training) @ w
+        else:
+            o = F.scaled_dot_product_attention(w, w, w, attn_mask=mask, dropout_p=p_drop)
+        out = self.out_drop(self.out(rearrange(o, "b k n p -> b n (k p)")))
+        return (out, attn) if return_attention else out

@@ -1,0 +1,156 @@
+"""Rate-reduction measures (tokens are rows: Z has shape (..., N, d); leading dims are batch).
+
+    coding rate      R(Z)      = 1/2 logdet(I_d + d/(N eps^2) Z^T Z)
+    compression      Rc(Z | U) = sum_k R_p(Z U_k),   U_k in R^{d x p}, p in place of d
+    rate reduction   R(Z) - Rc(Z | U)
+    sparse RR        R(Z) - Rc(Z | U) - lambda ||Z||_0   (and the l1 relaxation)
+    sparsity         fraction of exactly-zero entries
+
+Numerics: every logdet is taken in float64 through a Cholesky factor of I + c G, where
+G is the smaller of the two Gram matrices (Z Z^T if N < d, else Z^T Z): both have the same
+non-zero eigenvalues, so logdet(I_d + c Z^T Z) = logdet(I_N + c Z Z^T) (Sylvester), and
+I + c G is symmetric positive definite, so Cholesky never fails for finite input.
+Results are returned in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+OFFICIAL_EPS = 0.1  # the layer-wise protocol of the CRATE code (eps^2 = 0.01)
+
+
+def _check_eps(eps: float) -> None:
+    if not (isinstance(eps, (int, float)) and eps > 0 and eps == eps and eps != float("inf")):
+        raise ValueError(f"eps must be a finite number > 0, got eps={eps!r}")
+
+
+def _as_tokens(Z: torch.Tensor, name: str = "Z") -> torch.Tensor:
+    if not isinstance(Z, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(Z).__name__}")
+    if Z.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., N, d), got shape {tuple(Z.shape)}")
+    if Z.shape[-1] == 0 or Z.shape[-2] == 0:
+        raise ValueError(f"{name} has no tokens or no features: shape {tuple(Z.shape)}")
+    if not torch.isfinite(Z).all():
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    return Z.to(torch.float64)
+
+
+def logdet_identity_plus_gram(Z: torch.Tensor, scale: float) -> torch.Tensor:
+    """logdet(I + scale * Z^T Z) for Z (..., N, d) in float64, via the smaller Gram matrix."""
+    n, d = Z.shape[-2:]
+    G = Z @ Z.mT if n < d else Z.mT @ Z
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    L = torch.linalg.cholesky(eye + scale * G)
+    return 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+
+
+def _rate(Z: torch.Tensor, eps: float, dim: int) -> torch.Tensor:
+    n = Z.shape[-2]
+    return 0.5 * logdet_identity_plus_gram(Z, dim / (n * eps**2))
+
+
+def coding_rate(Z: torch.Tensor, eps: float = OFFICIAL_EPS) -> torch.Tensor:
+    """R(Z) = 1/2 logdet(I + d/(N eps^2) Z^T Z), shape = Z.shape[:-2]."""
+    _check_eps(eps)
+    Z = _as_tokens(Z)
+    return _rate(Z, eps, Z.shape[-1])
+
+
+def _as_subspaces(U: torch.Tensor | Sequence[torch.Tensor], d: int) -> torch.Tensor:
+    if not isinstance(U, torch.Tensor):
+        U = torch.stack(list(U))
+    if U.dim() == 2:
+        U = U[None]
+    if U.dim() != 3 or U.shape[-2] != d:
+        raise ValueError(f"U must have shape (K, d={d}, p), got shape {tuple(U.shape)}")
+    if not torch.isfinite(U).all():
+        raise ValueError("U contains non-finite values (nan or inf)")
+    return U.to(torch.float64)
+
+
+def compression(Z: torch.Tensor, U: torch.Tensor | Sequence[torch.Tensor], eps: float = OFFICIAL_EPS) -> torch.Tensor:
+    """Rc(Z | U) = sum_k 1/2 logdet(I + p/(N eps^2) (Z U_k)^T (Z U_k)); U is (K, d, p)."""
+    _check_eps(eps)
+    Z = _as_tokens(Z)
+    U = _as_subspaces(U, Z.shape[-1])
+    ZU = torch.einsum("...nd,kdp->...knp", Z, U)
+    return _rate(ZU, eps, U.shape[-1]).sum(-1)
+
+
+def rate_reduction(Z: torch.Tensor, U: torch.Tensor | Sequence[torch.Tensor], eps: float = OFFICIAL_EPS) -> torch.Tensor:
+    """R(Z) - Rc(Z | U)."""
+    return coding_rate(Z, eps) - compression(Z, U, eps)
+
+
+def sparse_rate_reduction(
+    Z: torch.Tensor, U: torch.Tensor | Sequence[torch.Tensor], eps: float = OFFICIAL_EPS, lambd: float = 0.1
+) -> dict[str, torch.Tensor]:
+    """R(Z) - Rc(Z|U) - lambda ||Z||_0, with the l0 count and its l1 relaxation.
+
+    Returns a dict: rate_reduction, l0 (number of non-zeros per sample), l1 (sum |Z|),
+    srr_l0 = rate_reduction - lambd * l0 and srr_l1 = rate_reduction - lambd * l1."""
+    rr = rate_reduction(Z, U, eps)
+    Zd = Z.to(torch.float64)
+    l0 = (Zd != 0).sum(dim=(-2, -1)).to(torch.float64)
+    l1 = Zd.abs().sum(dim=(-2, -1))
+    return {"rate_reduction": rr, "l0": l0, "l1": l1, "srr_l0": rr - lambd * l0, "srr_l1": rr - lambd * l1}
+
+
+def sparsity(Z: torch.Tensor) -> torch.Tensor:
+    """Fraction of exactly-zero entries over the last two dims (tokens x features)."""
+    if not isinstance(Z, torch.Tensor) or Z.dim() < 2:
+        raise ValueError(f"Z must be a tensor of shape (..., N, d), got {getattr(Z, 'shape', type(Z))}")
+    return (Z == 0).to(torch.float64).mean(dim=(-2, -1))
+
+
+def official_compression(proj: torch.Tensor, eps: float = OFFICIAL_EPS) -> torch.Tensor:
+    """The CRATE code's layer-wise Rc: ``proj`` is the shared projection output
+    (..., K, N, p); each token's per-head vector is normalised to unit length, then
+    sum_k 1/2 logdet(I_N + p/(N eps^2) G_k) with G_k the N x N Gram matrix."""
+    _check_eps(eps)
+    P = _as_tokens(proj, "proj")
+    if P.dim() < 3:
+        raise ValueError(f"proj must have shape (..., K, N, p), got {tuple(P.shape)}")
+    P = F.normalize(P, dim=-1)
+    return _rate(P, eps, P.shape[-1]).sum(-1)
+
+
+@torch.no_grad()
+def measure_layers(outputs, subspaces: Sequence[torch.Tensor], eps: float = OFFICIAL_EPS) -> dict[str, torch.Tensor]:
+    """Per-layer measures from a list of ``LayerOutputs`` and each layer's (K, d, p) subspaces.
+
+    Returns tensors of shape (L, B):
+      rc:             Rc(Z^{l+1/2} | U^l, eps), plain definition, the layer's own subspaces
+      rc_official:    official protocol on U^l^T LN1(Z^l) (unit-normalised per head, eps)
+      sparsity:       fraction of zeros in Z^{l+1}
+      code_sparsity:  fraction of zeros in the ISTA code (= sparsity for the square block)
+    """
+    rows = {"rc": [], "rc_official": [], "sparsity": [], "code_sparsity": []}
+    for o, U in zip(outputs, subspaces):
+        rows["rc"].append(compression(o.z_half.detach(), U.detach(), eps))
+        rows["rc_official"].append(official_compression(o.proj.detach(), eps))
+        rows["sparsity"].append(sparsity(o.z_next))
+        rows["code_sparsity"].append(sparsity(o.codes))
+    return {k: torch.stack(v) for k, v in rows.items()}
+
+
+@torch.no_grad()
+def layerwise(stack, x: torch.Tensor, attn_mask: torch.Tensor | None = None, eps: float = OFFICIAL_EPS) -> dict[str, torch.Tensor]:
+    """Run ``stack`` (a CRATEStack) on tokens x (B, N, d) and measure every layer:
+    (L, B) tensors ``rc``, ``rc_official``, ``sparsity``, ``code_sparsity`` (see measure_layers).
+    Use ``summarize`` for mean and spread over the batch."""
+    _, outs = stack(x, attn_mask, return_intermediates=True)
+    return measure_layers(outs, [layer.mssa.subspaces() for layer in stack.layers], eps)
+
+
+def summarize(measures: dict[str, torch.Tensor]) -> dict[str, list[tuple[float, float]]]:
+    """(mean, std) over the batch for every layer of every measure."""
+    return {
+        k: [(float(v[i].mean()), float(v[i].std(unbiased=False))) for i in range(v.shape[0])]
+        for k, v in measures.items()
+    }
