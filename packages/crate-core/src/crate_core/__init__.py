@@ -7,6 +7,7 @@ from .layer import CRATELayer, CRATEStack, LayerOutputs
 from .mssa import MSSA
 from .registry import UnknownModelError, create, get_config, list_models, register
 from .stacks import build_stack, register_stack
+from .tost import TSSA, ToSTStack
 
 __all__ = [
     "MSSA",
@@ -25,5 +26,7 @@ __all__ = [
     "from_pretrained",
     "build_stack",
     "register_stack",
+    "TSSA",
+    "ToSTStack",
 ]
 __version__ = "0.1.0"

@@ -67,8 +67,12 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, extra: dict | Non
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    save_model(model, str(tmp / WEIGHTS_NAME))
-    (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    try:
+        save_model(model, str(tmp / WEIGHTS_NAME))
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    except BaseException:
+        _rmtree(tmp)  # leave no half-written export behind
+        raise
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         path.rename(old)

@@ -120,6 +120,8 @@ class MSSA(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
             attn = scores.softmax(dim=-1)
             o = F.dropout(attn, p_drop, self.training) @ w
+        elif self.causal and attn_mask is None:  # fused causal kernel: skips the masked half
+            o = F.scaled_dot_product_attention(w, w, w, dropout_p=p_drop, is_causal=True)
         else:
             o = F.scaled_dot_product_attention(w, w, w, attn_mask=mask, dropout_p=p_drop)
         out = self.out_drop(self.out(rearrange(o, "b k n p -> b n (k p)")))

@@ -154,3 +154,51 @@ def summarize(measures: dict[str, torch.Tensor]) -> dict[str, list[tuple[float, 
         k: [(float(v[i].mean()), float(v[i].std(unbiased=False))) for i in range(v.shape[0])]
         for k, v in measures.items()
     }
+
+
+def variational_compression(
+    Z: torch.Tensor,
+    U: torch.Tensor | Sequence[torch.Tensor],
+    eps: float = OFFICIAL_EPS,
+    Pi: torch.Tensor | None = None,
+    temperature: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """ToST's variational compression, the objective one TSSA step descends:
+
+        Rc_var(Z, Pi | U) = 1/2 sum_k (n_k/N) sum_j log(1 + p/eps^2 * m_kj),
+        m_kj = (1/n_k) sum_i Pi_ik (Z U_k)_ij^2,   n_k = sum_i Pi_ik,
+
+    i.e. f(x) = log(1 + p/eps^2 x) applied to the diagonal of each head's Pi-weighted second
+    moment (p = per-head width, as in ``compression``; f concave makes this an upper bound of
+    the log-det form). Pi (..., N, K) are memberships (rows sum to 1); by default they are
+    computed from Z as TSSA does: softmax over heads of tau_k * sum_j of the squared
+    coordinates with every feature column of Z U_k unit-normalised over the tokens
+    (``temperature`` = tau, a float or (K,) tensor). Shape Z.shape[:-2], float64."""
+    from .tost import token_statistics
+
+    _check_eps(eps)
+    Z = _as_tokens(Z)
+    U = _as_subspaces(U, Z.shape[-1])
+    K, p = U.shape[0], U.shape[-1]
+    W = torch.einsum("...nd,kdp->...knp", Z, U)
+    if Pi is None:
+        tau = torch.as_tensor(temperature, dtype=torch.float64)
+        if tau.dim() == 0:
+            tau = tau.expand(K)
+        if tau.shape != (K,) or not torch.isfinite(tau).all():
+            raise ValueError(f"temperature must be a finite float or a ({K},) tensor, got {temperature!r}")
+        pi, _ = token_statistics(W, tau.to(W.device))
+    else:
+        if not isinstance(Pi, torch.Tensor):
+            raise ValueError(f"Pi must be a torch.Tensor of shape (..., N, K), got {type(Pi).__name__}")
+        if Pi.shape[-2:] != (Z.shape[-2], K):
+            raise ValueError(
+                f"Pi must have shape (..., N={Z.shape[-2]}, K={K}) matching Z and U, got {tuple(Pi.shape)}"
+            )
+        if not torch.isfinite(Pi).all() or (Pi < 0).any():
+            raise ValueError("Pi must be finite and non-negative")
+        pi = Pi.to(torch.float64).transpose(-2, -1)
+    n_k = pi.sum(-1)
+    moment = torch.einsum("...kn,...knp->...kp", pi, W.square()) / n_k.clamp_min(1e-300)[..., None]
+    per_head = torch.log1p((p / eps**2) * moment).sum(-1)
+    return 0.5 * (n_k / Z.shape[-2] * per_head).sum(-1)

@@ -1,0 +1,33 @@
+"""crate_mae: CRATE-MAE masked autoencoders (CRATE encoder + structured-diffusion decoder),
+masking, 2-D sin-cos positions, the official-weight converter, a ViT-MAE baseline and a linear probe.
+
+Importing the package registers the presets (family "mae"): crate-mae-{tiny,small,base,large},
+crate-mae-nano (CPU), crate-mae-tiny-test, tost-mae-tiny-test, and the ViT-MAE baselines
+vit-mae-{tiny,small,base,large,nano,tiny-test} of the same width and depth.
+"""
+
+from .baseline import ViTMAE, ViTMAEConfig
+from .common import MAEOutput
+from .convert import convert_official_state_dict, load_official
+from .decoder import CRATEDecoder, CRATEDecoderLayer, DecoderLayerOutputs
+from .masking import Masking, patchify, random_masking, unpatchify
+from .model import CRATEMAE, CRATEMAEConfig
+from .pos_embed import sincos_2d
+
+__all__ = [
+    "CRATEMAE",
+    "CRATEMAEConfig",
+    "ViTMAE",
+    "ViTMAEConfig",
+    "MAEOutput",
+    "CRATEDecoder",
+    "CRATEDecoderLayer",
+    "DecoderLayerOutputs",
+    "Masking",
+    "random_masking",
+    "patchify",
+    "unpatchify",
+    "sincos_2d",
+    "convert_official_state_dict",
+    "load_official",
+]

@@ -1,0 +1,36 @@
+"""crate_text: CRATE-GPT (causal) and CRATE-BERT (masked) language models, offline tokenizers,
+token files and generation. Importing it registers the text presets with crate_core
+(``crate_core.create("crate-gpt-nano")``)."""
+
+from .bert import (
+    CRATEBertConfig,
+    CRATEBertEncoder,
+    CRATEBertForMaskedLM,
+    CRATEBertForSequenceClassification,
+    mask_tokens,
+)
+from .data import TokenDataset, TokenFileWriter, load_tokens, read_header, shakespeare_plays, write_tokens
+from .generate import KVCache, filter_logits
+from .gpt import CRATEGPT, CRATEGPTConfig
+from .tokenizers import Tokenizer, get_tokenizer
+
+__all__ = [
+    "CRATEGPT",
+    "CRATEGPTConfig",
+    "CRATEBertConfig",
+    "CRATEBertEncoder",
+    "CRATEBertForMaskedLM",
+    "CRATEBertForSequenceClassification",
+    "mask_tokens",
+    "KVCache",
+    "filter_logits",
+    "Tokenizer",
+    "get_tokenizer",
+    "TokenDataset",
+    "TokenFileWriter",
+    "load_tokens",
+    "read_header",
+    "write_tokens",
+    "shakespeare_plays",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,16 @@
+"""crate_vision: CRATE and CRATE-alpha image classifiers, timm registration, image data,
+official-checkpoint converters and attention-map segmentation.
+
+Importing it registers every vision preset in the crate_core registry
+(``crate_core.create("crate-small-patch16-224")``) and in timm
+(``timm.create_model("crate_small_patch16_224", num_classes=10)``).
+"""
+
+from . import timm_models  # noqa: F401  registers the timm names
+from .convert import load_official
+from .models import CRATEClassifier, CRATEClassifierConfig, register_presets, resize_pos_embed
+
+register_presets()
+
+__all__ = ["CRATEClassifier", "CRATEClassifierConfig", "load_official", "resize_pos_embed"]
+__version__ = "0.1.0"

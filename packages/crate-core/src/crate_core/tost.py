@@ -1,0 +1,256 @@
+"""Token Statistics Self-Attention (TSSA) and the ToST block, a linear-time CRATE variant.
+
+ToST (Wu et al., "Token Statistics Transformer: Linear-Time Attention via Variational Rate
+Reduction", ICLR 2025) replaces MSSA by a gradient step on a variational form of the
+compression term (``crate_core.rate.variational_compression``). Tokens are rows, x is the
+normalised input (B, N, d); per head k, with one projection U (d -> K*p):
+
+    w_k = x U_k                                           (B, N, p) per-head coordinates
+    Pi_ik = softmax_k( tau_k * sum_j w_hat_{k,ij}^2 )     memberships, w_hat = w_k with every
+                                                          feature column unit-norm over tokens
+    m_kj = sum_i Pi_ik w_{k,ij}^2 / sum_i Pi_ik           weighted second moment per feature
+    o_{k,ij} = -Pi_ik * w_{k,ij} / (1 + m_kj)             a diagonal gain per feature: O(N)
+    TSSA(x) = W_out . concat_k o_k
+
+tau_k is a learnable per-head temperature (init 1). No N x N matrix is ever formed.
+
+Causal TSSA (language models) uses running statistics: the column norms and the moments
+at token i are cumulative sums over tokens j <= i, so token i sees only its prefix. Each
+token's membership is computed once, from the prefix that ends at it (as in the official
+code); the moment at token i is then sum_{j<=i} Pi_j w_j^2 / sum_{j<=i} Pi_j. With this
+choice token i's output equals the non-causal TSSA applied to tokens 1..i whenever the
+memberships of earlier tokens do not move when later tokens arrive (one head, or tau = 0);
+in general the earlier tokens keep the memberships they had on arrival, which is what makes
+the cumulative sums (linear time) possible.
+
+Key-padding masks (B, N) (True = real token) drop padding tokens from every statistic;
+their outputs are zero before the output projection.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .layer import LayerOutputs
+from .mssa import check_heads
+from .stacks import register_stack
+
+
+def _tiny(t: torch.Tensor) -> float:
+    return torch.finfo(t.dtype).tiny
+
+
+def key_padding_mask(attn_mask: torch.Tensor | None, batch: int, n: int) -> torch.Tensor | None:
+    """Validate a key-padding mask (B, N) (True / nonzero = real token) and return it as bool.
+    TSSA has no N x N scores, so (B, K, N, N)-style masks are refused."""
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, torch.Tensor) or attn_mask.dim() != 2:
+        shape = tuple(attn_mask.shape) if isinstance(attn_mask, torch.Tensor) else type(attn_mask).__name__
+        raise ValueError(
+            f"TSSA takes a key-padding attn_mask of shape (batch, tokens) = ({batch}, {n}), got {shape}; "
+            "it has no N x N attention scores to mask (use causal=True for causal masking)"
+        )
+    if attn_mask.shape != (batch, n):
+        raise ValueError(
+            f"attn_mask of shape {tuple(attn_mask.shape)} does not match (batch, tokens)=({batch}, {n})"
+        )
+    return attn_mask.to(torch.bool)
+
+
+def token_statistics(
+    w: torch.Tensor, temperature: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Memberships Pi (B, K, N) and second moments m for per-head coordinates w (B, K, N, p)
+    (without a mask any leading dims work in place of B).
+
+    Non-causal: m is (B, K, 1, p), the statistic of the whole sequence. Causal: m is
+    (B, K, N, p), row i the running statistic of tokens j <= i. ``temperature`` is (K,);
+    ``mask`` (B, N) bool drops padding tokens from the statistics (their Pi is 0)."""
+    sq = w.square()
+    if mask is not None:
+        sq = sq * mask[:, None, :, None].to(sq.dtype)
+    # column energies over the tokens (running, for causal): sum_i w_ij^2
+    energy = sq.cumsum(dim=-2) if causal else sq.sum(dim=-2, keepdim=True)
+    score = (sq / energy.clamp_min(_tiny(sq))).sum(dim=-1) * temperature.to(sq.dtype)[:, None]
+    pi = score.softmax(dim=-2)  # over the heads
+    if mask is not None:
+        pi = pi * mask[:, None, :].to(pi.dtype)
+    weighted = pi[..., None] * sq
+    if causal:
+        mass, moment = pi.cumsum(dim=-1)[..., None], weighted.cumsum(dim=-2)
+    else:
+        mass, moment = pi.sum(dim=-1)[..., None, None], weighted.sum(dim=-2, keepdim=True)
+    return pi, moment / mass.clamp_min(_tiny(mass))
+
+
+class TSSA(nn.Module):
+    """Token Statistics Self-Attention (linear in the number of tokens).
+
+    Args:
+        dim: token width d.
+        heads: number of subspaces K.
+        causal: token i uses only the statistics of tokens j <= i (running cumulative sums).
+        dim_head: per-head width p (default d / K).
+        qkv_bias: bias in the projection U (the official ToST presets use one).
+        max_len: longest sequence accepted (None = any length); longer input raises ValueError.
+        dropout: output dropout during training.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        causal: bool = False,
+        dim_head: int | None = None,
+        qkv_bias: bool = False,
+        max_len: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.dim, self.heads = dim, heads
+        self.dim_head = check_heads(dim, heads, dim_head)
+        if max_len is not None and max_len <= 0:
+            raise ValueError(f"max_len must be positive or None, got max_len={max_len}")
+        self.causal, self.max_len = causal, max_len
+        inner = heads * self.dim_head
+        self.U = nn.Linear(dim, inner, bias=qkv_bias)
+        self.temperature = nn.Parameter(torch.ones(heads))  # tau_k (keep out of weight decay)
+        self.out = nn.Linear(inner, dim)
+        self.out_drop = nn.Dropout(dropout)
+
+    def subspaces(self) -> torch.Tensor:
+        """The K subspace bases U_k as a (K, d, p) tensor (w_k = x @ U_k, bias aside)."""
+        return rearrange(self.U.weight, "(k p) d -> k d p", k=self.heads)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head coordinates w = x U, shape (B, K, N, p)."""
+        return rearrange(self.U(x), "b n (k p) -> b k n p", k=self.heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        return_memberships: bool = False,
+        w: torch.Tensor | None = None,
+    ):
+        """x: (B, N, d) normalised tokens; attn_mask: (B, N) key padding (True = real token).
+        Returns (B, N, d), plus the memberships Pi (B, K, N) when return_memberships.
+        ``w`` may pass a precomputed ``project(x)``."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"TSSA expects x of shape (batch, tokens, {self.dim}), got {tuple(x.shape)}")
+        b, n, _ = x.shape
+        if self.max_len is not None and n > self.max_len:
+            raise ValueError(f"sequence of {n} tokens is longer than max_len={self.max_len}")
+        mask = key_padding_mask(attn_mask, b, n)
+        w = self.project(x) if w is None else w
+        pi, moment = token_statistics(w, self.temperature, mask, self.causal)
+        o = -pi[..., None] * w / (1.0 + moment)
+        out = self.out_drop(self.out(rearrange(o, "b k n p -> b n (k p)")))
+        return (out, pi) if return_memberships else out
+
+
+class ToSTBlock(nn.Module):
+    """z_half = z + gamma1 * TSSA(LN1 z); z_next = z_half + gamma2 * MLP(LN2 z_half).
+
+    MLP: Linear(d, r*d) -> GELU -> Linear(r*d, d). ``layerscale`` None = no scaling,
+    a float = learnable per-channel gammas initialised to that value (ToST: 1.0 for 12
+    layers, 1e-5 for 24)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        causal: bool = False,
+        dim_head: int | None = None,
+        qkv_bias: bool = True,
+        max_len: int | None = None,
+        mlp_ratio: float = 4.0,
+        layerscale: float | None = None,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        hidden = int(round(dim * mlp_ratio))
+        if hidden <= 0:
+            raise ValueError(f"mlp_ratio must be positive, got mlp_ratio={mlp_ratio}")
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.tssa = TSSA(dim, heads, causal, dim_head, qkv_bias, max_len, dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.mlp_drop = nn.Dropout(dropout)
+        if layerscale is None:
+            self.gamma1 = self.gamma2 = None
+        else:
+            self.gamma1 = nn.Parameter(torch.full((dim,), float(layerscale)))
+            self.gamma2 = nn.Parameter(torch.full((dim,), float(layerscale)))
+
+    def forward(self, z: torch.Tensor, attn_mask: torch.Tensor | None = None, return_intermediates: bool = False):
+        y = self.norm1(z)
+        w = self.tssa.project(y)
+        a = self.tssa(y, attn_mask, w=w)
+        z_half = z + (a if self.gamma1 is None else self.gamma1 * a)
+        codes = F.gelu(self.fc1(self.norm2(z_half)))
+        m = self.mlp_drop(self.fc2(self.mlp_drop(codes)))
+        z_next = z_half + (m if self.gamma2 is None else self.gamma2 * m)
+        if not return_intermediates:
+            return z_next
+        return z_next, LayerOutputs(z_half=z_half, proj=w, z_next=z_next, codes=codes, attn=None)
+
+
+class ToSTStack(nn.Module):
+    """``depth`` ToST blocks, with the CRATEStack call signature.
+
+    Accepts (and ignores) the CRATE-only options of ``build_stack`` (ista, lambd, step_size,
+    out_bias, overcomplete, ista_steps, ...) so a config's ``block`` field alone swaps the
+    trunk; dim_head and norm_eps are used. qkv_bias defaults to True as in the ToST presets."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        causal: bool = False,
+        dropout: float = 0.0,
+        mlp_ratio: float = 4.0,
+        layerscale: float | None = None,
+        dim_head: int | None = None,
+        norm_eps: float = 1e-5,
+        qkv_bias: bool = True,
+        max_len: int | None = None,
+        **ignored_crate_options,
+    ):
+        super().__init__()
+        if depth <= 0:
+            raise ValueError(f"depth must be positive, got depth={depth}")
+        self.dim, self.depth, self.heads = dim, depth, heads
+        self.layers = nn.ModuleList(
+            ToSTBlock(dim, heads, causal, dim_head, qkv_bias, max_len, mlp_ratio, layerscale, dropout, norm_eps)
+            for _ in range(depth)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        return_intermediates: bool = False,
+        return_attention: bool = False,
+    ):
+        """Returns Z^L, or (Z^L, [LayerOutputs per layer]) with return_intermediates or
+        return_attention (TSSA forms no attention map: ``attn`` is None)."""
+        if not (return_intermediates or return_attention):
+            for layer in self.layers:
+                x = layer(x, attn_mask)
+            return x
+        outs = []
+        for layer in self.layers:
+            x, o = layer(x, attn_mask, return_intermediates=True)
+            outs.append(o)
+        return x, outs
+
+
+register_stack("tost", ToSTStack)

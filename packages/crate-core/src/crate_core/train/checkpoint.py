@@ -1,0 +1,207 @@
+"""Atomic, resumable checkpoints.
+
+Layout under ``<out_dir>/checkpoints/``::
+
+    step_00000400/                 a complete checkpoint (the rename below is the commit)
+        ds/...                     DeepSpeed's engine.save_checkpoint (model, optimizer, scheduler; per-rank shards)
+        rng_rank00000.pt           python / numpy / torch (/ cuda) RNG states of each rank
+        trainer_state.json         step, data position, model fingerprint, world size (written last)
+    .tmp-step_00000600/            a save in progress (or one that crashed): never read
+
+Every rank writes into the temporary directory; after a barrier rank 0 writes trainer_state.json
+and renames the directory to its final name (atomic on one filesystem). A crash at any point before
+the rename leaves the previous checkpoints untouched, and ``resume="auto"`` only considers
+directories named ``step_*`` that hold trainer_state.json. Multi-node runs need a shared filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .distributed import barrier
+
+CKPT_SUBDIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
+DS_TAG = "ds"
+_STEP_RE = re.compile(r"^step_(\d{8,})$")
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank:05d}.pt"
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``root`` (a run's ``checkpoints/`` dir), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / STATE_FILE).is_file() and (path / DS_TAG).is_dir()
+
+
+def resolve_resume(resume: str | None, out_dir: str | os.PathLike) -> Path | None:
+    """None -> None; "auto" -> newest complete checkpoint of out_dir (or None); a path -> that checkpoint.
+
+    A path may name a checkpoint (``.../step_00000400``) or a run directory (its newest checkpoint).
+    """
+    if resume is None or resume == "":
+        return None
+    if resume == "auto":
+        found = list_checkpoints(Path(out_dir) / CKPT_SUBDIR)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.exists():
+        raise FileNotFoundError(f"resume={resume!r}: no such file or directory")
+    if is_checkpoint(path):
+        return path
+    for root in (path / CKPT_SUBDIR, path):
+        found = list_checkpoints(root)
+        if found:
+            return found[-1]
+    raise ValueError(f"resume={resume!r} is neither a checkpoint (step_*/ with {STATE_FILE}) nor a run directory holding one")
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+def check_compatible(state: dict, fingerprint: dict, world_size: int, path: Path) -> None:
+    """Raise ValueError if the checkpoint at ``path`` holds another model or another world size."""
+    saved = state.get("model", {})
+    problems = []
+    if saved.get("class") != fingerprint["class"]:
+        problems.append(f"model class {saved.get('class')!r} != {fingerprint['class']!r}")
+    if saved.get("config") != fingerprint["config"]:
+        a, b = saved.get("config") or {}, fingerprint["config"] or {}
+        diff = [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        problems.append("model config differs (" + "; ".join(diff[:6]) + ")")
+    s_shapes, m_shapes = saved.get("param_shapes", {}), fingerprint["param_shapes"]
+    if s_shapes != m_shapes:
+        missing = sorted(set(m_shapes) - set(s_shapes))[:4]
+        extra = sorted(set(s_shapes) - set(m_shapes))[:4]
+        wrong = [f"{k} {s_shapes[k]} != {m_shapes[k]}" for k in sorted(set(s_shapes) & set(m_shapes))
+                 if s_shapes[k] != m_shapes[k]][:4]
+        problems.append(f"parameters differ (not in checkpoint: {missing}; only in checkpoint: {extra}; shapes: {wrong})")
+    if problems:
+        raise ValueError(f"checkpoint {path} is of another model: " + "; ".join(problems))
+    if state.get("world_size") != world_size:
+        raise ValueError(
+            f"checkpoint {path} was written by {state.get('world_size')} processes but this run has {world_size}: "
+            "DeepSpeed's ZeRO shards and the data order depend on it. Resume with the same world size, or export "
+            "the weights (trainer.export) and start a new run from them"
+        )
+
+
+def capture_rng() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_client_state(tmp: Path, rank: int) -> None:
+    """This rank's RNG states (a separate function so tests can inject a fault mid-save)."""
+    torch.save(capture_rng(), tmp / rng_file(rank))
+
+
+def save_checkpoint(engine, root: Path, step: int, state: dict, rank: int, keep_last: int) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    root = Path(root)
+    final = root / step_name(step)
+    tmp = root / f".tmp-{step_name(step)}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier()
+    engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
+    write_client_state(tmp, rank)
+    barrier()
+    if rank == 0:
+        _write_json_atomic(tmp / STATE_FILE, state)
+        _fsync_dir(tmp)
+        if final.exists():  # a re-save of the same step (resumed run): swap
+            old = root / f".old-{step_name(step)}"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(root)
+        for stale in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_checkpoint(engine, path: Path, rank: int) -> dict:
+    """Load model/optimizer/scheduler into ``engine`` and this rank's RNG; returns trainer_state."""
+    path = Path(path)
+    load_path, _ = engine.load_checkpoint(
+        str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if load_path is None:
+        raise ValueError(f"DeepSpeed could not load the checkpoint in {path / DS_TAG}")
+    rng = path / rng_file(rank)
+    if not rng.is_file():
+        raise FileNotFoundError(f"checkpoint {path} has no RNG state for rank {rank} ({rng.name})")
+    state = read_state(path)
+    state["_rng"] = torch.load(rng, weights_only=False)
+    return state

@@ -1,0 +1,114 @@
+"""Deterministic, resumable, rank-sharded sampling of a map-style dataset.
+
+Epoch e uses the permutation ``randperm(n, seed + e)``, cut to a multiple of the world size;
+rank r takes every world-th index starting at r, so all ranks see the same number of samples.
+The position (epoch, index within this rank's share) is all a checkpoint needs to continue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class ShardedSampler(Sampler[int]):
+    """This rank's indices of epoch ``epoch``, starting at position ``start``."""
+
+    def __init__(self, n: int, rank: int, world_size: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True):
+        self.n, self.rank, self.world, self.seed, self.epoch, self.start = n, rank, world_size, seed, epoch, start
+        self.shuffle = shuffle
+        self.per_rank = n // world_size
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        order = order[: self.per_rank * self.world]
+        return order[self.rank :: self.world][self.start :].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class BatchStream:
+    """Endless micro-batches over epochs; ``position`` = (epoch, samples of this rank's share consumed)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        micro_batch: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        collate_fn: Callable | None = None,
+        num_workers: int = 0,
+        epoch: int = 0,
+        index: int = 0,
+    ):
+        n = len(dataset)
+        if n // world_size < micro_batch:
+            raise ValueError(
+                f"the training dataset has {n} samples: fewer than micro_batch {micro_batch} per process "
+                f"x world_size {world_size}, so no full batch can be drawn"
+            )
+        self.dataset, self.micro, self.rank, self.world, self.seed = dataset, micro_batch, rank, world_size, seed
+        self.collate_fn, self.num_workers = collate_fn, num_workers
+        self.epoch, self.index = epoch, index
+        self.batches_per_epoch = (n // world_size) // micro_batch
+        self._it: Iterator | None = None
+
+    @property
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def _open(self) -> Iterator:
+        if self.index + self.micro > self.batches_per_epoch * self.micro:
+            self.epoch, self.index = self.epoch + 1, 0
+        sampler = ShardedSampler(len(self.dataset), self.rank, self.world, self.seed, self.epoch, self.index)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.micro,
+            sampler=sampler,
+            drop_last=True,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            # the loader's worker base seed comes from here, not from the global RNG
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 9_973 + self.rank),
+            persistent_workers=False,
+        )
+        return iter(loader)
+
+    def __next__(self):
+        while True:
+            if self._it is None:
+                self._it = self._open()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                self.epoch, self.index = self.epoch + 1, 0
+                continue
+            self.index += self.micro
+            return batch
+
+    def __iter__(self):
+        return self
+
+
+def eval_batches(dataset: Dataset, micro_batch: int, rank: int, world_size: int, max_batches: int,
+                 collate_fn: Callable | None = None, num_workers: int = 0) -> Iterator:
+    """Up to ``max_batches`` batches of this rank's share of ``dataset``, in order (no shuffling)."""
+    sampler = ShardedSampler(len(dataset), rank, world_size, seed=0, epoch=0, shuffle=False)
+    loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, drop_last=False, collate_fn=collate_fn,
+                        num_workers=num_workers, generator=torch.Generator().manual_seed(rank))
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        yield batch

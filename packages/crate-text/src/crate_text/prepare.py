@@ -1,0 +1,332 @@
+"""Tokenize a text corpus into train/val token files (crate_text.data format) with `datasets`
+(the engine of tools/prepare_text.py):
+
+    uv run python tools/prepare_text.py                                  # offline Shakespeare, GPT-2 BPE
+    uv run python tools/prepare_text.py --input corpus/ --out data/mine   # .txt/.md, .jsonl/.json, .parquet
+    uv run python tools/prepare_text.py --dataset Skylion007/openwebtext --streaming --out data/owt
+
+Writes OUT/train.bin, OUT/val.bin (uint16 ids, uint32 for vocabularies over 65536) and OUT/meta.json.
+Work is split into shards of --shard-docs documents; each finished shard is a complete token file
+under OUT/.parts, so an interrupted run resumes where it stopped. Final files appear by rename
+only once complete. Documents are tokenized in parallel (--num-proc) by datasets.map.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+DEFAULT_OUT = "data/shakespeare-gpt2"
+EXTENSIONS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--input", nargs="+", help="local files or directories (default: the offline Shakespeare plays)"
+    )
+    src.add_argument("--dataset", help="a Hugging Face dataset name (needs a network)")
+    p.add_argument("--config", default=None, help="dataset configuration name")
+    p.add_argument("--split", default="train", help="dataset split to read")
+    p.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
+    p.add_argument("--text-column", default="text")
+    p.add_argument(
+        "--sample-by",
+        choices=["document", "paragraph", "line"],
+        default="document",
+        help="how .txt/.md files are cut into documents (an end-of-text id follows each)",
+    )
+    p.add_argument("--tokenizer", default="gpt2", help='"gpt2" or a SentencePiece .model file')
+    p.add_argument(
+        "--out", default=None, help=f"output directory (default {DEFAULT_OUT}, or data/<source>-<tokenizer>)"
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.05,
+        help="documents held out when there is no validation split",
+    )
+    p.add_argument("--shard-docs", type=int, default=10_000, help="documents per resumable shard")
+    p.add_argument("--num-proc", type=int, default=max(1, min(8, os.cpu_count() or 1)))
+    p.add_argument("--max-docs", type=int, default=None, help="stop after this many documents")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="redo even if OUT already holds finished files")
+    return p
+
+
+def default_out(args) -> Path:
+    tok = "gpt2" if args.tokenizer == "gpt2" else Path(args.tokenizer).stem
+    if args.input is None and args.dataset is None:
+        return Path(DEFAULT_OUT) if tok == "gpt2" else Path(f"data/shakespeare-{tok}")
+    src = args.dataset.replace("/", "-") if args.dataset else Path(args.input[0]).stem
+    return Path("data") / f"{src}-{tok}"
+
+
+# ---- sources -----------------------------------------------------------------------------------
+def local_files(paths: list[str]) -> tuple[str, list[str]]:
+    """Expand files/directories into (datasets builder, files); one builder per run."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(str(f) for f in p.rglob("*") if f.suffix in EXTENSIONS and f.is_file())
+        elif p.is_file():
+            if p.suffix not in EXTENSIONS:
+                raise ValueError(
+                    f"--input {p}: unsupported extension {p.suffix!r} (use {sorted(EXTENSIONS)})"
+                )
+            files.append(str(p))
+        else:
+            raise FileNotFoundError(f"--input {p} does not exist")
+    if not files:
+        raise FileNotFoundError(f"--input {paths}: no {sorted(EXTENSIONS)} files found")
+    builders = {EXTENSIONS[Path(f).suffix] for f in files}
+    if len(builders) > 1:
+        raise ValueError(f"--input mixes file kinds {sorted(builders)}; prepare them separately")
+    return builders.pop(), files
+
+
+def load_source(args, cache_dir: Path):
+    """A DatasetDict / IterableDatasetDict or a single split, depending on the source."""
+    import datasets
+
+    if args.input is None and args.dataset is None:
+        from .data import shakespeare_plays
+
+        names, texts = zip(*shakespeare_plays())
+        return datasets.Dataset.from_dict({"name": list(names), "text": list(texts)})
+    if args.input is not None:
+        builder, files = local_files(args.input)
+        kw = {"sample_by": args.sample_by} if builder == "text" else {}
+        return datasets.load_dataset(
+            builder, data_files={"train": files}, streaming=args.streaming, cache_dir=str(cache_dir), **kw
+        )
+    try:
+        return datasets.load_dataset(
+            args.dataset, args.config, streaming=args.streaming, cache_dir=str(cache_dir)
+        )
+    except (ConnectionError, OSError) as e:
+        raise ConnectionError(
+            f"--dataset {args.dataset!r} could not be loaded (no network? use --input): {e}"
+        ) from e
+
+
+def train_val_splits(ds, args):
+    """(train, val): the source's validation split when it has one, else a held-out fraction
+    of documents (for streams: every round(1/val_fraction)-th shard)."""
+    import datasets
+
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if args.split not in ds:
+            raise ValueError(f"split {args.split!r} not in the dataset (has {sorted(ds)})")
+        val = next(
+            (ds[s] for s in ("validation", "valid", "val", "test") if s in ds and s != args.split), None
+        )
+        ds = ds[args.split]
+    else:
+        val = None
+    cols = ds.column_names or []
+    if cols and args.text_column not in cols:
+        raise ValueError(
+            f"text column {args.text_column!r} not in the dataset columns {cols} (use --text-column)"
+        )
+    if args.max_docs is not None:
+        ds = (
+            ds.take(args.max_docs)
+            if isinstance(ds, datasets.IterableDataset)
+            else ds.select(range(min(args.max_docs, len(ds))))
+        )
+    if val is not None or isinstance(ds, datasets.IterableDataset):
+        return ds, val
+    if not 0 < args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if len(ds) < 2:
+        raise ValueError(f"need at least 2 documents to hold one out for validation, got {len(ds)}")
+    parts = ds.train_test_split(test_size=max(1, round(args.val_fraction * len(ds))), seed=args.seed)
+    return parts["train"], parts["test"]
+
+
+def shards(ds, shard_docs: int):
+    """Yield (index, in-memory Dataset) shards of ``shard_docs`` documents."""
+    import datasets
+
+    if isinstance(ds, datasets.IterableDataset):
+        for k, batch in enumerate(ds.iter(batch_size=shard_docs)):
+            yield k, datasets.Dataset.from_dict(batch)
+        return
+    n = max(1, math.ceil(len(ds) / shard_docs))
+    for k in range(n):
+        yield k, ds.select(range(k * shard_docs, min(len(ds), (k + 1) * shard_docs)))
+
+
+# ---- tokenization -------------------------------------------------------------------------------
+def tokenize_shard(shard, args, tok, part: Path) -> int:
+    from .data import TokenFileWriter, tokenize_batch
+
+    shard = shard.select_columns([args.text_column])
+    num_proc = max(1, min(args.num_proc, len(shard)))
+    out = shard.map(
+        tokenize_batch,
+        batched=True,
+        batch_size=64,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=[args.text_column],
+        fn_kwargs={"tokenizer": args.tokenizer, "column": args.text_column},
+        desc=f"tokenize {part.stem}",
+        keep_in_memory=True,
+    )
+    with TokenFileWriter(part, tok.name, tok.n_ids) as w:
+        for row in out.iter(batch_size=256):
+            for ids in row["ids"]:
+                w.write(ids)
+        return w.count
+
+
+def concat_parts(parts: list[Path], dest: Path, tok) -> int:
+    from .data import TokenFileWriter, load_tokens
+
+    with TokenFileWriter(dest, tok.name, tok.n_ids) as w:
+        for part in parts:
+            ids, _ = load_tokens(part, tok)
+            for s in range(0, len(ids), 1 << 24):
+                w.write(ids[s : s + (1 << 24)])
+        return w.count
+
+
+def plan_of(args) -> dict:
+    """What the parts depend on: resuming with different settings starts over."""
+    keys = (
+        "input",
+        "dataset",
+        "config",
+        "split",
+        "text_column",
+        "sample_by",
+        "tokenizer",
+        "val_fraction",
+        "shard_docs",
+        "max_docs",
+        "seed",
+    )
+    plan = {k: getattr(args, k) for k in keys}
+    if args.tokenizer != "gpt2":
+        plan["tokenizer_sha256"] = hashlib.sha256(Path(args.tokenizer).read_bytes()).hexdigest()
+    return plan
+
+
+def run_split(name: str, ds, args, tok, parts_dir: Path) -> tuple[Path, int]:
+    from tqdm.auto import tqdm
+
+    from .data import read_header
+
+    done, parts = 0, []
+    total = None if not hasattr(ds, "__len__") else max(1, math.ceil(len(ds) / args.shard_docs))
+    for k, shard in tqdm(shards(ds, args.shard_docs), total=total, desc=f"{name} shards", unit="shard"):
+        part = parts_dir / f"{name}-{k:05d}.bin"
+        try:
+            read_header(part)  # a finished shard from an earlier run: keep it
+            done += 1
+        except (FileNotFoundError, ValueError):
+            tokenize_shard(shard, args, tok, part)
+        parts.append(part)
+    if done:
+        print(f"{name}: resumed, {done} of {len(parts)} shards were already tokenized")
+    if sum(read_header(p).count for p in parts) == 0:
+        raise ValueError(f"the {name} split encodes to no tokens: the input text is empty")
+    dest = Path(args.out) / f"{name}.bin"
+    return dest, concat_parts(parts, dest, tok)
+
+
+def route_stream(ds, args):
+    """Split a stream by shard: every round(1/val_fraction)-th shard of documents is validation
+    (each side re-reads the stream and keeps its own shards)."""
+    import datasets
+
+    every = max(2, round(1 / args.val_fraction))
+
+    def rows(want_val: bool):
+        for k, (_, shard) in enumerate(shards(ds, args.shard_docs)):
+            if ((k + 1) % every == 0) == want_val:
+                yield from shard
+
+    train = datasets.IterableDataset.from_generator(rows, gen_kwargs={"want_val": False})
+    val = datasets.IterableDataset.from_generator(rows, gen_kwargs={"want_val": True})
+    return train, val
+
+
+def main(argv=None) -> Path:
+    args = build_parser().parse_args(argv)
+    from .data import read_header
+    from .tokenizers import get_tokenizer
+
+    tok = get_tokenizer(args.tokenizer)  # unknown names fail here, before any work
+    out = Path(args.out) if args.out else default_out(args)
+    args.out = str(out)
+    plan = plan_of(args)
+    meta_file = out / "meta.json"
+    if not args.overwrite and meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        try:
+            ok = meta.get("plan") == plan and all(
+                read_header(out / f"{s}.bin").count for s in ("train", "val")
+            )
+        except (FileNotFoundError, ValueError):
+            ok = False
+        if ok:
+            print(
+                f"{out} is already prepared ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)"
+            )
+            return out
+    parts_dir = out / ".parts"
+    plan_file = parts_dir / "plan.json"
+    if parts_dir.is_dir() and (not plan_file.is_file() or json.loads(plan_file.read_text()) != plan):
+        print(f"discarding partial work in {parts_dir}: it was made with other settings")
+        shutil.rmtree(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    plan_file.write_text(json.dumps(plan, indent=1))
+    meta_file.unlink(missing_ok=True)  # meta.json is written last: its presence means "complete"
+
+    ds = load_source(args, parts_dir / "hf-cache")
+    train, val = train_val_splits(ds, args)
+    if val is None:
+        train, val = route_stream(train, args)
+    counts = {}
+    for name, split in (("train", train), ("val", val)):
+        path, counts[name] = run_split(name, split, args, tok, parts_dir)
+        print(f"wrote {path}: {counts[name]:,} tokens")
+    meta = {
+        "tokenizer": tok.name,
+        "vocab_size": tok.n_ids,
+        "eot_token": tok.eot_token,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "plan": plan,
+    }
+    tmp = meta_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_file)
+    shutil.rmtree(parts_dir)
+    return out
+
+
+def ensure_prepared(data_dir: str | os.PathLike, tokenizer: str = "gpt2") -> Path:
+    """Return ``data_dir`` holding train.bin/val.bin, preparing the offline corpus there first
+    when ``data_dir`` is missing or incomplete (only for the default corpus). Under a multi-process
+    launcher rank 0 prepares and the other ranks wait for meta.json."""
+    import time
+
+    data_dir = Path(data_dir)
+    if (data_dir / "meta.json").is_file():
+        return data_dir
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{data_dir} is not prepared yet: tokenizing the offline Shakespeare corpus into it")
+        main(["--out", str(data_dir), "--tokenizer", tokenizer])
+    else:
+        while not (data_dir / "meta.json").is_file():
+            time.sleep(1)
+    return data_dir

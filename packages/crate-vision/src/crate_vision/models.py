@@ -1,0 +1,289 @@
+"""CRATE image classifiers (CRATE, CRATE-alpha, and ToST trunks) and their named presets.
+
+    patches   x (B, C, H, W) -> (B, N, P*P*C), flattened in (p1, p2, c) order (channel fastest)
+    embed     "linear" (CRATE):  LN(P*P*C) -> Linear -> LN(d);   "conv" (CRATE-alpha): Conv2d(P, stride P)
+    tokens    [cls; patches] + pos  (learned, N+1 rows; bicubically resized when the grid changes)
+    trunk     crate_core.build_stack(config.block, d, depth, heads, ...): L CRATE layers
+              z_half = z + MSSA(LN z);  z_next = ISTA(LN z_half)  (CRATE-alpha: z_half + D1 a)
+    head      pool (cls token or mean of all tokens) -> LN -> Linear(d -> classes)
+
+Module names map one-to-one onto the official checkpoints (see crate_vision.convert).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import crate_core
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+POOLS = ("cls", "mean")
+PATCH_EMBEDS = ("linear", "conv")
+
+
+@dataclass
+class CRATEClassifierConfig:
+    """Flat config of a CRATE image classifier (see the module docstring for the layout)."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    in_channels: int = 3
+    num_classes: int = 1000
+    dim: int = 384
+    depth: int = 12
+    heads: int = 6
+    dim_head: int | None = None  # default dim // heads
+    pool: str = "cls"  # "cls" | "mean"
+    patch_embed: str = "linear"  # "linear" (official CRATE) | "conv" (CRATE-alpha)
+    block: str = "crate"  # trunk kind for crate_core.build_stack ("crate" | "tost")
+    ista: str = "square"  # "square" (CRATE) | "alpha" (overcomplete, decoupled D1, residual)
+    out_bias: bool = True  # bias of the MSSA output projection (CRATE yes, CRATE-alpha no)
+    step_size: float = 0.1
+    lambd: float = 0.1
+    overcomplete: int = 4
+    ista_steps: int = 2
+    dropout: float = 0.0
+    emb_dropout: float = 0.0
+    norm_eps: float = 1e-5  # trunk LayerNorms (CRATE-alpha: 1e-6)
+    head_norm_eps: float = 1e-5
+    pos_init_std: float = 1.0  # official: cls token and positions ~ N(0, 1)
+
+    def __post_init__(self):
+        for name in ("image_size", "patch_size", "in_channels", "dim", "depth", "heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {name}={getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0 = no classifier), got num_classes={self.num_classes}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}"
+            )
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got pool={self.pool!r}")
+        if self.patch_embed not in PATCH_EMBEDS:
+            raise ValueError(f"patch_embed must be one of {PATCH_EMBEDS}, got patch_embed={self.patch_embed!r}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    def stack_options(self) -> dict:
+        """Keyword options for build_stack: the CRATE layer's own, or the bare width for other blocks."""
+        if self.block != "crate":
+            return {} if self.dim_head is None else {"dim_head": self.dim_head}
+        return dict(
+            dim_head=self.dim_head,
+            out_bias=self.out_bias,
+            ista=self.ista,
+            step_size=self.step_size,
+            lambd=self.lambd,
+            overcomplete=self.overcomplete,
+            ista_steps=self.ista_steps,
+            dropout=self.dropout,
+            norm_eps=self.norm_eps,
+        )
+
+
+class LinearPatchEmbed(nn.Module):
+    """Official CRATE embedding: patches in (p1, p2, c) order -> LN -> Linear -> LN."""
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        patch_dim = patch_size * patch_size * in_channels
+        self.norm_in = nn.LayerNorm(patch_dim)
+        self.proj = nn.Linear(patch_dim, dim)
+        self.norm_out = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        x = rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+        return self.norm_out(self.proj(self.norm_in(x)))
+
+
+class ConvPatchEmbed(nn.Module):
+    """CRATE-alpha embedding: Conv2d(kernel = stride = P), tokens in row-major grid order."""
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.proj(x), "b d h w -> b (h w) d")
+
+
+def resize_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a (1, 1 + h*w, d) positional table (cls row first) to a new patch grid, bicubically."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos
+    cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
+    h, w = old_grid
+    grid_pos = rearrange(grid_pos, "1 (h w) d -> 1 d h w", h=h, w=w)
+    grid_pos = F.interpolate(grid_pos.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
+    grid_pos = rearrange(grid_pos.to(pos.dtype), "1 d h w -> 1 (h w) d")
+    return torch.cat([cls_pos, grid_pos], dim=1)
+
+
+class CRATEClassifier(nn.Module):
+    """CRATE / CRATE-alpha image classifier (timm-style: forward_features, forward_head, reset_classifier)."""
+
+    def __init__(self, config: CRATEClassifierConfig):
+        super().__init__()
+        self.config = c = config
+        embed = LinearPatchEmbed if c.patch_embed == "linear" else ConvPatchEmbed
+        self.patch_embed = embed(c.patch_size, c.in_channels, c.dim)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, c.dim) * c.pos_init_std)
+        self.pos_embed = nn.Parameter(torch.randn(1, c.grid * c.grid + 1, c.dim) * c.pos_init_std)
+        self.emb_drop = nn.Dropout(c.emb_dropout)
+        self.trunk = crate_core.build_stack(c.block, c.dim, c.depth, c.heads, **c.stack_options())
+        self.head_norm = nn.LayerNorm(c.dim, eps=c.head_norm_eps)
+        self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.num_features = self.head_hidden_size = self.embed_dim = c.dim
+
+    # -- timm conventions -------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def global_pool(self) -> str:
+        return "token" if self.config.pool == "cls" else "avg"
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "pos_embed"}
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New (randomly initialised) classifier for ``num_classes`` (0 = features only);
+        ``global_pool`` "cls"/"token" or "mean"/"avg" changes the pooling."""
+        pool = self.config.pool
+        if global_pool is not None:
+            aliases = {"token": "cls", "cls": "cls", "avg": "mean", "mean": "mean"}
+            if global_pool not in aliases:
+                raise ValueError(f"global_pool must be one of {sorted(aliases)}, got global_pool={global_pool!r}")
+            pool = aliases[global_pool]
+        self.config = CRATEClassifierConfig(**{**self.config.__dict__, "num_classes": num_classes, "pool": pool})
+        device = self.head_norm.weight.device
+        self.head = nn.Linear(self.config.dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+    # -- forward ----------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> tuple[int, int]:
+        """Validate an image batch; return its patch grid (h, w)."""
+        c = self.config
+        if x.dim() != 4:
+            raise ValueError(f"expected images of shape (batch, {c.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[1] != c.in_channels:
+            raise ValueError(
+                f"channel mismatch: the model takes in_channels={c.in_channels}, the images have {x.shape[1]}"
+            )
+        h, w = x.shape[-2:]
+        if h % c.patch_size or w % c.patch_size:
+            raise ValueError(f"image size {h}x{w} is not divisible by patch_size={c.patch_size}")
+        return h // c.patch_size, w // c.patch_size
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> tokens (B, 1 + N, d): cls row first, positions added."""
+        grid = self.check_input(x)
+        tokens = self.patch_embed(x)
+        pos = resize_pos_embed(self.pos_embed, (self.config.grid, self.config.grid), grid)
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + pos
+        return self.emb_drop(tokens)
+
+    def forward_features(
+        self, x: torch.Tensor, return_intermediates: bool = False, return_attention: bool = False
+    ):
+        """Trunk output (B, 1 + N, d); with ``return_intermediates`` / ``return_attention`` also
+        the per-layer ``crate_core.LayerOutputs`` list."""
+        return self.trunk(
+            self.embed(x), return_intermediates=return_intermediates, return_attention=return_attention
+        )
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0] if self.config.pool == "cls" else tokens.mean(dim=1)
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool -> LN (-> Linear unless ``pre_logits``)."""
+        x = self.head_norm(self.pool(tokens))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # -- utilities --------------------------------------------------------------------------
+    @torch.no_grad()
+    def cls_attention(self, x: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Attention of the cls query to every patch at ``layer``, per head: (B, K, h, w)."""
+        h, w = self.check_input(x)
+        _, outs = self.forward_features(x, return_attention=True)
+        if not -len(outs) <= layer < len(outs):
+            raise ValueError(f"layer={layer} out of range for a {len(outs)}-layer model")
+        attn = outs[layer].attn
+        if attn is None:
+            raise ValueError(f"block {self.config.block!r} does not expose attention maps")
+        return rearrange(attn[:, :, 0, 1:], "b k (h w) -> b k h w", h=h, w=w)
+
+    def resize_image(self, image_size: int) -> None:
+        """Make ``image_size`` the native size: resample the positional table (bicubic) and update config."""
+        c = self.config
+        new = CRATEClassifierConfig(**{**c.__dict__, "image_size": image_size})  # validates divisibility
+        with torch.no_grad():
+            pos = resize_pos_embed(self.pos_embed.data, (c.grid, c.grid), (new.grid, new.grid))
+        self.pos_embed = nn.Parameter(pos)
+        self.config = new
+
+    @classmethod
+    def from_pretrained(cls, path, map_location="cpu") -> CRATEClassifier:
+        return crate_core.from_pretrained(path, map_location=map_location, expected=cls)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# -- presets ----------------------------------------------------------------------------------
+CRATE_SIZES = {"tiny": (384, 12, 6), "small": (576, 12, 12), "base": (768, 12, 12), "large": (1024, 24, 16)}
+ALPHA_SIZES = {"tiny": (192, 12, 3), "small": (576, 12, 12), "base": (768, 12, 12), "large": (1024, 24, 16)}
+TOST_SIZES = {"tiny": (192, 12, 4), "small": (384, 12, 8)}
+ALPHA_OPTIONS = dict(patch_embed="conv", ista="alpha", out_bias=False, norm_eps=1e-6)
+
+
+def _cfg(dim: int, depth: int, heads: int, patch: int, image: int = 224, classes: int = 1000, **kw):
+    return CRATEClassifierConfig(
+        image_size=image, patch_size=patch, num_classes=classes, dim=dim, depth=depth, heads=heads, **kw
+    )
+
+
+def preset_configs() -> dict[str, tuple[CRATEClassifierConfig, str]]:
+    """Every vision preset: name -> (config, description)."""
+    out = {}
+    for size, (d, L, K) in CRATE_SIZES.items():
+        for patch in (8, 16, 32):
+            out[f"crate-{size}-patch{patch}-224"] = (_cfg(d, L, K, patch), f"CRATE-{size[0].upper()}/{patch}, 224 px")
+    for size, (d, L, K) in ALPHA_SIZES.items():
+        for patch in (8, 16, 32) + ((14,) if size == "large" else ()):
+            out[f"crate-alpha-{size}-patch{patch}-224"] = (
+                _cfg(d, L, K, patch, **ALPHA_OPTIONS),
+                f"CRATE-alpha-{size[0].upper()}/{patch}, 224 px",
+            )
+    for size, (d, L, K) in TOST_SIZES.items():
+        out[f"tost-{size}-patch16-224"] = (_cfg(d, L, K, 16, block="tost"), f"ToST-{size[0].upper()}/16 (TSSA trunk)")
+    # tiny presets for tests and CPU runs
+    out["crate-tiny-test"] = (_cfg(64, 2, 4, 8, image=32, classes=10), "test size: 64 wide, 2 layers, 32 px")
+    out["crate-alpha-tiny-test"] = (_cfg(64, 2, 4, 8, image=32, classes=10, **ALPHA_OPTIONS), "test size")
+    out["tost-tiny-test"] = (_cfg(64, 2, 4, 8, image=32, classes=10, block="tost"), "test size, ToST trunk")
+    out["crate-mini-shapes"] = (
+        _cfg(96, 4, 4, 4, image=32, classes=6, pool="cls"),
+        "default of tools/train_vision.py: 96 wide, 4 layers, patch 4 on 32 px shapes",
+    )
+    return out
+
+
+def register_presets() -> None:
+    for name, (config, description) in preset_configs().items():
+        crate_core.register(name, CRATEClassifier, config, family="vision", description=description)

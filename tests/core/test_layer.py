@@ -1,0 +1,97 @@
+"""CRATELayer / CRATEStack intermediates against the layer formula written out in core_formulas."""
+
+import pytest
+import torch
+from core_formulas import crate_layer_reference
+from crate_core import CRATELayer, CRATEStack, LayerOutputs, build_stack
+
+DIM, HEADS, N = 8, 2, 5
+
+
+def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial LayerNorm affine and biases, so every parameter enters the comparison."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("norm1.weight") or name.endswith("norm2.weight"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+    return module.double().eval()
+
+
+def check_outputs(o: LayerOutputs, ref: dict, with_attn: bool = False):
+    torch.testing.assert_close(o.proj, ref["proj"], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(o.z_half, ref["z_half"], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(o.codes, ref["codes"], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(o.z_next, ref["z_next"], rtol=1e-10, atol=1e-10)
+    if with_attn:
+        torch.testing.assert_close(o.attn, ref["attn"], rtol=1e-10, atol=1e-12)
+    else:
+        assert o.attn is None
+
+
+@pytest.mark.parametrize("variant", ["square", "alpha", "lm"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_layer_intermediates_match_formula(variant, causal):
+    layer = randomise(CRATELayer(DIM, HEADS, ista=variant, causal=causal, step_size=0.2, lambd=0.05))
+    z = torch.randn(2, N, DIM, dtype=torch.float64)
+    ref = crate_layer_reference(layer, z)
+    with torch.no_grad():
+        plain = layer(z)
+        out, o = layer(z, return_intermediates=True)
+    assert o.proj.shape == (2, HEADS, N, DIM // HEADS)
+    check_outputs(o, ref)
+    torch.testing.assert_close(plain, ref["z_next"], rtol=1e-10, atol=1e-10)
+    assert out is o.z_next
+    if variant == "square":
+        assert (o.z_next == 0).any()  # ISTA output is sparse (ReLU) ...
+    elif variant == "alpha":
+        assert not (o.z_next == 0).any()  # ... the CRATE-alpha output carries a residual
+
+
+def test_layer_padding_mask_and_attention_maps():
+    layer = randomise(CRATELayer(DIM, HEADS, out_bias=False))
+    z = torch.randn(2, N, DIM, dtype=torch.float64)
+    keep = torch.tensor([[True] * N, [True, True, True, False, False]])
+    ref = crate_layer_reference(layer, z, keep=keep)
+    with torch.no_grad():
+        _, o = layer(z, attn_mask=keep, return_attention=True)
+    check_outputs(o, ref, with_attn=True)
+
+
+@pytest.mark.parametrize("variant", ["square", "alpha"])
+def test_stack_chains_layers(variant):
+    stack = randomise(CRATEStack(DIM, 3, HEADS, ista=variant, causal=True))
+    z = torch.randn(2, N, DIM, dtype=torch.float64)
+    with torch.no_grad():
+        final, outs = stack(z, return_intermediates=True)
+        _, outs_attn = stack(z, return_attention=True)
+        plain = stack(z)
+    assert len(outs) == 3
+    x = z
+    for layer, o, oa in zip(stack.layers, outs, outs_attn):
+        ref = crate_layer_reference(layer, x)
+        check_outputs(o, ref)
+        torch.testing.assert_close(oa.attn, ref["attn"], rtol=1e-10, atol=1e-12)
+        x = ref["z_next"]
+    torch.testing.assert_close(final, x, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(plain, x, rtol=1e-10, atol=1e-10)
+
+
+def test_build_stack_passes_options():
+    stack = build_stack("crate", 12, 2, 3, ista="lm", overcomplete=2, causal=True, dim_head=5)
+    assert isinstance(stack, CRATEStack) and len(stack.layers) == 2
+    layer = stack.layers[0]
+    assert layer.mssa.causal and layer.mssa.dim_head == 5 and layer.ista.D.shape == (12, 24)
+    with pytest.raises(ValueError, match="unknown block 'nope'"):
+        build_stack("nope", 12, 2, 3)
+
+
+def test_bad_layer_arguments():
+    with pytest.raises(ValueError, match="ista must be one of"):
+        CRATELayer(DIM, HEADS, ista="mlp")
+    with pytest.raises(ValueError, match="depth=0"):
+        CRATEStack(DIM, 0, HEADS)
+    with pytest.raises(ValueError, match=r"dim=8.*heads=3"):
+        CRATELayer(DIM, 3)

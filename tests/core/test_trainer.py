@@ -1,0 +1,313 @@
+"""The shared trainer in one process (gloo, world size 1): ZeRO stages, resume, atomic checkpoints,
+non-finite losses, configuration errors, FLOP counting. Launched multi-process runs live in
+test_trainer_distributed.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import crate_core
+from crate_core.train import (
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    WarmupCosine,
+    add_train_args,
+    build_ds_config,
+    seed_everything,
+    train_config_from_args,
+)
+from crate_core.train import checkpoint as ckpt
+from crate_core.train.data import ShardedSampler
+from crate_core.train.flops import count_flops, peak_flops
+from crate_core.train.toy import SyntheticTokens, ToyCRATE, ToyCRATEConfig, toy_loss
+
+os.environ["WANDB_MODE"] = "disabled"
+torch.set_num_threads(1)
+
+TOY = ToyCRATEConfig(in_dim=4, seq_len=4, dim=16, depth=1, heads=2, num_outputs=3, dropout=0.1)
+
+
+def make(tmp_path, model_config=TOY, loss_fn=toy_loss, callbacks=(), train_size=256, **overrides):
+    base = dict(out_dir=str(tmp_path / "run"), steps=8, micro_batch=8, lr=1e-2, warmup_steps=2, log_every=1,
+                zero_stage=1, wandb="disabled", progress="off", eval_batches=2, seed=0)
+    base.update(overrides)
+    cfg = TrainConfig(**base)
+    seed_everything(0)
+    model = ToyCRATE(model_config)
+    train = SyntheticTokens(train_size, model_config, seed=1)
+    val = SyntheticTokens(32, model_config, seed=2)
+    return Trainer(cfg, model, train, loss_fn=loss_fn, eval_dataset=val, callbacks=callbacks)
+
+
+def losses(result):
+    return [r["loss"] for r in result["history"] if "loss" in r]
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration (no engine)
+
+
+def test_batch_invariant_errors_name_the_numbers():
+    cfg = TrainConfig(micro_batch=4, global_batch=30)
+    with pytest.raises(ValueError, match=r"global batch 30 .*micro batch 4 x world_size 2"):
+        build_ds_config(cfg, world_size=2, device_type="cpu", bf16=False)
+    cfg = TrainConfig(micro_batch=4, grad_accum=2, global_batch=24)
+    with pytest.raises(ValueError, match=r"global batch 24 != micro batch 4 x grad_accum 2 x world_size 2 \(= 16\)"):
+        build_ds_config(cfg, world_size=2, device_type="cpu", bf16=False)
+    ds = build_ds_config(TrainConfig(micro_batch=4, global_batch=32), world_size=2, device_type="cpu", bf16=False)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 4, 32)
+    assert ds["optimizer"]["params"]["torch_adam"] is True  # no fused_adam JIT build
+    assert ds["zero_optimization"] == {"stage": 1}
+
+
+def test_unknown_optimizer_stage_and_fields():
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="unknown zero_stage 4"):
+        TrainConfig(zero_stage=4)
+    with pytest.raises(ValueError, match="micro_batch must be a positive integer"):
+        TrainConfig(micro_batch=0)
+    with pytest.raises(ValueError, match="offload_optimizer needs zero_stage"):
+        build_ds_config(TrainConfig(zero_stage=0, offload_optimizer=True), 1, "cpu", False)
+
+
+def test_user_ds_config_is_validated(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_batch_size": 24, "train_micro_batch_size_per_gpu": 4,
+                                "gradient_accumulation_steps": 2}))
+    with pytest.raises(ValueError, match=r"ds.json: global batch 24 != micro batch 4 x grad_accum 2 x world_size 2"):
+        build_ds_config(TrainConfig(ds_config=str(path)), 2, "cpu", False)
+    path.write_text(json.dumps({"zero_optimization": {"stage": 7}}))
+    with pytest.raises(ValueError, match="unknown ZeRO stage 7"):
+        build_ds_config(TrainConfig(ds_config=str(path)), 1, "cpu", False)
+    path.write_text(json.dumps({"scheduler": {"type": "WarmupLR"}}))
+    with pytest.raises(ValueError, match="trainer owns the LR schedule"):
+        build_ds_config(TrainConfig(ds_config=str(path)), 1, "cpu", False)
+    path.write_text(json.dumps({"optimizer": {"type": "SGDX", "params": {}}}))
+    with pytest.raises(ValueError, match="unknown optimizer type 'SGDX'"):
+        build_ds_config(TrainConfig(ds_config=str(path)), 1, "cpu", False)
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 2},
+                                "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}))
+    ds = build_ds_config(TrainConfig(ds_config=str(path), micro_batch=8), 2, "cpu", False)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"]) == (2, 4)
+    assert ds["zero_optimization"]["stage"] == 2 and ds["optimizer"]["params"]["torch_adam"] is True
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        build_ds_config(TrainConfig(ds_config=str(tmp_path / "nope.json")), 1, "cpu", False)
+
+
+def test_cli_flags_round_trip():
+    parser = add_train_args(argparse.ArgumentParser(), steps=300, micro_batch=32, lr=1e-3)
+    args = parser.parse_args(["--local_rank=1", "--zero-stage", "3", "--global-batch", "64", "--betas", "0.8", "0.9"])
+    cfg = train_config_from_args(args)
+    assert (cfg.steps, cfg.micro_batch, cfg.lr, cfg.zero_stage, cfg.global_batch) == (300, 32, 1e-3, 3, 64)
+    assert cfg.betas == (0.8, 0.9) and cfg.grad_accum is None
+    with pytest.raises(ValueError, match="unknown default"):
+        add_train_args(argparse.ArgumentParser(), stepz=3)
+    with pytest.raises(SystemExit):
+        add_train_args(argparse.ArgumentParser()).parse_args(["--optimizer", "sgd"])
+
+
+def test_warmup_cosine_matches_formula():
+    lr, min_lr, warmup, total = 1e-3, 1e-4, 3, 13
+    f = WarmupCosine(total, warmup, min_lr / lr)
+    for s in range(total):
+        if s < warmup:
+            want = lr * (s + 1) / warmup
+        else:
+            want = min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+        assert lr * f(s) == pytest.approx(want, rel=1e-12)
+
+
+def test_sampler_shards_cover_each_epoch_once():
+    n, world = 23, 3
+    shards = [ShardedSampler(n, r, world, seed=5, epoch=2).indices() for r in range(world)]
+    flat = [i for s in shards for i in s]
+    assert all(len(s) == n // world for s in shards) and len(set(flat)) == len(flat) == world * (n // world)
+    assert ShardedSampler(n, 1, world, seed=5, epoch=2, start=3).indices() == shards[1][3:]
+    assert ShardedSampler(n, 1, world, seed=5, epoch=3).indices() != shards[1]
+
+
+def test_flop_counter_counts_ops_not_6n():
+    b, i, o = 5, 7, 3
+    lin = nn.Linear(i, o)
+    x = torch.randn(b, i, requires_grad=True)
+    flops, _ = count_flops(lambda: lin(x).sum().backward())
+    assert flops == 2 * b * i * o + 2 * (2 * b * i * o)  # forward, then grad wrt input and weight
+    # ISTA forms W = I + eta (D - D^T D) every forward: 2 d^3 on top of the 2 B N d^2 token matmul
+    d, B, N = 6, 2, 5
+    ista = crate_core.ISTA(d)
+    flops, _ = count_flops(lambda: ista(torch.randn(B, N, d)))
+    assert flops == 2 * d**3 + 2 * B * N * d * d
+    assert peak_flops(torch.device("cpu"), torch.float32) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# training in this process
+
+
+def test_zero_stages_train_and_agree(tmp_path):
+    """ZeRO 0-3 in one process: the loss falls, and partitioning does not change the numbers."""
+    runs = {}
+    for stage in (0, 1, 2, 3):
+        tr = make(tmp_path / f"z{stage}", zero_stage=stage, steps=10, grad_accum=2, eval_every=5)
+        assert tr.zero_stage == stage
+        res = tr.fit()
+        ls = losses(res)
+        assert len(ls) == 10 and all(math.isfinite(v) for v in ls)
+        assert sum(ls[-3:]) / 3 < 0.7 * sum(ls[:3]) / 3, ls
+        assert "eval/loss" in res and "eval/acc" in res and res["history"][-1]["tokens_per_s"] > 0
+        runs[stage] = ls
+    for stage in (1, 2, 3):
+        assert runs[stage] == pytest.approx(runs[0], rel=1e-4), stage
+    meta = json.loads((tmp_path / "z3" / "run" / "run_config.json").read_text())
+    assert meta["ds_config"]["zero_optimization"]["stage"] == 3 and "commit" in meta["git"]
+    assert meta["train_config"]["steps"] == 10
+
+
+def test_lion_optimizer(tmp_path):
+    tr = make(tmp_path, optimizer="lion", lr=2e-3, zero_stage=2, steps=10)
+    from lion_pytorch import Lion
+
+    assert isinstance(tr.engine.basic_optimizer, Lion)
+    ls = losses(tr.fit())
+    assert sum(ls[-3:]) < sum(ls[:3])
+
+
+def test_zero3_export_loads_without_deepspeed_and_matches(tmp_path):
+    tr = make(tmp_path, zero_stage=3, steps=4)
+    tr.fit()
+    x = SyntheticTokens(6, TOY, seed=9).x
+    tr.engine.eval()
+    with torch.no_grad():
+        want = tr.engine(x)
+    out = tr.export(tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = crate_core.from_pretrained(out).eval()
+    assert type(loaded) is ToyCRATE and loaded.config == TOY
+    with torch.no_grad():
+        got = loaded(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    """Stop at step 5 (after the step-3 checkpoint), resume auto: steps 4..8 match the straight run."""
+    kw = dict(zero_stage=2, steps=8, grad_accum=2, ckpt_every=3, keep_last=2, eval_every=4, train_size=40)
+    straight = make(tmp_path / "a", **kw).fit()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_5(trainer, step, metrics):
+        if step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        make(tmp_path / "b", callbacks=[stop_at_5], **kw).fit()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "b" / "run" / "checkpoints")] == ["step_00000003"]
+    resumed_tr = make(tmp_path / "b", resume="auto", **kw)
+    assert resumed_tr.step == 3
+    resumed = resumed_tr.fit()
+    a = {r["step"]: r for r in straight["history"] if "loss" in r}
+    b = {r["step"]: r for r in resumed["history"] if "loss" in r}
+    assert sorted(b) == [4, 5, 6, 7, 8]  # 40 samples / 8 per micro-batch: epochs roll over mid-run
+    for s in b:
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-6, abs=1e-7), s
+        assert b[s]["lr"] == pytest.approx(a[s]["lr"], rel=1e-12)
+        assert b[s]["grad_norm"] == pytest.approx(a[s]["grad_norm"], rel=1e-5)
+    assert resumed["eval/loss"] == pytest.approx(straight["eval/loss"], rel=1e-6)
+
+
+def test_fault_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = ckpt.write_client_state
+
+    def failing(tmp, rank):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second save (step 4) dies after DeepSpeed wrote its shards
+            raise OSError("injected fault during checkpoint save")
+        real(tmp, rank)
+
+    monkeypatch.setattr(ckpt, "write_client_state", failing)
+    with pytest.raises(OSError, match="injected fault"):
+        make(tmp_path, steps=6, ckpt_every=2).fit()
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == [".tmp-step_00000004", "step_00000002"]
+    assert (root / ".tmp-step_00000004" / "ds").is_dir()  # the half-written save is there, but ignored
+    (root / "step_00000009").mkdir()  # a directory without trainer_state.json is never picked either
+    assert ckpt.resolve_resume("auto", tmp_path / "run") == root / "step_00000002"
+    monkeypatch.setattr(ckpt, "write_client_state", real)
+    tr = make(tmp_path, steps=6, ckpt_every=2, resume="auto")
+    assert tr.step == 2
+    res = tr.fit()
+    assert res["steps"] == 6 and [r["step"] for r in res["history"]][0] == 3
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step_00000002", "step_00000004", "step_00000006"]
+    assert not (root / ".tmp-step_00000004").exists()  # the retried save replaced the broken one
+
+
+def _nan_on_calls(bad_calls):
+    calls = {"n": 0}
+
+    def loss_fn(model, batch):
+        calls["n"] += 1
+        loss, metrics = toy_loss(model, batch)
+        if model.training and bad(calls["n"]):
+            loss = loss * float("nan")
+        return loss, metrics
+
+    bad = bad_calls
+    return loss_fn
+
+
+def test_nonfinite_loss_is_skipped(tmp_path):
+    tr = make(tmp_path, steps=6, loss_fn=_nan_on_calls(lambda n: n in (3, 4)), max_nonfinite=3)
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    res = tr.fit()
+    assert res["steps"] == 6 and res["nonfinite_skipped"] == 2
+    assert all(math.isfinite(v) for v in losses(res))
+    assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+    assert any(not torch.equal(before[n], p) for n, p in tr.model.named_parameters())
+    assert tr.engine.global_steps == 6  # two micro-batches replaced, no optimizer step lost or doubled
+
+
+def test_nonfinite_losses_in_a_row_stop_the_run(tmp_path):
+    tr = make(tmp_path, steps=10, ckpt_every=2, keep_last=2, loss_fn=_nan_on_calls(lambda n: n >= 6), max_nonfinite=3)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite for 3 micro-batches in a row \(max_nonfinite=3\) at step 6"):
+        tr.fit()
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in ckpt.list_checkpoints(root)] == ["step_00000002", "step_00000004"]
+    again = make(tmp_path, steps=10, resume="auto")
+    assert again.step == 4
+
+
+def test_bad_resume_is_an_error_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume='.*missing'"):
+        make(tmp_path, resume=str(tmp_path / "missing"))
+    make(tmp_path / "src", steps=2).fit()
+    other = ToyCRATEConfig(**{**TOY.__dict__, "dim": 24})
+    with pytest.raises(ValueError, match=r"another model: model config differs \(dim: 16 != 24\)"):
+        make(tmp_path, model_config=other, resume=str(tmp_path / "src" / "run"))
+    not_ckpt = tmp_path / "empty"
+    not_ckpt.mkdir()
+    with pytest.raises(ValueError, match="neither a checkpoint"):
+        make(tmp_path, resume=str(not_ckpt))
+    with pytest.raises(ValueError, match="dataset has 4 samples"):
+        make(tmp_path, train_size=4)
+
+
+def test_wandb_offline_writes_a_run_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tr = make(tmp_path, steps=2, wandb="offline", progress="plain", run_name="toy")
+    tr.fit()
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    out = capsys.readouterr().out
+    assert "step 1 | loss" in out and "step 2 | loss" in out

@@ -1,0 +1,194 @@
+"""Token files (round trip, header checks, atomic writes), windows, the offline corpus, and
+tools/prepare_text.py (local files, streaming, resume after interruption)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from crate_text import TokenDataset, TokenFileWriter, get_tokenizer, load_tokens, read_header, write_tokens
+from crate_text.data import HEADER_BYTES, MAGIC, markdown_to_text, shakespeare_plays
+
+
+def test_round_trip_and_header(tmp_path):
+    ids = np.arange(0, 50259, 7)
+    path = write_tokens(tmp_path / "a.bin", ids, "gpt2", 50259)
+    h = read_header(path)
+    assert (h.count, h.vocab_size, h.tokenizer, h.itemsize) == (len(ids), 50259, "gpt2", 2)
+    assert path.stat().st_size == HEADER_BYTES + 2 * len(ids)
+    assert open(path, "rb").read(8) == MAGIC
+    back, _ = load_tokens(path, get_tokenizer("gpt2"))
+    assert np.array_equal(back, ids)
+
+
+def test_large_vocab_uses_uint32(tmp_path):
+    ids = np.array([0, 70000, 99999])
+    path = write_tokens(tmp_path / "b.bin", ids, "big", 100000)
+    assert read_header(path).itemsize == 4
+    assert np.array_equal(load_tokens(path)[0], ids)
+    with pytest.raises(ValueError, match="do not fit vocab_size"):
+        write_tokens(tmp_path / "c.bin", [5, 100000], "big", 100000)
+    assert not (tmp_path / "c.bin").exists() and list(tmp_path.glob(".c.bin.tmp*")) == []
+
+
+def test_header_checks(tmp_path):
+    good = write_tokens(tmp_path / "g.bin", np.arange(100), "gpt2", 50259)
+    bad_magic = tmp_path / "m.bin"
+    bad_magic.write_bytes(b"NOTCRATE" + good.read_bytes()[8:])
+    with pytest.raises(ValueError, match="not a crate token file"):
+        read_header(bad_magic)
+    truncated = tmp_path / "t.bin"
+    truncated.write_bytes(good.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="truncated"):
+        read_header(truncated)
+    other = write_tokens(tmp_path / "o.bin", np.arange(100), "sp-0123456789abcdef", 8000)
+    with pytest.raises(ValueError, match="tokenized with 'sp-0123456789abcdef'"):
+        load_tokens(other, get_tokenizer("gpt2"))
+    with pytest.raises(ValueError, match="embedding rows"):
+        load_tokens(good, max_vocab=1000)
+    with pytest.raises(FileNotFoundError, match="prepare_text"):
+        read_header(tmp_path / "missing.bin")
+
+
+def test_interrupted_writer_leaves_nothing_that_looks_complete(tmp_path):
+    with pytest.raises(RuntimeError):
+        with TokenFileWriter(tmp_path / "x.bin", "gpt2", 50259) as w:
+            w.write(np.arange(1000))
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    w = TokenFileWriter(tmp_path / "y.bin", "gpt2", 50259)  # a crash before close(): only a temp file
+    w.write(np.arange(1000))
+    w.f.flush()
+    (tmp,) = list(tmp_path.iterdir())
+    assert tmp.name.startswith(".y.bin.tmp") and tmp.read_bytes()[:8] == b"\0" * 8
+    with pytest.raises(ValueError, match="not a crate token file"):
+        read_header(tmp)
+    w.abort()
+
+
+def test_windows_shift_by_one(tmp_path):
+    path = write_tokens(tmp_path / "w.bin", np.arange(50), "gpt2", 50259)
+    ds = TokenDataset(path, block_size=8)
+    assert len(ds) == (50 - 1 - 8) // 8 + 1
+    x, y = ds[2]
+    assert x.dtype == torch.int64 and x.tolist() == list(range(16, 24)) and y.tolist() == list(range(17, 25))
+    with pytest.raises(ValueError, match="fewer than one window"):
+        TokenDataset(path, block_size=64)
+
+
+def test_markdown_stripping():
+    md = "# Hamlet\n\n## ACT I\n\n_Enter BERNARDO_\n\n**BERNARDO**  \nWho's there?  \n_\\[Aside]_  \nNay & c"
+    text = markdown_to_text(md)
+    assert text == "Hamlet\n\nACT I\n\nEnter BERNARDO\n\nBERNARDO:\nWho's there?\n[Aside]\nNay & c\n"
+
+
+def test_offline_corpus():
+    plays = shakespeare_plays()
+    assert len(plays) == 38
+    names = dict(plays)
+    hamlet = names["tragedies/hamlet"]
+    assert "HAMLET:\nTo be, or not to be" in hamlet and "**" not in hamlet and "\\[" not in hamlet
+
+
+def run_prepare(tool, *args):
+    from crate_text.prepare import main
+
+    return main([*args, "--num-proc", "1"])
+
+
+def test_prepare_local_files_and_resume(tool, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    docs = [{"text": f"Document number {i}. " + "All the world's a stage. " * (i % 5 + 1)} for i in range(40)]
+    (src / "a.jsonl").write_text("\n".join(json.dumps(d) for d in docs[:25]))
+    (src / "b.jsonl").write_text("\n".join(json.dumps(d) for d in docs[25:]) + '\n{"text": "   "}')
+    out = tmp_path / "out"
+    run_prepare(tool, "--input", str(src), "--out", str(out), "--shard-docs", "6", "--val-fraction", "0.1")
+    meta = json.loads((out / "meta.json").read_text())
+    tok = get_tokenizer("gpt2")
+    train, _ = load_tokens(out / "train.bin", tok)
+    val, _ = load_tokens(out / "val.bin", tok)
+    assert meta["train_tokens"] == len(train) and meta["val_tokens"] == len(val)
+    # every non-blank document is there exactly once, each followed by end-of-text
+    expected = sum(len(tok.encode(d["text"])) + 1 for d in docs)
+    assert len(train) + len(val) == expected
+    assert (np.asarray(train) == tok.eot_token).sum() + (np.asarray(val) == tok.eot_token).sum() == 40
+    assert not (out / ".parts").exists()
+    reference = (out / "train.bin").read_bytes()
+
+    # interrupt the next run in the 4th training shard: finished shards stay, no final files
+    from crate_text import prepare as mod
+
+    real, calls = mod.tokenize_shard, []
+
+    def flaky(shard, args, tok_, part):
+        calls.append(part.name)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(shard, args, tok_, part)
+
+    monkeypatch.setattr(mod, "tokenize_shard", flaky)
+    argv = [
+        "--input",
+        str(src),
+        "--out",
+        str(out),
+        "--shard-docs",
+        "6",
+        "--val-fraction",
+        "0.1",
+        "--num-proc",
+        "1",
+    ]
+    with pytest.raises(KeyboardInterrupt):
+        mod.main([*argv, "--overwrite"])
+    assert not (out / "meta.json").exists()
+    assert sorted(p.name for p in (out / ".parts").glob("*.bin")) == [
+        "train-00000.bin",
+        "train-00001.bin",
+        "train-00002.bin",
+    ]
+    calls.clear()
+    monkeypatch.setattr(mod, "tokenize_shard", lambda *a: calls.append(a[3].name) or real(*a))
+    mod.main(argv)
+    assert calls[0] == "train-00003.bin" and "train-00000.bin" not in calls
+    assert (out / "train.bin").read_bytes() == reference
+    calls.clear()
+    mod.main(argv)  # already complete: nothing is redone
+    assert calls == []
+
+
+def test_prepare_text_files_streaming(tool, tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("\n\n".join(f"Paragraph {i}: once more unto the breach." for i in range(30)))
+    out = run_prepare(
+        tool,
+        "--input",
+        str(src),
+        "--out",
+        str(tmp_path / "s"),
+        "--streaming",
+        "--sample-by",
+        "paragraph",
+        "--shard-docs",
+        "4",
+        "--val-fraction",
+        "0.25",
+    )
+    tok = get_tokenizer("gpt2")
+    train, _ = load_tokens(out / "train.bin", tok)
+    val, _ = load_tokens(out / "val.bin", tok)
+    eots = (np.asarray(train) == tok.eot_token).sum() + (np.asarray(val) == tok.eot_token).sum()
+    assert eots == 30 and len(val) > 0
+
+
+def test_prepare_bad_input(tool, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_prepare(tool, "--input", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o"))
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        run_prepare(tool, "--tokenizer", "bogus", "--out", str(tmp_path / "o"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n{"text": "  "}\n{"text": "\\n"}\n')
+    with pytest.raises(ValueError, match="encodes to no tokens"):
+        run_prepare(tool, "--input", str(empty), "--out", str(tmp_path / "e"))
+    assert not (tmp_path / "e" / "train.bin").exists() and not (tmp_path / "e" / "meta.json").exists()
