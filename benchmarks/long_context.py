@@ -60,17 +60,18 @@ def _reset_peak() -> bool:
 
 
 def build(kind: str, dim: int, heads: int, causal: bool):
-    import torch
-    from torch import nn
-
     import crate_core
+    import torch
     from crate_core.tost import TSSA, ToSTBlock
+    from torch import nn
 
     if kind == "mssa-layer":
         return crate_core.CRATELayer(dim, heads, causal=causal)
     if kind == "tssa-layer":
         return ToSTBlock(dim, heads, causal=causal)
-    attn = crate_core.MSSA(dim, heads, causal=causal) if kind == "mssa-op" else TSSA(dim, heads, causal=causal)
+    attn = (
+        crate_core.MSSA(dim, heads, causal=causal) if kind == "mssa-op" else TSSA(dim, heads, causal=causal)
+    )
     norm = nn.LayerNorm(dim)
 
     class Operator(nn.Module):
@@ -104,7 +105,10 @@ def worker(args) -> None:
     else:  # getrusage: peak over the process lifetime, so only the growth above the earlier peak shows
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         step()
-        peak_mb, method = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, "ru_maxrss delta"
+        peak_mb, method = (
+            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+            "ru_maxrss delta",
+        )
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -118,9 +122,22 @@ def worker(args) -> None:
 
 def run_case(args, kind: str, n: int) -> dict:
     cmd = [
-        sys.executable, __file__, "--worker", kind, "--tokens", str(n), "--repeats", str(args.repeats),
-        "--threads", str(args.threads), "--dim", str(args.dim), "--heads", str(args.heads),
-        "--batch", str(args.batch),
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--tokens",
+        str(n),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--dim",
+        str(args.dim),
+        "--heads",
+        str(args.heads),
+        "--batch",
+        str(args.batch),
     ] + (["--causal"] if args.causal else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -161,8 +178,17 @@ def plot(sizes, results, parts, path: Path) -> None:
             style = "-o" if part == "layer" else "--s"
             label = KINDS[kind][0]
             ax_t.plot(sizes, [results[kind][n]["median_s"] for n in sizes], style, color=color, label=label)
-            ax_m.plot(sizes, [max(results[kind][n]["peak_mb"], 1e-1) for n in sizes], style, color=color, label=label)
-    for ax, title, unit in ((ax_t, "forward + backward time", "seconds (median)"), (ax_m, "peak memory", "MB above baseline")):
+            ax_m.plot(
+                sizes,
+                [max(results[kind][n]["peak_mb"], 1e-1) for n in sizes],
+                style,
+                color=color,
+                label=label,
+            )
+    for ax, title, unit in (
+        (ax_t, "forward + backward time", "seconds (median)"),
+        (ax_m, "peak memory", "MB above baseline"),
+    ):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("tokens N")
@@ -182,7 +208,12 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="N = 256, 1024, 4096 and one timed repeat")
     ap.add_argument("--parts", nargs="+", choices=["layer", "operator"], default=["layer", "operator"])
     ap.add_argument("--causal", action="store_true", help="causal MSSA (SDPA is_causal) and causal TSSA")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per case (1: steadiest figures on a shared machine)",
+    )
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--heads", type=int, default=6)
     ap.add_argument("--batch", type=int, default=1)
@@ -201,7 +232,9 @@ def main(argv=None) -> None:
         args.sizes, args.repeats = [n for n in args.sizes if n <= 4096] or args.sizes[:1], 1
     sizes = sorted(set(args.sizes))
     kinds = [k for k, (_, _, part) in KINDS.items() if part in args.parts]
-    command = "uv run python benchmarks/long_context.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "uv run python benchmarks/long_context.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     load_start = os.getloadavg()
     t_start = time.time()
     results: dict[str, dict[int, dict]] = {k: {} for k in kinds}
@@ -209,8 +242,11 @@ def main(argv=None) -> None:
         for kind in kinds:
             res = run_case(args, kind, n)
             results[kind][n] = res
-            print(f"{KINDS[kind][0]:32s} N={n:6d}  median {res['median_s'] * 1e3:10.1f} ms  "
-                  f"peak {res['peak_mb']:9.1f} MB", flush=True)
+            print(
+                f"{KINDS[kind][0]:32s} N={n:6d}  median {res['median_s'] * 1e3:10.1f} ms  "
+                f"peak {res['peak_mb']:9.1f} MB",
+                flush=True,
+            )
     load_end = os.getloadavg()
 
     import torch
@@ -243,7 +279,9 @@ def main(argv=None) -> None:
             "|---:|---:|---:|---:|---:|---:|",
         ]
         for i, n in enumerate(sizes):
-            lines.append(f"| {n} | {tm[i] * 1e3:.1f} | {tt[i] * 1e3:.1f} | {tm[i] / tt[i]:.2f}x | {mm[i]:.1f} | {mt[i]:.1f} |")
+            lines.append(
+                f"| {n} | {tm[i] * 1e3:.1f} | {tt[i] * 1e3:.1f} | {tm[i] / tt[i]:.2f}x | {mm[i]:.1f} | {mt[i]:.1f} |"
+            )
         cross = crossover(sizes, tm, tt)
         lines += [
             "",
@@ -252,23 +290,39 @@ def main(argv=None) -> None:
             "(1 = linear, 2 = quadratic).",
         ]
         if len(sizes) > 1:
+
+            def increments(mem):
+                return ", ".join(
+                    f"{(mem[i] - mem[i - 1]) * 1024 / (sizes[i] - sizes[i - 1]):.1f}"
+                    for i in range(1, len(sizes))
+                )
+
             lines.append(
                 f"- Memory growth, log-log slope over N: MSSA {loglog_slope(sizes, mm):.2f}, "
-                f"TSSA {loglog_slope(sizes, mt):.2f}; TSSA peak per token at the largest N: "
-                f"{mt[-1] * 1024 / sizes[-1]:.1f} KB."
+                f"TSSA {loglog_slope(sizes, mt):.2f}. Extra memory per extra token between successive N "
+                f"(constant = linear growth): MSSA {increments(mm)} KB; TSSA {increments(mt)} KB."
             )
         if sizes[-1] == 16384:
             ratio = tm[-1] / tt[-1]
-            lines.append(f"- At 16384 tokens TSSA is {ratio:.2f}x faster (target >= 5x: {'met' if ratio >= 5 else 'NOT met'}).")
+            lines.append(
+                f"- At 16384 tokens TSSA is {ratio:.2f}x faster (target >= 5x: {'met' if ratio >= 5 else 'NOT met'})."
+            )
         lines.append("")
         summary[part] = {"crossover": cross, "speedup_at_max": tm[-1] / tt[-1]}
     lines += ["![time and memory](long_context.png)", ""]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plot(sizes, results, args.parts, args.out_dir / "long_context.png")
     (args.out_dir / "report.md").write_text("\n".join(lines))
-    (args.out_dir / "results.json").write_text(json.dumps(
-        {"command": command.strip(), "sizes": sizes, "results": {k: {str(n): v for n, v in r.items()} for k, r in results.items()}},
-        indent=1))
+    (args.out_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "command": command.strip(),
+                "sizes": sizes,
+                "results": {k: {str(n): v for n, v in r.items()} for k, r in results.items()},
+            },
+            indent=1,
+        )
+    )
     print("\n".join(lines))
     print(f"wrote {args.out_dir / 'report.md'} and {args.out_dir / 'long_context.png'}")
 

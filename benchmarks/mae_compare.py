@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """CRATE-MAE vs a ViT-MAE of the same width and depth, side by side in one run.
 
-For each model: parameters, pretraining (same data, steps, batch, schedule, seed; the shared
-trainer), masked-patch MSE and PSNR on a fixed validation masking, a linear probe of the frozen
+For each model: parameters, pretraining (same data, steps, batch, schedule and seed as the defaults
+of tools/pretrain_mae.py, on the shared trainer), masked-patch MSE and PSNR on a fixed validation masking, a linear probe of the frozen
 encoder (cls and mean pooling; also on a randomly initialised copy), and throughput measured
 alternately (median of repeats): training samples/s and encoder inference images/s.
 Writes benchmarks/reports/mae_compare/{report.md, curves.png, <model>_recon.png, results.json}.
@@ -63,23 +63,30 @@ def throughput(names, batch, repeats, warmup=2, image_size=32):
             if r >= warmup:
                 train[n].append(batch / dt_train)
                 infer[n].append(batch / dt_inf)
-    return {n: {"train_samples_per_s": statistics.median(train[n]),
-                "infer_images_per_s": statistics.median(infer[n])} for n in names}
+    return {
+        n: {
+            "train_samples_per_s": statistics.median(train[n]),
+            "infer_images_per_s": statistics.median(infer[n]),
+        }
+        for n in names
+    }
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["crate-mae-nano", "vit-mae-nano"])
     p.add_argument("--data", default="shapes")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--micro-batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--micro-batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.5e-3)
-    p.add_argument("--warmup-steps", type=int, default=40)
+    p.add_argument("--warmup-steps", type=int, default=30)
     p.add_argument("--train-size", type=int, default=4000)
     p.add_argument("--eval-size", type=int, default=256)
-    p.add_argument("--probe-sizes", type=int, nargs=3, default=[2000, 500, 1000], metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument(
+        "--probe-sizes", type=int, nargs=3, default=[2000, 500, 1000], metavar=("TRAIN", "VAL", "TEST")
+    )
     p.add_argument("--repeats", type=int, default=7, help="throughput repeats (median)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=1337, help="as tools/pretrain_mae.py (the trainer default)")
     p.add_argument("--cache-dir", default="runs/cache")
     p.add_argument("--out", default="benchmarks/reports/mae_compare")
     args = p.parse_args(argv)
@@ -91,8 +98,10 @@ def main(argv=None):
     size = first.config.image_size
     train = load_split(args.data, "train", args.train_size, size, cache_dir=args.cache_dir)
     val = load_split(args.data, "val", args.eval_size, size, cache_dir=args.cache_dir)
-    ptr, pva, pte = (load_split(args.data, s, n, size, cache_dir=args.cache_dir)
-                     for s, n in zip(("train", "val", "test"), args.probe_sizes))
+    ptr, pva, pte = (
+        load_split(args.data, s, n, size, cache_dir=args.cache_dir)
+        for s, n in zip(("train", "val", "test"), args.probe_sizes)
+    )
 
     rows = {}
     for name in args.models:
@@ -100,31 +109,57 @@ def main(argv=None):
         model = crate_core.create(name)
         random_copy = type(model)(model.config)
         random_copy.load_state_dict(model.state_dict())  # the same initialisation, never trained
-        cfg = TrainConfig(out_dir=str(out / "runs" / name), steps=args.steps, micro_batch=args.micro_batch,
-                          lr=args.lr, min_lr=args.lr / 15, warmup_steps=args.warmup_steps, weight_decay=0.05,
-                          eval_every=max(args.steps // 4, 1), log_every=20, wandb="disabled",
-                          progress="plain", seed=args.seed, zero_stage=0)
+        cfg = TrainConfig(
+            out_dir=str(out / "_work" / name),
+            steps=args.steps,
+            micro_batch=args.micro_batch,
+            lr=args.lr,
+            min_lr=1e-4,
+            warmup_steps=args.warmup_steps,
+            weight_decay=0.05,
+            eval_every=100,
+            log_every=20,
+            wandb="disabled",
+            progress="plain",
+            seed=args.seed,
+        )
         res = pretrain(model, cfg, train, val, eval_size=args.eval_size, export=False)
-        pngs = sorted((out / "runs" / name / "recon").glob("step_*.png"))
+        pngs = sorted((out / "_work" / name / "recon").glob("step_*.png"))
         if pngs:
             shutil.copy(pngs[-1], out / f"{name}_recon.png")
-        row = {"params": count(model), "encoder_params": encoder_params(model), "train_time_s": res["train_time_s"],
-               "masked_mse": res["final"]["mse"], "masked_mse01": res["final"]["mse01"], "psnr": res["final"]["psnr"],
-               "loss_curve": [(h["step"], h["loss"]) for h in res["history"] if "loss" in h]}
+        row = {
+            "params": count(model),
+            "encoder_params": encoder_params(model),
+            "train_time_s": res["train_time_s"],
+            "masked_mse": res["final"]["mse"],
+            "masked_mse01": res["final"]["mse01"],
+            "psnr": res["final"]["psnr"],
+            "loss_curve": [(h["step"], h["loss"]) for h in res["history"] if "loss" in h],
+        }
         for pool in ("cls", "mean"):
-            row[f"probe_{pool}"] = probe_encoder(model, ptr.dataset, pte.dataset, pva.dataset, pool)["test_acc"]
-            row[f"probe_{pool}_random"] = probe_encoder(random_copy, ptr.dataset, pte.dataset, pva.dataset,
-                                                        pool)["test_acc"]
+            row[f"probe_{pool}"] = probe_encoder(model, ptr.dataset, pte.dataset, pva.dataset, pool)[
+                "test_acc"
+            ]
+            row[f"probe_{pool}_random"] = probe_encoder(
+                random_copy, ptr.dataset, pte.dataset, pva.dataset, pool
+            )["test_acc"]
         rows[name] = row
         print(json.dumps({name: {k: v for k, v in row.items() if k != "loss_curve"}}), flush=True)
 
     speed = throughput(args.models, args.micro_batch, args.repeats, image_size=size)
     for n in args.models:
         rows[n].update(speed[n])
-    full = {n: count(crate_core.create(n)) for n in ("crate-mae-small", "vit-mae-small", "crate-mae-base",
-                                                      "vit-mae-base")}
-    results = {"args": vars(args), "rows": rows, "full_size_params": full, "chance": 1.0 / ptr.num_classes,
-               "threads": torch.get_num_threads()}
+    full = {
+        n: count(crate_core.create(n))
+        for n in ("crate-mae-small", "vit-mae-small", "crate-mae-base", "vit-mae-base")
+    }
+    results = {
+        "args": vars(args),
+        "rows": rows,
+        "full_size_params": full,
+        "chance": 1.0 / ptr.num_classes,
+        "threads": torch.get_num_threads(),
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_report(out, results)
     print((out / "report.md").read_text())
@@ -151,7 +186,8 @@ def write_report(out: Path, res: dict) -> None:
 
     names = list(rows)
     lines = [
-        "# CRATE-MAE vs ViT-MAE (same width and depth)", "",
+        "# CRATE-MAE vs ViT-MAE (same width and depth)",
+        "",
         f"Data: `{a['data']}` ({a['train_size']} training images), {a['steps']} steps x batch {a['micro_batch']}, "
         f"AdamW lr {a['lr']} warm-up {a['warmup_steps']} then cosine, seed {a['seed']}, CPU, "
         f"{res['threads']} threads. Probe: logistic regression on frozen features "
@@ -180,11 +216,14 @@ def write_report(out: Path, res: dict) -> None:
     fp = res["full_size_params"]
     c, v = names[0], names[-1]
     lines += [
-        "", f"Parameter ratio at this size: {rows[c]['params'] / rows[v]['params']:.2f} "
+        "",
+        f"Parameter ratio at this size: {rows[c]['params'] / rows[v]['params']:.2f} "
         f"(full-size presets: small {fp['crate-mae-small'] / 1e6:.2f}M vs {fp['vit-mae-small'] / 1e6:.2f}M = "
         f"{fp['crate-mae-small'] / fp['vit-mae-small']:.2f}, base {fp['crate-mae-base'] / 1e6:.2f}M vs "
         f"{fp['vit-mae-base'] / 1e6:.2f}M = {fp['crate-mae-base'] / fp['vit-mae-base']:.2f}). Paper: {PAPER}.",
-        "", "![loss curves](curves.png)", "",
+        "",
+        "![loss curves](curves.png)",
+        "",
     ] + [f"`{n}` reconstructions (original | masked | reconstruction): ![{n}]({n}_recon.png)" for n in names]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 

@@ -26,7 +26,9 @@ from crate_mae.probe import probe_encoder
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="an exported model directory (tools/pretrain_mae.py writes OUT/final)")
+    src.add_argument(
+        "--checkpoint", help="an exported model directory (tools/pretrain_mae.py writes OUT/final)"
+    )
     src.add_argument("--official", help="an official CRATE-MAE checkpoint file (.pth)")
     p.add_argument("--model", default="crate-mae-nano", help="preset probed when no weights are given")
     p.add_argument("--data", default="shapes", help="'shapes', 'mnist' or an ImageFolder directory")
@@ -36,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", choices=("cls", "mean"), default="cls")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder")
     p.add_argument("--no-random-baseline", action="store_true", help="skip the randomly initialised encoder")
-    p.add_argument("--cache-dir", default="runs/cache", help="keeps rendered offline image sets ('' to disable)")
+    p.add_argument(
+        "--cache-dir", default="runs/cache", help="keeps rendered offline image sets ('' to disable)"
+    )
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     return p
 
@@ -60,13 +64,20 @@ def main(argv: list[str] | None = None) -> dict:
     train = load_split(args.data, "train", args.train_size, size, cache_dir=cache)
     val = load_split(args.data, "val", args.val_size, size, cache_dir=cache)
     test = load_split(args.data, "test", args.test_size, size, cache_dir=cache)
-    result = {"source": source, "model_class": type(model).__name__, "data": args.data, "pool": args.pool,
-              "chance": 1.0 / test.num_classes,
-              "encoder": probe_encoder(model, train.dataset, test.dataset, val.dataset, args.pool)}
+    result = {
+        "source": source,
+        "model_class": type(model).__name__,
+        "data": args.data,
+        "pool": args.pool,
+        "chance": 1.0 / test.num_classes,
+        "encoder": probe_encoder(model, train.dataset, test.dataset, val.dataset, args.pool),
+    }
     if not args.no_random_baseline:
         torch.manual_seed(args.seed)
         random_model = type(model)(model.config)
-        result["random_init"] = probe_encoder(random_model, train.dataset, test.dataset, val.dataset, args.pool)
+        result["random_init"] = probe_encoder(
+            random_model, train.dataset, test.dataset, val.dataset, args.pool
+        )
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

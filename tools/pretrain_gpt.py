@@ -20,16 +20,28 @@ from pathlib import Path
 import crate_core
 import torch
 from crate_core.train import Trainer, add_train_args, train_config_from_args
-
 from crate_text import TokenDataset, get_tokenizer
 from crate_text.prepare import DEFAULT_OUT, ensure_prepared
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_args(p, out_dir="runs/pretrain_gpt", steps=600, micro_batch=16, lr=2e-3, min_lr=2e-4,
-                   warmup_steps=30, weight_decay=0.1, eval_every=200, eval_batches=40, log_every=20)
-    p.add_argument("--model", default="crate-gpt-nano", help="a registered preset (crate_core.list_models('*gpt*'))")
+    add_train_args(
+        p,
+        out_dir="runs/pretrain_gpt",
+        steps=400,
+        micro_batch=16,
+        lr=2e-3,
+        min_lr=2e-4,
+        warmup_steps=30,
+        weight_decay=0.1,
+        eval_every=200,
+        eval_batches=40,
+        log_every=20,
+    )
+    p.add_argument(
+        "--model", default="crate-gpt-nano", help="a registered preset (crate_core.list_models('*gpt*'))"
+    )
     p.add_argument("--data", default=DEFAULT_OUT, help="directory with train.bin and val.bin")
     p.add_argument("--tokenizer", default="gpt2", help='"gpt2" or a SentencePiece .model (must match --data)')
     p.add_argument("--block-size", type=int, default=None, help="training context (default: the model's)")
@@ -74,15 +86,19 @@ def main(argv=None) -> dict:
     val = TokenDataset(data / "val.bin", block, tokenizer=tok, max_vocab=model.config.vocab_size)
     trainer = Trainer(cfg, model, train, loss_fn=lm_loss, eval_dataset=val)
     if trainer.is_main:
-        print(f"{args.model}: {model.num_params() / 1e6:.2f}M parameters (non-embedding "
-              f"{(model.num_params() - model.wte.weight.numel()) / 1e6:.2f}M), context {block}, "
-              f"{len(train)} train / {len(val)} val windows")
+        print(
+            f"{args.model}: {model.num_params() / 1e6:.2f}M parameters (non-embedding "
+            f"{(model.num_params() - model.wte.weight.numel()) / 1e6:.2f}M), context {block}, "
+            f"{len(train)} train / {len(val)} val windows"
+        )
     result = trainer.fit()
     if trainer.is_main:
         final = trainer.export(Path(cfg.out_dir) / "final")
         val_loss = result.get("eval/loss", float("nan"))
-        print(f"validation loss {val_loss:.4f} (perplexity {math.exp(val_loss):.1f}) after {result['steps']} "
-              f"steps in {result['time_s']:.0f} s; weights in {Path(cfg.out_dir) / 'final'}")
+        print(
+            f"validation loss {val_loss:.4f} (perplexity {math.exp(val_loss):.1f}) after {result['steps']} "
+            f"steps in {result['time_s']:.0f} s; weights in {Path(cfg.out_dir) / 'final'}"
+        )
         sampler = crate_core.from_pretrained(final)  # full weights whatever the ZeRO stage was
         prompt = torch.tensor([tok.encode(args.prompt) or [tok.eot_token]])
         torch.manual_seed(cfg.seed)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import crate_core
 import crate_mae  # noqa: F401  registers the presets
+import torch
 from crate_core.train import add_train_args, train_config_from_args
 from crate_mae.data import load_split
 from crate_mae.pretrain import pretrain
@@ -28,27 +29,58 @@ from crate_mae.pretrain import pretrain
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_train_args(p, out_dir="runs/pretrain_mae", steps=400, micro_batch=64, lr=1.5e-3, min_lr=1e-4,
-                   warmup_steps=40, weight_decay=0.05, eval_every=100, log_every=20, eval_batches=4)
-    p.add_argument("--model", default="crate-mae-nano", help="a registered MAE preset (crate-mae-*, vit-mae-*)")
-    p.add_argument("--data", default="shapes", help="'shapes', 'mnist' (both offline) or an ImageFolder directory")
-    p.add_argument("--train-size", type=int, default=4000, help="training images (offline sets: rendered once)")
+    add_train_args(
+        p,
+        out_dir="runs/pretrain_mae",
+        steps=300,
+        micro_batch=32,
+        lr=1.5e-3,
+        min_lr=1e-4,
+        warmup_steps=30,
+        weight_decay=0.05,
+        eval_every=100,
+        log_every=20,
+        eval_batches=4,
+    )
+    p.add_argument(
+        "--model", default="crate-mae-nano", help="a registered MAE preset (crate-mae-*, vit-mae-*)"
+    )
+    p.add_argument(
+        "--data", default="shapes", help="'shapes', 'mnist' (both offline) or an ImageFolder directory"
+    )
+    p.add_argument(
+        "--train-size", type=int, default=4000, help="training images (offline sets: rendered once)"
+    )
     p.add_argument("--eval-size", type=int, default=256, help="validation images for the metrics")
     p.add_argument("--grid-images", type=int, default=8, help="rows in each reconstruction PNG")
     p.add_argument("--image-size", type=int, default=None, help="override the preset's image size")
     p.add_argument("--mask-ratio", type=float, default=None)
-    p.add_argument("--mask-mode", choices=("token", "drop"), default=None,
-                   help="token: official CRATE-MAE (mask tokens encoded); drop: MAE-style (cheaper)")
+    p.add_argument(
+        "--mask-mode",
+        choices=("token", "drop"),
+        default=None,
+        help="token: official CRATE-MAE (mask tokens encoded); drop: MAE-style (cheaper)",
+    )
     p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--cache-dir", default="runs/cache", help="keeps rendered offline image sets ('' to disable)")
+    p.add_argument(
+        "--cache-dir", default="runs/cache", help="keeps rendered offline image sets ('' to disable)"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in {"image_size": args.image_size, "mask_ratio": args.mask_ratio,
-                                   "mask_mode": args.mask_mode, "norm_pix_loss": args.norm_pix_loss}.items()
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "image_size": args.image_size,
+            "mask_ratio": args.mask_ratio,
+            "mask_mode": args.mask_mode,
+            "norm_pix_loss": args.norm_pix_loss,
+        }.items()
+        if v is not None
+    }
+    torch.manual_seed(args.seed)  # the initialisation is part of the run
     model = crate_core.create(args.model, **overrides)
     size = model.config.image_size
     cache = args.cache_dir or None
@@ -57,10 +89,20 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = train_config_from_args(args, extra={"model": args.model, "data": args.data, **overrides})
     result = pretrain(model, cfg, train, val, eval_size=args.eval_size, grid_images=args.grid_images)
     final = result["final"]
-    print(json.dumps({"model": args.model, "params": result["params"], "steps": result["steps"],
-                      "train_time_s": round(result["train_time_s"], 1), "masked_mse": final.get("mse"),
-                      "masked_mse01": final.get("mse01"), "psnr_db": final.get("psnr"),
-                      "recon": str(Path(result["recon_dir"]))}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "params": result["params"],
+                "steps": result["steps"],
+                "train_time_s": round(result["train_time_s"], 1),
+                "masked_mse": final.get("mse"),
+                "masked_mse01": final.get("mse01"),
+                "psnr_db": final.get("psnr"),
+                "recon": str(Path(result["recon_dir"])),
+            }
+        )
+    )
     return result
 
 

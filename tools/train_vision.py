@@ -20,21 +20,37 @@ import crate_core
 import crate_vision  # noqa: F401  registers the vision presets
 from crate_core.train import add_train_args, train_config_from_args
 from crate_vision.data.datasets import build_dataset
-from crate_vision.training import build_model, parse_overrides, train_classifier
+from crate_vision.training import build_model, load_weights, parse_overrides, train_classifier
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_args(
-        p, out_dir="runs/vision", steps=1500, micro_batch=128, lr=2e-3, warmup_steps=100, weight_decay=0.05,
-        eval_every=500, eval_batches=8, log_every=50, wandb="offline", zero_stage=0,
+        p,
+        out_dir="runs/vision",
+        steps=1500,
+        micro_batch=128,
+        lr=2e-3,
+        warmup_steps=100,
+        weight_decay=0.05,
+        eval_every=500,
+        eval_batches=8,
+        log_every=50,
+        wandb="offline",
+        zero_stage=0,
     )
     g = p.add_argument_group("vision")
-    g.add_argument("--model", default="crate-mini-shapes", help="registered preset (crate_core.list_models())")
+    g.add_argument(
+        "--model", default="crate-mini-shapes", help="registered preset (crate_core.list_models())"
+    )
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
-    g.add_argument("--data", default="shapes", help="shapes | mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH")
+    g.add_argument(
+        "--data", default="shapes", help="shapes | mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH"
+    )
     g.add_argument("--image-size", type=int, default=None, help="default: the preset's image size")
-    g.add_argument("--train-size", type=int, default=None, help="shapes only: training samples (default 20000)")
+    g.add_argument(
+        "--train-size", type=int, default=None, help="shapes only: training samples (default 20000)"
+    )
     g.add_argument("--num-classes", type=int, default=6, help="shapes only: number of shape classes (2..8)")
     g.add_argument("--finetune", default=None, help="exported model dir or official checkpoint; new head")
     g.add_argument("--label-smoothing", type=float, default=0.1)
@@ -49,18 +65,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cfg = train_config_from_args(args)
-    if args.finetune:
-        image_size = args.image_size or crate_core.from_pretrained(args.finetune).config.image_size \
-            if Path(args.finetune).is_dir() else args.image_size or 224
-    else:
-        image_size = args.image_size or crate_core.get_config(args.model).image_size
-    _, spec = build_dataset(args.data, "val", image_size, num_classes=args.num_classes)  # fails fast on bad data
-    model = build_model(args.model, spec, finetune=args.finetune, overrides=parse_overrides(args.set))
+    base = load_weights(args.finetune) if args.finetune else None
+    preset_size = base.config.image_size if base is not None else crate_core.get_config(args.model).image_size
+    image_size = args.image_size or preset_size
+    _, spec = build_dataset(
+        args.data, "val", image_size, num_classes=args.num_classes
+    )  # fails fast on bad data
+    model = build_model(args.model, spec, finetune=base, overrides=parse_overrides(args.set))
     start = time.time()
     out = train_classifier(
-        cfg, model, args.data, image_size, train_size=args.train_size, num_classes=args.num_classes,
-        label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix, mix_prob=args.mix_prob,
-        randaugment=tuple(args.randaugment) if args.randaugment else None, test_split=args.test_split,
+        cfg,
+        model,
+        args.data,
+        image_size,
+        train_size=args.train_size,
+        num_classes=args.num_classes,
+        label_smoothing=args.label_smoothing,
+        mixup=args.mixup,
+        cutmix=args.cutmix,
+        mix_prob=args.mix_prob,
+        randaugment=tuple(args.randaugment) if args.randaugment else None,
+        test_split=args.test_split,
     )
     trainer, test = out["trainer"], out["test"]
     summary = {

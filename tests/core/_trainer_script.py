@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from crate_core.train import TrainConfig, Trainer, seed_everything
 from crate_core.train.toy import SyntheticTokens, ToyCRATE, ToyCRATEConfig, toy_loss
 
@@ -25,8 +24,19 @@ class Stop(Exception):
 
 
 def run(out_dir: Path, stage: int, steps: int, **kw) -> tuple[Trainer, dict]:
-    cfg = TrainConfig(out_dir=str(out_dir), steps=steps, micro_batch=8, lr=1e-2, warmup_steps=2, log_every=1,
-                      zero_stage=stage, wandb="disabled", progress="off", seed=0, **kw)
+    cfg = TrainConfig(
+        out_dir=str(out_dir),
+        steps=steps,
+        micro_batch=8,
+        lr=1e-2,
+        warmup_steps=2,
+        log_every=1,
+        zero_stage=stage,
+        wandb="disabled",
+        progress="off",
+        seed=0,
+        **kw,
+    )
     seed_everything(0)
     model = ToyCRATE(TOY)
     callbacks = []

@@ -64,14 +64,15 @@ def test_layer_padding_mask_and_attention_maps():
 def test_stack_chains_layers(variant):
     stack = randomise(CRATEStack(DIM, 3, HEADS, ista=variant, causal=True))
     z = torch.randn(2, N, DIM, dtype=torch.float64)
+    keep = torch.tensor([[True] * N, [True, True, True, False, False]])  # key padding reaches every layer
     with torch.no_grad():
-        final, outs = stack(z, return_intermediates=True)
-        _, outs_attn = stack(z, return_attention=True)
-        plain = stack(z)
+        final, outs = stack(z, attn_mask=keep, return_intermediates=True)
+        _, outs_attn = stack(z, attn_mask=keep, return_attention=True)
+        plain = stack(z, attn_mask=keep)
     assert len(outs) == 3
     x = z
     for layer, o, oa in zip(stack.layers, outs, outs_attn):
-        ref = crate_layer_reference(layer, x)
+        ref = crate_layer_reference(layer, x, keep=keep)
         check_outputs(o, ref)
         torch.testing.assert_close(oa.attn, ref["attn"], rtol=1e-10, atol=1e-12)
         x = ref["z_next"]

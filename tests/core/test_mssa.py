@@ -102,7 +102,7 @@ def test_bad_shapes_are_value_errors():
         m(x, attn_mask=torch.ones(B, N + 1, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("causal,padded", [(False, False), (True, True)])
+@pytest.mark.parametrize("causal,padded", [(False, False), (True, False), (True, True)])
 def test_mssa_gradcheck(causal, padded):
     torch.manual_seed(1)
     m = MSSA(4, 2, causal=causal).double()

@@ -3,10 +3,9 @@ equivalences, float64 gradients, and the descent property on the variational com
 
 import math
 
+import crate_core
 import pytest
 import torch
-
-import crate_core
 from crate_core import TSSA, ToSTStack, rate
 from crate_core.tost import ToSTBlock
 
@@ -25,6 +24,8 @@ def make_tssa(dim=6, heads=3, causal=False, qkv_bias=True, seed=0, **kw):
     m = TSSA(dim, heads, causal=causal, qkv_bias=qkv_bias, **kw)
     with torch.no_grad():
         m.temperature.copy_(torch.rand(heads) * 2 + 0.3)  # distinct per-head temperatures
+        if m.position_bias is not None:
+            m.position_bias.copy_(torch.randn_like(m.position_bias))
     return m.double()
 
 
@@ -34,7 +35,10 @@ def head_coords(m: TSSA, x: torch.Tensor):
         W = x @ m.U.weight.T + (m.U.bias if m.U.bias is not None else 0.0)
     B, N, _ = x.shape
     K, p = m.heads, m.dim_head
-    return [[[[float(W[b, i, k * p + j]) for j in range(p)] for i in range(N)] for k in range(K)] for b in range(B)]
+    return [
+        [[[float(W[b, i, k * p + j]) for j in range(p)] for i in range(N)] for k in range(K)]
+        for b in range(B)
+    ]
 
 
 def softmax(values):
@@ -50,26 +54,29 @@ def direct_tssa(m: TSSA, x: torch.Tensor, mask=None, causal=False):
     B, N, _ = x.shape
     K, p = m.heads, m.dim_head
     tau = [float(t) for t in m.temperature.detach()]
+    bias = m.position_bias
     w = head_coords(m, x)
     outs = torch.zeros(B, N, m.dim)
     pis = torch.zeros(B, K, N)
     for b in range(B):
         real = [i for i in range(N) if mask is None or bool(mask[b, i])]
 
-        def membership(i, pool):
+        def membership(i, pool, wb):
             scores = []
             for k in range(K):
                 s = 0.0
                 for j in range(p):
-                    col = sum(w[b][k][t][j] ** 2 for t in pool)
-                    s += w[b][k][i][j] ** 2 / col
+                    col = sum(wb[k][t][j] ** 2 for t in pool)
+                    s += wb[k][i][j] ** 2 / col
+                if bias is not None:
+                    s += float(bias[k, i].detach())
                 scores.append(tau[k] * s)
             return softmax(scores)
 
         pi = {}
         for i in real:
             pool = [t for t in real if t <= i] if causal else real
-            pi[i] = membership(i, pool)
+            pi[i] = membership(i, pool, w[b])
         for i in real:
             pool = [t for t in real if t <= i] if causal else real
             o = []
@@ -102,8 +109,11 @@ def test_tssa_dim_head_and_no_bias_match_direct_formula():
     torch.testing.assert_close(m(x), direct_tssa(m, x)[0], rtol=1e-10, atol=1e-12)
 
 
-def test_causal_tssa_matches_direct_running_formula():
-    m = make_tssa(dim=6, heads=3, causal=True)
+@pytest.mark.parametrize("max_len", [None, 9])
+def test_causal_tssa_matches_direct_running_formula(max_len):
+    """max_len adds the learned per-position membership bias (set to random values here)."""
+    m = make_tssa(dim=6, heads=3, causal=True, max_len=max_len)
+    assert (m.position_bias is None) == (max_len is None)
     x = torch.randn(2, 6, 6)
     out, pi = m(x, return_memberships=True)
     ref_out, ref_pi = direct_tssa(m, x, causal=True)
@@ -179,10 +189,10 @@ def test_padding_mask_matches_direct_formula_per_sample():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_tssa_gradcheck_float64(causal):
-    m = make_tssa(dim=4, heads=2, causal=causal)
+    m = make_tssa(dim=4, heads=2, causal=causal, max_len=6)
     x = torch.randn(2, 5, 4, requires_grad=True)
     mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
-    names = ["U.weight", "U.bias", "temperature", "out.weight"]
+    names = ["U.weight", "U.bias", "temperature", "out.weight"] + (["position_bias"] if causal else [])
     params = {n: p.detach().clone().requires_grad_(True) for n, p in m.named_parameters() if n in names}
 
     def f(x, *ps):
@@ -289,13 +299,15 @@ def test_one_tssa_step_lowers_variational_compression():
     _, pi = m(Z, return_memberships=True)
     Pi0 = pi.transpose(1, 2)
     for step in (0.05, 0.1, 0.2):
-        Z1 = Z + step * m(Z)
+        with torch.no_grad():
+            Z1 = Z + step * m(Z)
         after = rate.variational_compression(Z1, U, eps)  # memberships recomputed from Z1
         after_fixed = rate.variational_compression(Z1, U, eps, Pi=Pi0)
         assert float(after) < float(before), (step, float(before), float(after))
         assert float(after_fixed) < float(rate.variational_compression(Z, U, eps, Pi=Pi0))
     # the step compresses against the subspaces: plain Rc drops as well
-    assert float(rate.compression(Z + 0.1 * m(Z), U, eps)) < float(rate.compression(Z, U, eps))
+    Z1 = (Z + 0.1 * m(Z)).detach()
+    assert float(rate.compression(Z1, U, eps)) < float(rate.compression(Z, U, eps))
 
 
 # ---------------------------------------------------------------- block and stack
@@ -303,11 +315,27 @@ def test_one_tssa_step_lowers_variational_compression():
 
 def test_tost_stack_through_build_stack_with_crate_options():
     stack = crate_core.build_stack(
-        "tost", 16, 2, 4, causal=True, dropout=0.0, ista="lm", lambd=0.1, step_size=0.1,
-        out_bias=False, overcomplete=4, ista_steps=2, dim_head=4, norm_eps=1e-6,
+        "tost",
+        16,
+        2,
+        4,
+        causal=True,
+        dropout=0.0,
+        ista="lm",
+        lambd=0.1,
+        step_size=0.1,
+        out_bias=False,
+        overcomplete=4,
+        ista_steps=2,
+        dim_head=4,
+        norm_eps=1e-6,
+        max_len=8,
     ).double()
     assert isinstance(stack, ToSTStack)
     assert stack.layers[0].norm1.eps == 1e-6
+    assert stack.layers[1].tssa.position_bias.shape == (4, 8)
+    with pytest.raises(ValueError, match="longer than max_len=8"):
+        stack(torch.randn(1, 9, 16))
     x = torch.randn(2, 5, 16)
     y, outs = stack(x, return_intermediates=True)
     assert len(outs) == 2 and y.shape == x.shape

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from crate_core.train.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +38,9 @@ def env(tmp_path_factory):
 def launch(cmd, env, timeout=400):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -48,8 +49,21 @@ def falls(losses):
 
 
 def test_torchrun_two_processes_zero_0_to_3_resume_and_export(tmp_path, env):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(SCRIPT), "--out", str(tmp_path), "--stages", "0,1,2,3", "--resume-check"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(SCRIPT),
+        "--out",
+        str(tmp_path),
+        "--stages",
+        "0,1,2,3",
+        "--resume-check",
+    ]
     launch(cmd, env)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     base = r0["stages"]["0"]
@@ -59,7 +73,9 @@ def test_torchrun_two_processes_zero_0_to_3_resume_and_export(tmp_path, env):
         assert a["losses"] == b["losses"]  # logged losses are reduced over both ranks
         assert falls(a["losses"]), (stage, a["losses"])
         assert a["losses"] == pytest.approx(base["losses"], rel=1e-4), stage
-        torch.testing.assert_close(torch.tensor(a["outputs"]), torch.tensor(b["outputs"]))  # one model on both ranks
+        torch.testing.assert_close(
+            torch.tensor(a["outputs"]), torch.tensor(b["outputs"])
+        )  # one model on both ranks
 
     # exact resume with two ranks (per-rank RNG, sharded data position)
     for rep in (r0, r1):
@@ -79,16 +95,44 @@ def test_torchrun_two_processes_zero_0_to_3_resume_and_export(tmp_path, env):
     )
     out = launch([sys.executable, "-c", check, r0["stages"]["3"]["export"]], env).stdout
     got = json.loads(out.strip().splitlines()[-1])
-    torch.testing.assert_close(torch.tensor(got), torch.tensor(r0["stages"]["3"]["outputs"]), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(got), torch.tensor(r0["stages"]["3"]["outputs"]), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_deepspeed_launcher_two_processes(tmp_path, env):
     launcher = Path(sys.executable).with_name("deepspeed")
     assert launcher.exists(), "the deepspeed launcher script is not installed next to python"
-    cmd = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), "tools/train_toy.py",
-           "--out-dir", str(tmp_path / "run"), "--steps", "16", "--lr", "1e-2", "--warmup-steps", "2",
-           "--zero-stage", "2", "--dim", "16", "--depth", "1",
-           "--micro-batch", "8", "--log-every", "4", "--eval-every", "0", "--progress", "plain"]
+    cmd = [
+        str(launcher),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "tools/train_toy.py",
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--steps",
+        "16",
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "2",
+        "--zero-stage",
+        "2",
+        "--dim",
+        "16",
+        "--depth",
+        "1",
+        "--micro-batch",
+        "8",
+        "--log-every",
+        "4",
+        "--eval-every",
+        "0",
+        "--progress",
+        "plain",
+    ]
     proc = launch(cmd, env)
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert summary["world_size"] == 2 and summary["steps"] == 16

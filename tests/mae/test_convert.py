@@ -35,29 +35,51 @@ def official_state_dict(seed=0):
         return torch.randn(*shape, generator=g) * s
 
     sd = {
-        "patch_embed.proj.weight": r(D, 3, P, P), "patch_embed.proj.bias": r(D),
-        "cls_token": r(1, 1, D), "mask_token": r(1, 1, D),
-        "pos_embed": _sincos_table(D, IMG // P), "decoder_pos_embed": _sincos_table(D, IMG // P),
-        "norm.weight": 1 + r(D), "norm.bias": r(D),
-        "decoder_embed.weight": r(D, D), "decoder_embed.bias": r(D),
-        "decoder_norm.weight": 1 + r(D), "decoder_norm.bias": r(D),
-        "decoder_pred.weight": r(P * P * 3, D), "decoder_pred.bias": r(P * P * 3),
+        "patch_embed.proj.weight": r(D, 3, P, P),
+        "patch_embed.proj.bias": r(D),
+        "cls_token": r(1, 1, D),
+        "mask_token": r(1, 1, D),
+        "pos_embed": _sincos_table(D, IMG // P),
+        "decoder_pos_embed": _sincos_table(D, IMG // P),
+        "norm.weight": 1 + r(D),
+        "norm.bias": r(D),
+        "decoder_embed.weight": r(D, D),
+        "decoder_embed.bias": r(D),
+        "decoder_norm.weight": 1 + r(D),
+        "decoder_norm.bias": r(D),
+        "decoder_pred.weight": r(P * P * 3, D),
+        "decoder_pred.bias": r(P * P * 3),
     }
     for i in range(L_ENC):
         b = f"blocks.{i}.layers.0"
-        sd |= {f"{b}.0.norm.weight": 1 + r(D), f"{b}.0.norm.bias": r(D), f"{b}.0.fn.qkv.weight": r(D, D),
-               f"{b}.0.fn.to_out.0.weight": r(D, D), f"{b}.0.fn.to_out.0.bias": r(D),
-               f"{b}.1.norm.weight": 1 + r(D), f"{b}.1.norm.bias": r(D), f"{b}.1.fn.weight": r(D, D)}
+        sd |= {
+            f"{b}.0.norm.weight": 1 + r(D),
+            f"{b}.0.norm.bias": r(D),
+            f"{b}.0.fn.qkv.weight": r(D, D),
+            f"{b}.0.fn.to_out.0.weight": r(D, D),
+            f"{b}.0.fn.to_out.0.bias": r(D),
+            f"{b}.1.norm.weight": 1 + r(D),
+            f"{b}.1.norm.bias": r(D),
+            f"{b}.1.fn.weight": r(D, D),
+        }
     for i in range(L_DEC):
         b = f"decoder_blocks.{i}.layers.0"
-        sd |= {f"{b}.0.norm.weight": 1 + r(D), f"{b}.0.norm.bias": r(D), f"{b}.0.fn.weight": r(D, D),
-               f"{b}.1.norm.weight": 1 + r(D), f"{b}.1.norm.bias": r(D), f"{b}.1.fn.qkv.weight": r(D, D),
-               f"{b}.1.fn.to_out.0.weight": r(D, D), f"{b}.1.fn.to_out.0.bias": r(D)}
+        sd |= {
+            f"{b}.0.norm.weight": 1 + r(D),
+            f"{b}.0.norm.bias": r(D),
+            f"{b}.0.fn.weight": r(D, D),
+            f"{b}.1.norm.weight": 1 + r(D),
+            f"{b}.1.norm.bias": r(D),
+            f"{b}.1.fn.qkv.weight": r(D, D),
+            f"{b}.1.fn.to_out.0.weight": r(D, D),
+            f"{b}.1.fn.to_out.0.bias": r(D),
+        }
     return sd
 
 
 def official_forward(sd, imgs, noise, ratio=0.75, lambd=0.5, eta=0.1):
     """The official crate_ae forward, from its key layout (PreNorm LayerNorms eps 1e-5, final 1e-6)."""
+
     def ln(x, key, eps=1e-5):
         return F.layer_norm(x, (D,), sd[f"{key}.weight"], sd[f"{key}.bias"], eps)
 
@@ -66,7 +88,7 @@ def official_forward(sd, imgs, noise, ratio=0.75, lambd=0.5, eta=0.1):
         p = D // K
         outs = []
         for k in range(K):
-            wk = w[..., k * p:(k + 1) * p]
+            wk = w[..., k * p : (k + 1) * p]
             outs.append(torch.softmax(wk @ wk.mT / math.sqrt(p), -1) @ wk)
         return torch.cat(outs, -1) @ sd[f"{key}.to_out.0.weight"].T + sd[f"{key}.to_out.0.bias"]
 
@@ -108,7 +130,14 @@ def test_parity_with_the_official_formulas():
     sd = official_state_dict()
     model = load_official(sd, heads=K).eval()
     c = model.config
-    assert (c.dim, c.heads, c.depth, c.decoder_depth, c.patch_size, c.image_size) == (D, K, L_ENC, L_DEC, P, IMG)
+    assert (c.dim, c.heads, c.depth, c.decoder_depth, c.patch_size, c.image_size) == (
+        D,
+        K,
+        L_ENC,
+        L_DEC,
+        P,
+        IMG,
+    )
     imgs = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(1))
     noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(2))
     out = model(imgs, noise=noise)
@@ -122,8 +151,14 @@ def test_parity_with_the_official_formulas():
 def test_wrapped_and_prefixed_checkpoint_file(tmp_path):
     sd = official_state_dict()
     path = tmp_path / "checkpoint-799.pth"
-    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}, "epoch": 799,
-                "args": argparse.Namespace(model="mae_crate_base")}, path)
+    torch.save(
+        {
+            "model": {f"module.{k}": v for k, v in sd.items()},
+            "epoch": 799,
+            "args": argparse.Namespace(model="mae_crate_base"),
+        },
+        path,
+    )
     model = load_official(path, heads=K)
     direct = load_official(sd, heads=K)
     for (k1, v1), (k2, v2) in zip(model.state_dict().items(), direct.state_dict().items()):
@@ -139,11 +174,16 @@ def test_official_width_gives_the_heads():
 
 
 def test_other_layouts_are_rejected(tmp_path):
-    vision = {"transformer.layers.0.0.norm.weight": torch.ones(D), "cls_token": torch.zeros(1, 1, D),
-              "pos_embedding": torch.zeros(1, 17, D)}
+    vision = {
+        "transformer.layers.0.0.norm.weight": torch.ones(D),
+        "cls_token": torch.zeros(1, 1, D),
+        "pos_embedding": torch.zeros(1, 17, D),
+    }
     with pytest.raises(ValueError, match="not an official CRATE-MAE checkpoint"):
         load_official({"state_dict": vision})
-    vit_mae = {k: v for k, v in official_state_dict().items() if not k.startswith(("blocks", "decoder_blocks"))}
+    vit_mae = {
+        k: v for k, v in official_state_dict().items() if not k.startswith(("blocks", "decoder_blocks"))
+    }
     vit_mae |= {"blocks.0.norm1.weight": torch.ones(D), "blocks.0.attn.qkv.weight": torch.zeros(3 * D, D)}
     with pytest.raises(ValueError, match="not an official CRATE-MAE checkpoint"):
         load_official(vit_mae, heads=K)

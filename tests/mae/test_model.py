@@ -22,12 +22,21 @@ def _images(b=3, seed=0):
 
 def test_presets_match_the_paper_table():
     for name, (d, k, l) in {
-        "crate-mae-tiny": (384, 6, 12), "crate-mae-small": (576, 12, 12),
-        "crate-mae-base": (768, 12, 12), "crate-mae-large": (1024, 16, 24),
+        "crate-mae-tiny": (384, 6, 12),
+        "crate-mae-small": (576, 12, 12),
+        "crate-mae-base": (768, 12, 12),
+        "crate-mae-large": (1024, 16, 24),
     }.items():
         c = crate_core.get_config(name)
         assert (c.dim, c.heads, c.depth, c.decoder_heads, c.decoder_depth, c.patch_size, c.image_size) == (
-            d, k, l, k, l, 16, 224)
+            d,
+            k,
+            l,
+            k,
+            l,
+            16,
+            224,
+        )
         assert (c.lambd, c.step_size, c.mask_ratio, c.mask_mode) == (0.5, 0.1, 0.75, "token")
     for name in ("crate-mae-tiny-test", "crate-mae-nano", "tost-mae-tiny-test"):
         assert crate_core.registry.get_entry(name).family == "mae"
@@ -113,6 +122,7 @@ def test_token_mode_equals_explicit_mask_token_substitution():
 
 def _decoder_formula(layer, z):
     """y = LN_a(z) E^T; z' = y - (concat_k softmax(w_k w_k^T / sqrt p) w_k) W_o^T - b_o, w = LN_b(y) U^T."""
+
     def ln(x, mod):
         mu = x.mean(-1, keepdim=True)
         var = ((x - mu) ** 2).mean(-1, keepdim=True)
@@ -126,7 +136,7 @@ def _decoder_formula(layer, z):
     p = w.shape[-1] // K
     heads = []
     for k in range(K):
-        wk = w[..., k * p:(k + 1) * p]
+        wk = w[..., k * p : (k + 1) * p]
         scores = torch.einsum("bip,bjp->bij", wk, wk) / math.sqrt(p)
         heads.append(torch.einsum("bij,bjp->bip", scores.softmax(-1), wk))
     mssa = torch.einsum("bnk,dk->bnd", torch.cat(heads, -1), Wo) + bo
@@ -150,7 +160,9 @@ def test_intermediates_feed_the_rate_measures():
     torch.manual_seed(0)
     model = crate_core.create(TINY)
     out = model(_images(), return_intermediates=True)
-    enc = crate_core.rate.measure_layers(out.encoder_layers, [l.mssa.subspaces() for l in model.encoder.layers])
+    enc = crate_core.rate.measure_layers(
+        out.encoder_layers, [l.mssa.subspaces() for l in model.encoder.layers]
+    )
     assert enc["rc"].shape == (2, 3) and torch.isfinite(enc["rc"]).all()
     assert (enc["sparsity"] > 0).all()  # ISTA with lambda 0.5 zeroes entries
     dec = [crate_core.rate.official_compression(o.proj) for o in out.decoder_layers]
@@ -165,7 +177,7 @@ def test_a_few_steps_lower_the_loss():
     imgs = _images(8, seed=1)
     noise = torch.rand(8, 64, generator=torch.Generator().manual_seed(2))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = float(model(imgs, noise=noise).loss)
+    first = float(model(imgs, noise=noise).loss.detach())
     for _ in range(25):
         loss = model(imgs, noise=noise).loss
         opt.zero_grad()

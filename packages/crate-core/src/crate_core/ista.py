@@ -49,6 +49,8 @@ class ISTA(nn.Module):
         if u.shape[-1] != self.dim:
             raise ValueError(f"ISTA expects last dimension {self.dim}, got {tuple(u.shape)}")
         D, eta = self.D, self.step_size
+        if 2 * (u.numel() // self.dim) < self.dim:  # few tokens (e.g. decoding): 3 N d^2 < d^3 + N d^2
+            return F.relu(u + eta * (u @ D - (u @ D.t()) @ D) - eta * self.lambd)
         eye = torch.eye(self.dim, device=D.device, dtype=D.dtype)
         W = eye + eta * (D - D.t() @ D)
         return F.relu(u @ W - eta * self.lambd)

@@ -21,7 +21,8 @@ code); the moment at token i is then sum_{j<=i} Pi_j w_j^2 / sum_{j<=i} Pi_j. Wi
 choice token i's output equals the non-causal TSSA applied to tokens 1..i whenever the
 memberships of earlier tokens do not move when later tokens arrive (one head, or tau = 0);
 in general the earlier tokens keep the memberships they had on arrival, which is what makes
-the cumulative sums (linear time) possible.
+the cumulative sums (linear time) possible. Given max_len, causal TSSA also learns the
+official per-head, per-position bias b_ki on the membership scores (zero at init).
 
 Key-padding masks (B, N) (True = real token) drop padding tokens from every statistic;
 their outputs are zero before the output projection.
@@ -62,20 +63,28 @@ def key_padding_mask(attn_mask: torch.Tensor | None, batch: int, n: int) -> torc
 
 
 def token_statistics(
-    w: torch.Tensor, temperature: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False
+    w: torch.Tensor,
+    temperature: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    position_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Memberships Pi (B, K, N) and second moments m for per-head coordinates w (B, K, N, p)
     (without a mask any leading dims work in place of B).
 
     Non-causal: m is (B, K, 1, p), the statistic of the whole sequence. Causal: m is
     (B, K, N, p), row i the running statistic of tokens j <= i. ``temperature`` is (K,);
+    ``position_bias`` (K, N), if given, is added to each token's sum of normalised squares;
     ``mask`` (B, N) bool drops padding tokens from the statistics (their Pi is 0)."""
     sq = w.square()
     if mask is not None:
         sq = sq * mask[:, None, :, None].to(sq.dtype)
     # column energies over the tokens (running, for causal): sum_i w_ij^2
     energy = sq.cumsum(dim=-2) if causal else sq.sum(dim=-2, keepdim=True)
-    score = (sq / energy.clamp_min(_tiny(sq))).sum(dim=-1) * temperature.to(sq.dtype)[:, None]
+    score = (sq / energy.clamp_min(_tiny(sq))).sum(dim=-1)
+    if position_bias is not None:
+        score = score + position_bias.to(sq.dtype)
+    score = score * temperature.to(sq.dtype)[:, None]
     pi = score.softmax(dim=-2)  # over the heads
     if mask is not None:
         pi = pi * mask[:, None, :].to(pi.dtype)
@@ -97,6 +106,9 @@ class TSSA(nn.Module):
         dim_head: per-head width p (default d / K).
         qkv_bias: bias in the projection U (the official ToST presets use one).
         max_len: longest sequence accepted (None = any length); longer input raises ValueError.
+            A causal TSSA with max_len also learns the official per-head, per-position bias b
+            (init 0) on the membership scores, tau_k * (sum_j w_hat_ij^2 + b_ki): early tokens'
+            running norms cover few tokens, and b lets the model recalibrate them.
         dropout: output dropout during training.
     """
 
@@ -119,6 +131,7 @@ class TSSA(nn.Module):
         inner = heads * self.dim_head
         self.U = nn.Linear(dim, inner, bias=qkv_bias)
         self.temperature = nn.Parameter(torch.ones(heads))  # tau_k (keep out of weight decay)
+        self.position_bias = nn.Parameter(torch.zeros(heads, max_len)) if causal and max_len else None
         self.out = nn.Linear(inner, dim)
         self.out_drop = nn.Dropout(dropout)
 
@@ -147,7 +160,8 @@ class TSSA(nn.Module):
             raise ValueError(f"sequence of {n} tokens is longer than max_len={self.max_len}")
         mask = key_padding_mask(attn_mask, b, n)
         w = self.project(x) if w is None else w
-        pi, moment = token_statistics(w, self.temperature, mask, self.causal)
+        bias = None if self.position_bias is None else self.position_bias[:, :n]
+        pi, moment = token_statistics(w, self.temperature, mask, self.causal, bias)
         o = -pi[..., None] * w / (1.0 + moment)
         out = self.out_drop(self.out(rearrange(o, "b k n p -> b n (k p)")))
         return (out, pi) if return_memberships else out
@@ -189,7 +203,9 @@ class ToSTBlock(nn.Module):
             self.gamma1 = nn.Parameter(torch.full((dim,), float(layerscale)))
             self.gamma2 = nn.Parameter(torch.full((dim,), float(layerscale)))
 
-    def forward(self, z: torch.Tensor, attn_mask: torch.Tensor | None = None, return_intermediates: bool = False):
+    def forward(
+        self, z: torch.Tensor, attn_mask: torch.Tensor | None = None, return_intermediates: bool = False
+    ):
         y = self.norm1(z)
         w = self.tssa.project(y)
         a = self.tssa(y, attn_mask, w=w)
@@ -229,7 +245,9 @@ class ToSTStack(nn.Module):
             raise ValueError(f"depth must be positive, got depth={depth}")
         self.dim, self.depth, self.heads = dim, depth, heads
         self.layers = nn.ModuleList(
-            ToSTBlock(dim, heads, causal, dim_head, qkv_bias, max_len, mlp_ratio, layerscale, dropout, norm_eps)
+            ToSTBlock(
+                dim, heads, causal, dim_head, qkv_bias, max_len, mlp_ratio, layerscale, dropout, norm_eps
+            )
             for _ in range(depth)
         )
 

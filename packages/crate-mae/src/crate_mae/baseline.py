@@ -40,7 +40,9 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList
     from timm.models.vision_transformer import Block  # imported here: timm takes seconds to import
 
     norm = partial(nn.LayerNorm, eps=1e-6)
-    return nn.ModuleList(Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth))
+    return nn.ModuleList(
+        Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)
+    )
 
 
 class ViTMAE(nn.Module):
@@ -77,7 +79,9 @@ class ViTMAE(nn.Module):
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         return random_masking(images.shape[0], self.num_patches, ratio, images.device, generator, noise)
 
-    def encode(self, images: torch.Tensor, masking: Masking | None = None, return_intermediates: bool = False):
+    def encode(
+        self, images: torch.Tensor, masking: Masking | None = None, return_intermediates: bool = False
+    ):
         """LN of the encoder output: (B, N+1, d) without masking, (B, len_keep+1, d) with it."""
         x = self.patch_embed(images) + self.pos_embed[:, 1:].to(images.dtype)
         if masking is not None:
@@ -101,7 +105,9 @@ class ViTMAE(nn.Module):
         pred = self.decoder_pred(self.decoder_norm(z))[:, 1:]
         return (pred, layers) if return_intermediates else pred
 
-    def forward(self, images, mask_ratio=None, noise=None, generator=None, return_intermediates=False) -> MAEOutput:
+    def forward(
+        self, images, mask_ratio=None, noise=None, generator=None, return_intermediates=False
+    ) -> MAEOutput:
         c = self.config
         check_image(images, c.patch_size, c.image_size, c.in_chans)
         masking = self.mask_for(images, mask_ratio, noise, generator)
@@ -127,10 +133,21 @@ class ViTMAE(nn.Module):
 
 def _same_as_crate(name: str, dim: int, heads: int, depth: int, **geometry) -> None:
     config = ViTMAEConfig(
-        dim=dim, heads=heads, depth=depth, decoder_dim=dim, decoder_heads=heads, decoder_depth=depth, **geometry
+        dim=dim,
+        heads=heads,
+        depth=depth,
+        decoder_dim=dim,
+        decoder_heads=heads,
+        decoder_depth=depth,
+        **geometry,
     )
-    register(name, ViTMAE, config, family="mae",
-             description=f"ViT-MAE baseline with the width/depth of crate-{name[4:]}: {dim} wide, {depth}+{depth} layers")
+    register(
+        name,
+        ViTMAE,
+        config,
+        family="mae",
+        description=f"ViT-MAE baseline with the width/depth of crate-{name[4:]}: {dim} wide, {depth}+{depth} layers",
+    )
 
 
 _same_as_crate("vit-mae-tiny", 384, 6, 12)

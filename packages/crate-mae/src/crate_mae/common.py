@@ -29,7 +29,9 @@ class MAEOutput:
     decoder_layers: list | None = None
 
 
-def check_geometry(image_size: int, patch_size: int, in_chans: int, dim: int, heads: int, mask_ratio: float) -> int:
+def check_geometry(
+    image_size: int, patch_size: int, in_chans: int, dim: int, heads: int, mask_ratio: float
+) -> int:
     """Validate an MAE config's shape fields; return the patch-grid side G = image_size / patch_size."""
     if patch_size <= 0 or image_size <= 0:
         raise ValueError(f"image_size and patch_size must be positive, got {image_size} and {patch_size}")
@@ -64,7 +66,9 @@ class PatchEmbed(nn.Module):
         return self.proj(images).flatten(2).transpose(1, 2)
 
 
-def reconstruction_loss(images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix: bool):
+def reconstruction_loss(
+    images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix: bool
+):
     """(loss, target): MSE over removed patches against (optionally per-patch normalised) pixels."""
     target = patchify(images, patch_size)
     if norm_pix:

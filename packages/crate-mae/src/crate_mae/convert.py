@@ -65,7 +65,7 @@ def unwrap(checkpoint: dict) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in checkpoint.items():
         if isinstance(v, torch.Tensor):
-            out[k[len("module."):] if k.startswith("module.") else k] = v
+            out[k[len("module.") :] if k.startswith("module.") else k] = v
     return out
 
 
@@ -81,7 +81,11 @@ def convert_official_state_dict(
     ``overrides`` replace config fields (e.g. lambd, mask_ratio)."""
     sd = unwrap(checkpoint)
     missing = [k for k in _REQUIRED if k not in sd]
-    if missing or "blocks.0.layers.0.1.fn.weight" not in sd or "decoder_blocks.0.layers.0.0.fn.weight" not in sd:
+    if (
+        missing
+        or "blocks.0.layers.0.1.fn.weight" not in sd
+        or "decoder_blocks.0.layers.0.0.fn.weight" not in sd
+    ):
         sample = ", ".join(sorted(sd)[:6])
         raise ValueError(
             "not an official CRATE-MAE checkpoint: expected keys like 'blocks.0.layers.0.1.fn.weight' and "
@@ -102,8 +106,13 @@ def convert_official_state_dict(
             raise ValueError(f"width {dim} is not an official preset ({sorted(OFFICIAL_HEADS)}): pass heads=")
         heads = OFFICIAL_HEADS[dim]
     fields = dict(
-        image_size=grid * patch, patch_size=patch, in_chans=in_chans, dim=dim, heads=heads,
-        depth=_depth(sd, "blocks"), decoder_depth=_depth(sd, "decoder_blocks"),
+        image_size=grid * patch,
+        patch_size=patch,
+        in_chans=in_chans,
+        dim=dim,
+        heads=heads,
+        depth=_depth(sd, "blocks"),
+        decoder_depth=_depth(sd, "decoder_blocks"),
         decoder_heads=decoder_heads or heads,
     )
     fields.update(overrides)
@@ -112,7 +121,9 @@ def convert_official_state_dict(
     table = sincos_2d(dim, grid, cls_token=True)[None]
     for key in ("pos_embed", "decoder_pos_embed"):
         if key in sd and not torch.allclose(sd[key].float(), table, atol=1e-4):
-            raise ValueError(f"{key} in the checkpoint is not the fixed 2-D sin-cos table for a {grid}x{grid} grid")
+            raise ValueError(
+                f"{key} in the checkpoint is not the fixed 2-D sin-cos table for a {grid}x{grid} grid"
+            )
 
     out, unknown = {}, []
     for k, v in sd.items():

@@ -39,7 +39,11 @@ def _materialise(ds: Dataset, limit: int | None) -> TensorDataset:
 
 
 def load_split(
-    source: str, split: str, size: int | None = None, image_size: int = 32, seed: int = 0,
+    source: str,
+    split: str,
+    size: int | None = None,
+    image_size: int = 32,
+    seed: int = 0,
     cache_dir: str | Path | None = None,
 ) -> ImageSet:
     """One split of ``source`` ("shapes", "mnist" or an ImageFolder directory); ``size`` caps the
@@ -73,14 +77,21 @@ def load_split(
         raise ValueError(f"data source must be 'shapes', 'mnist' or an image directory, got {source!r}")
     folder = root / split if (root / split).is_dir() else root
     if folder == root and split != "train":
-        raise FileNotFoundError(f"no {split}/ sub-directory in {root} (expected {root}/{{train,val,test}}/<class>/...)")
+        raise FileNotFoundError(
+            f"no {split}/ sub-directory in {root} (expected {root}/{{train,val,test}}/<class>/...)"
+        )
     from torchvision import datasets
     from torchvision.transforms import v2
 
-    transform = v2.Compose([
-        v2.ToImage(), v2.Resize(image_size), v2.CenterCrop(image_size),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    transform = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(image_size),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     ds = datasets.ImageFolder(str(folder), transform=transform)
     if size is not None and size < len(ds):
         g = torch.Generator().manual_seed(seed)

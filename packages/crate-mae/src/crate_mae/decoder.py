@@ -36,7 +36,9 @@ class DecoderLayerOutputs:
 class CRATEDecoderLayer(nn.Module):
     """y = LN_a(z) E^T; z_next = y - MSSA(LN_b y)."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int | None = None, norm_eps: float = 1e-5, dropout: float = 0.0):
+    def __init__(
+        self, dim: int, heads: int, dim_head: int | None = None, norm_eps: float = 1e-5, dropout: float = 0.0
+    ):
         super().__init__()
         self.norm_a = nn.LayerNorm(dim, eps=norm_eps)
         self.E = nn.Parameter(torch.empty(dim, dim))

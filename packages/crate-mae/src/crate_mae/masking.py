@@ -23,10 +23,14 @@ def check_mask_ratio(ratio: float) -> float:
     return float(ratio)
 
 
-def check_image(images: torch.Tensor, patch_size: int, image_size: int | None = None, channels: int | None = None):
+def check_image(
+    images: torch.Tensor, patch_size: int, image_size: int | None = None, channels: int | None = None
+):
     """Raise a ValueError unless images is (B, C, H, W) with H, W divisible by the patch (and matching)."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be a (batch, channels, height, width) tensor, got {getattr(images, 'shape', type(images))}")
+        raise ValueError(
+            f"images must be a (batch, channels, height, width) tensor, got {getattr(images, 'shape', type(images))}"
+        )
     _, c, h, w = images.shape
     if h % patch_size or w % patch_size:
         raise ValueError(f"image size {h}x{w} is not divisible by patch_size={patch_size}")
@@ -42,7 +46,9 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return rearrange(images, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=patch_size, p2=patch_size)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3, grid: tuple[int, int] | None = None):
+def unpatchify(
+    patches: torch.Tensor, patch_size: int, channels: int = 3, grid: tuple[int, int] | None = None
+):
     """Inverse of patchify; ``grid`` = (rows, cols) of patches, square by default."""
     if patches.dim() != 3 or patches.shape[-1] != patch_size * patch_size * channels:
         raise ValueError(
@@ -55,7 +61,13 @@ def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3, grid: 
             raise ValueError(f"{n} patches do not form a square grid; pass grid=(rows, cols)")
         grid = (side, side)
     return rearrange(
-        patches, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=grid[0], w=grid[1], p1=patch_size, p2=patch_size, c=channels
+        patches,
+        "b (h w) (p1 p2 c) -> b c (h p1) (w p2)",
+        h=grid[0],
+        w=grid[1],
+        p1=patch_size,
+        p2=patch_size,
+        c=channels,
     )
 
 

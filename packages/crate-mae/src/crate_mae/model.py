@@ -110,7 +110,9 @@ class CRATEMAE(nn.Module):
     def _with_cls(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
 
-    def encode(self, images: torch.Tensor, masking: Masking | None = None, return_intermediates: bool = False):
+    def encode(
+        self, images: torch.Tensor, masking: Masking | None = None, return_intermediates: bool = False
+    ):
         """Encoder output LN(z^L). Without ``masking``: every patch, (B, N+1, d). With it:
         (B, N+1, d) for mask_mode="token", (B, len_keep+1, d) for "drop"."""
         x = self.patch_tokens(images)
@@ -179,24 +181,46 @@ def _preset(name: str, description: str, **fields) -> None:
 
 _preset("crate-mae-tiny", "CRATE-MAE tiny: 384 wide, 6 heads, 12+12 layers, patch 16, 224 px")
 _preset(
-    "crate-mae-small", "CRATE-MAE small: 576 wide, 12 heads, 12+12 layers, patch 16, 224 px",
-    dim=576, heads=12, decoder_heads=12,
+    "crate-mae-small",
+    "CRATE-MAE small: 576 wide, 12 heads, 12+12 layers, patch 16, 224 px",
+    dim=576,
+    heads=12,
+    decoder_heads=12,
 )
 _preset(
-    "crate-mae-base", "CRATE-MAE base: 768 wide, 12 heads, 12+12 layers, patch 16, 224 px",
-    dim=768, heads=12, decoder_heads=12,
+    "crate-mae-base",
+    "CRATE-MAE base: 768 wide, 12 heads, 12+12 layers, patch 16, 224 px",
+    dim=768,
+    heads=12,
+    decoder_heads=12,
 )
 _preset(
-    "crate-mae-large", "CRATE-MAE large: 1024 wide, 16 heads, 24+24 layers, patch 16, 224 px",
-    dim=1024, heads=16, depth=24, decoder_heads=16, decoder_depth=24,
+    "crate-mae-large",
+    "CRATE-MAE large: 1024 wide, 16 heads, 24+24 layers, patch 16, 224 px",
+    dim=1024,
+    heads=16,
+    depth=24,
+    decoder_heads=16,
+    decoder_depth=24,
 )
 _TINY_TEST = dict(image_size=32, patch_size=4, dim=64, heads=4, depth=2, decoder_heads=4, decoder_depth=2)
-_preset("crate-mae-tiny-test", "CRATE-MAE test preset: 64 wide, 4 heads, 2+2 layers, patch 4, 32 px", **_TINY_TEST)
 _preset(
-    "crate-mae-nano", "CRATE-MAE CPU preset: 128 wide, 4 heads, 4+4 layers, patch 4, 32 px (offline pretraining)",
-    image_size=32, patch_size=4, dim=128, heads=4, depth=4, decoder_heads=4, decoder_depth=4,
+    "crate-mae-tiny-test", "CRATE-MAE test preset: 64 wide, 4 heads, 2+2 layers, patch 4, 32 px", **_TINY_TEST
 )
 _preset(
-    "tost-mae-tiny-test", "CRATE-MAE test preset with a ToST (TSSA) encoder: 64 wide, 2+2 layers, 32 px",
-    block="tost", **_TINY_TEST,
+    "crate-mae-nano",
+    "CRATE-MAE CPU preset: 128 wide, 4 heads, 4+4 layers, patch 4, 32 px (offline pretraining)",
+    image_size=32,
+    patch_size=4,
+    dim=128,
+    heads=4,
+    depth=4,
+    decoder_heads=4,
+    decoder_depth=4,
+)
+_preset(
+    "tost-mae-tiny-test",
+    "CRATE-MAE test preset with a ToST (TSSA) encoder: 64 wide, 2+2 layers, 32 px",
+    block="tost",
+    **_TINY_TEST,
 )

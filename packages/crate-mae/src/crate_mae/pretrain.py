@@ -35,8 +35,15 @@ class ReconstructionEval:
     """Trainer eval_fn: metrics on ``size`` validation images, and a PNG grid of the first
     ``grid_images`` (original | masked | reconstruction) under ``out_dir/recon/``."""
 
-    def __init__(self, val: ImageSet, size: int = 256, batch: int = 64, grid_images: int = 8,
-                 out_dir: str | Path | None = None, seed: int = 0):
+    def __init__(
+        self,
+        val: ImageSet,
+        size: int = 256,
+        batch: int = 64,
+        grid_images: int = 8,
+        out_dir: str | Path | None = None,
+        seed: int = 0,
+    ):
         n = min(size, len(val))
         self.images = torch.stack([val.dataset[i][0] for i in range(n)])
         self.mean, self.std = val.mean, val.std
@@ -56,7 +63,7 @@ class ReconstructionEval:
         num = num01 = den = 0.0
         first = None
         for i in range(0, len(self.images), self.batch):
-            x = self.images[i:i + self.batch].to(device)
+            x = self.images[i : i + self.batch].to(device)
             noise = torch.rand(x.shape[0], net.num_patches, generator=g).to(device)
             out = model(x, noise=noise)
             m = out.mask
@@ -76,13 +83,21 @@ class ReconstructionEval:
             sub = type(out)(out.loss, out.pred[:k], out.target[:k], out.mask[:k], out.ids_restore[:k])
             masked, recon = reconstruction_views(x, sub, c.patch_size, c.norm_pix_loss)
             step = self.trainer.step if self.trainer is not None else self.calls
-            self.last_grid = save_grid(x, masked, recon, self.out_dir / "recon" / f"step_{step:06d}.png",
-                                       self.mean, self.std)
+            self.last_grid = save_grid(
+                x, masked, recon, self.out_dir / "recon" / f"step_{step:06d}.png", self.mean, self.std
+            )
         return metrics
 
 
-def pretrain(model: nn.Module, cfg, train: ImageSet, val: ImageSet, eval_size: int = 256, grid_images: int = 8,
-             export: bool = True) -> dict:
+def pretrain(
+    model: nn.Module,
+    cfg,
+    train: ImageSet,
+    val: ImageSet,
+    eval_size: int = 256,
+    grid_images: int = 8,
+    export: bool = True,
+) -> dict:
     """Train ``model`` with crate_core.train.Trainer; returns the trainer's result plus
     ``params``, ``train_time_s``, ``final`` (last eval metrics) and ``recon_dir``."""
     from crate_core.train import Trainer

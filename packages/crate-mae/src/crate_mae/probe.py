@@ -23,7 +23,11 @@ L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 @torch.no_grad()
 def extract_features(
-    model: nn.Module, dataset: Dataset, pool: str = "cls", batch_size: int = 256, device: str | torch.device = "cpu"
+    model: nn.Module,
+    dataset: Dataset,
+    pool: str = "cls",
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (M, d) float32, labels (M,) long) for every (image, label) of ``dataset``."""
     was_training = model.training
@@ -67,7 +71,9 @@ def fit_logistic(X: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, max_iter: i
     classes = int(y.max()) + 1
     W = torch.zeros(classes, X.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()
@@ -97,8 +103,14 @@ def linear_probe(
     return out
 
 
-def probe_encoder(model: nn.Module, train: Dataset, test: Dataset, val: Dataset | None = None, pool: str = "cls",
-                  batch_size: int = 256) -> dict[str, float]:
+def probe_encoder(
+    model: nn.Module,
+    train: Dataset,
+    test: Dataset,
+    val: Dataset | None = None,
+    pool: str = "cls",
+    batch_size: int = 256,
+) -> dict[str, float]:
     """Frozen features of ``model`` on each split, then ``linear_probe``; also the feature width."""
     device = next(model.parameters()).device
     tr = extract_features(model, train, pool, batch_size, device)

@@ -40,8 +40,13 @@ def psnr(mse_01: torch.Tensor | float) -> float:
 
 
 def save_grid(
-    images: torch.Tensor, masked: torch.Tensor, recon: torch.Tensor, path: str | Path,
-    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), scale: int = 4,
+    images: torch.Tensor,
+    masked: torch.Tensor,
+    recon: torch.Tensor,
+    path: str | Path,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    scale: int = 4,
 ) -> Path:
     """Write a PNG with one row per image: original | masked | reconstruction (un-normalised)."""
     from PIL import Image

@@ -7,10 +7,19 @@ Importing it registers every vision preset in the crate_core registry
 """
 
 from . import timm_models  # noqa: F401  registers the timm names
+from .baselines import ViTClassifier, ViTClassifierConfig, register_baselines
 from .convert import load_official
 from .models import CRATEClassifier, CRATEClassifierConfig, register_presets, resize_pos_embed
 
 register_presets()
+register_baselines()
 
-__all__ = ["CRATEClassifier", "CRATEClassifierConfig", "load_official", "resize_pos_embed"]
+__all__ = [
+    "CRATEClassifier",
+    "CRATEClassifierConfig",
+    "ViTClassifier",
+    "ViTClassifierConfig",
+    "load_official",
+    "resize_pos_embed",
+]
 __version__ = "0.1.0"

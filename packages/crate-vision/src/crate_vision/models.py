@@ -12,7 +12,6 @@ Module names map one-to-one onto the official checkpoints (see crate_vision.conv
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import crate_core

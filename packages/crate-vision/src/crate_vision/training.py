@@ -62,12 +62,13 @@ def load_weights(path: str | Path) -> nn.Module:
 def build_model(
     name: str | None,
     spec: DataSpec,
-    finetune: str | None = None,
+    finetune: str | Path | nn.Module | None = None,
     overrides: dict | None = None,
 ) -> nn.Module:
-    """A fresh preset sized for the data, or (``finetune``) trained weights with a new head."""
-    if finetune:
-        model = load_weights(finetune)
+    """A fresh preset sized for the data, or (``finetune``: a loaded model or a path for load_weights)
+    trained weights with a new head, positions resampled to the data's image size."""
+    if finetune is not None:
+        model = finetune if isinstance(finetune, nn.Module) else load_weights(finetune)
         if overrides:
             raise ValueError("model overrides (--set) cannot be combined with --finetune")
         if model.config.in_channels != spec.in_channels:

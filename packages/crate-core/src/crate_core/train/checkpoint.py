@@ -79,7 +79,9 @@ def resolve_resume(resume: str | None, out_dir: str | os.PathLike) -> Path | Non
         found = list_checkpoints(root)
         if found:
             return found[-1]
-    raise ValueError(f"resume={resume!r} is neither a checkpoint (step_*/ with {STATE_FILE}) nor a run directory holding one")
+    raise ValueError(
+        f"resume={resume!r} is neither a checkpoint (step_*/ with {STATE_FILE}) nor a run directory holding one"
+    )
 
 
 def read_state(path: str | os.PathLike) -> dict:
@@ -100,9 +102,14 @@ def check_compatible(state: dict, fingerprint: dict, world_size: int, path: Path
     if s_shapes != m_shapes:
         missing = sorted(set(m_shapes) - set(s_shapes))[:4]
         extra = sorted(set(s_shapes) - set(m_shapes))[:4]
-        wrong = [f"{k} {s_shapes[k]} != {m_shapes[k]}" for k in sorted(set(s_shapes) & set(m_shapes))
-                 if s_shapes[k] != m_shapes[k]][:4]
-        problems.append(f"parameters differ (not in checkpoint: {missing}; only in checkpoint: {extra}; shapes: {wrong})")
+        wrong = [
+            f"{k} {s_shapes[k]} != {m_shapes[k]}"
+            for k in sorted(set(s_shapes) & set(m_shapes))
+            if s_shapes[k] != m_shapes[k]
+        ][:4]
+        problems.append(
+            f"parameters differ (not in checkpoint: {missing}; only in checkpoint: {extra}; shapes: {wrong})"
+        )
     if problems:
         raise ValueError(f"checkpoint {path} is of another model: " + "; ".join(problems))
     if state.get("world_size") != world_size:

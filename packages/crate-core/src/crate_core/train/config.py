@@ -86,7 +86,9 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got betas={self.betas!r}")
         if self.grad_clip < 0:
-            raise ValueError(f"grad_clip must be >= 0 (0 disables clipping), got grad_clip={self.grad_clip!r}")
+            raise ValueError(
+                f"grad_clip must be >= 0 (0 disables clipping), got grad_clip={self.grad_clip!r}"
+            )
         choices = {
             "optimizer": OPTIMIZERS,
             "zero_stage": ZERO_STAGES,
@@ -116,7 +118,9 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(defaults) - set(fields))
     if unknown:
-        raise ValueError(f"add_train_args got unknown default(s) {unknown}; TrainConfig fields are {sorted(fields)}")
+        raise ValueError(
+            f"add_train_args got unknown default(s) {unknown}; TrainConfig fields are {sorted(fields)}"
+        )
     base = TrainConfig()
     d = {name: defaults.get(name, getattr(base, name)) for name in fields}
 
@@ -127,41 +131,76 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
         return None if s.lower() in ("none", "") else float(s)
 
     g = parser.add_argument_group("training (crate_core.train)")
-    g.add_argument("--out-dir", default=d["out_dir"], help="run directory: checkpoints, run_config.json, wandb")
+    g.add_argument(
+        "--out-dir", default=d["out_dir"], help="run directory: checkpoints, run_config.json, wandb"
+    )
     g.add_argument("--steps", type=int, default=d["steps"], help="optimizer steps")
-    g.add_argument("--micro-batch", type=int, default=d["micro_batch"], help="samples per process per micro-step")
-    g.add_argument("--grad-accum", type=opt_int, default=d["grad_accum"], help="micro-steps per optimizer step")
-    g.add_argument("--global-batch", type=opt_int, default=d["global_batch"],
-                   help="samples per optimizer step over all processes (= micro x accum x world)")
+    g.add_argument(
+        "--micro-batch", type=int, default=d["micro_batch"], help="samples per process per micro-step"
+    )
+    g.add_argument(
+        "--grad-accum", type=opt_int, default=d["grad_accum"], help="micro-steps per optimizer step"
+    )
+    g.add_argument(
+        "--global-batch",
+        type=opt_int,
+        default=d["global_batch"],
+        help="samples per optimizer step over all processes (= micro x accum x world)",
+    )
     g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate")
-    g.add_argument("--min-lr", type=opt_float, default=d["min_lr"], help="final learning rate (default lr/10)")
+    g.add_argument(
+        "--min-lr", type=opt_float, default=d["min_lr"], help="final learning rate (default lr/10)"
+    )
     g.add_argument("--warmup-steps", type=int, default=d["warmup_steps"], help="linear warm-up, then cosine")
     g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
     g.add_argument("--betas", type=float, nargs=2, default=d["betas"])
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"])
     g.add_argument("--grad-clip", type=float, default=d["grad_clip"], help="max global grad norm (0: off)")
-    g.add_argument("--zero-stage", type=int, choices=ZERO_STAGES, default=d["zero_stage"],
-                   help="DeepSpeed ZeRO stage (1 or 2 for models under ~1B parameters)")
-    g.add_argument("--offload-optimizer", action=argparse.BooleanOptionalAction, default=d["offload_optimizer"],
-                   help="keep optimizer state on the CPU (ZeRO-Offload)")
-    g.add_argument("--ds-config", default=d["ds_config"], help="your own DeepSpeed JSON, merged over the generated one")
-    g.add_argument("--precision", choices=PRECISIONS, default=d["precision"], help="auto: bf16 on GPU, fp32 on CPU")
+    g.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=ZERO_STAGES,
+        default=d["zero_stage"],
+        help="DeepSpeed ZeRO stage (1 or 2 for models under ~1B parameters)",
+    )
+    g.add_argument(
+        "--offload-optimizer",
+        action=argparse.BooleanOptionalAction,
+        default=d["offload_optimizer"],
+        help="keep optimizer state on the CPU (ZeRO-Offload)",
+    )
+    g.add_argument(
+        "--ds-config", default=d["ds_config"], help="your own DeepSpeed JSON, merged over the generated one"
+    )
+    g.add_argument(
+        "--precision", choices=PRECISIONS, default=d["precision"], help="auto: bf16 on GPU, fp32 on CPU"
+    )
     g.add_argument("--eval-every", type=int, default=d["eval_every"], help="0: only at the end")
     g.add_argument("--eval-batches", type=int, default=d["eval_batches"])
     g.add_argument("--log-every", type=int, default=d["log_every"])
     g.add_argument("--ckpt-every", type=int, default=d["ckpt_every"], help="0: only at the end")
     g.add_argument("--keep-last", type=int, default=d["keep_last"], help="checkpoints kept on disk")
-    g.add_argument("--resume", default=d["resume"], help="'auto' (newest complete checkpoint in out-dir) or a path")
+    g.add_argument(
+        "--resume", default=d["resume"], help="'auto' (newest complete checkpoint in out-dir) or a path"
+    )
     g.add_argument("--seed", type=int, default=d["seed"], help="base seed; rank r uses seed + r")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=d["deterministic"])
     g.add_argument("--wandb", choices=WANDB_MODES, default=d["wandb"])
     g.add_argument("--wandb-project", default=d["wandb_project"])
     g.add_argument("--run-name", default=d["run_name"])
-    g.add_argument("--max-nonfinite", type=int, default=d["max_nonfinite"],
-                   help="stop after this many non-finite losses in a row")
+    g.add_argument(
+        "--max-nonfinite",
+        type=int,
+        default=d["max_nonfinite"],
+        help="stop after this many non-finite losses in a row",
+    )
     g.add_argument("--num-workers", type=int, default=d["num_workers"], help="DataLoader workers")
-    g.add_argument("--progress", choices=PROGRESS_MODES, default=d["progress"],
-                   help="auto: a bar on a terminal, else one plain line per log interval")
+    g.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default=d["progress"],
+        help="auto: a bar on a terminal, else one plain line per log interval",
+    )
     g.add_argument("--device", choices=DEVICES, default=d["device"])
     # the deepspeed launcher passes --local_rank=N (older torch launchers --local-rank)
     g.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -180,11 +219,15 @@ def train_config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainC
 # DeepSpeed JSON
 
 
-def resolve_batch(micro: int | None, accum: int | None, global_batch: int | None, world: int, source: str) -> tuple:
+def resolve_batch(
+    micro: int | None, accum: int | None, global_batch: int | None, world: int, source: str
+) -> tuple:
     """Return (micro, accum, global) with global = micro x accum x world, or raise naming the numbers."""
     if micro is None:
         if global_batch is None or accum is None:
-            raise ValueError(f"{source}: give train_micro_batch_size_per_gpu, or both the global batch and accumulation")
+            raise ValueError(
+                f"{source}: give train_micro_batch_size_per_gpu, or both the global batch and accumulation"
+            )
         if global_batch % (accum * world):
             raise ValueError(
                 f"{source}: global batch {global_batch} is not divisible by grad_accum {accum} x world_size {world}"
@@ -210,7 +253,9 @@ def resolve_batch(micro: int | None, accum: int | None, global_batch: int | None
 
 def build_ds_config(cfg: TrainConfig, world_size: int, device_type: str, bf16: bool) -> dict:
     """The DeepSpeed JSON for ``cfg`` (merged with ``cfg.ds_config`` if given), validated."""
-    micro, accum, global_batch = resolve_batch(cfg.micro_batch, cfg.grad_accum, cfg.global_batch, world_size, "config")
+    micro, accum, global_batch = resolve_batch(
+        cfg.micro_batch, cfg.grad_accum, cfg.global_batch, world_size, "config"
+    )
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.offload_optimizer:
         if cfg.zero_stage == 0:
@@ -275,10 +320,15 @@ def merge_user_ds_config(generated: dict, user: dict, cfg: TrainConfig, device_t
         else:
             merged[key] = value
     opt = merged.get("optimizer")
-    if device_type == "cpu" and isinstance(opt, dict) and opt.get("type", "").lower() in ("adam", "adamw"):
-        offload = merged.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
-        if offload in (None, "none"):
-            opt.setdefault("params", {}).setdefault("torch_adam", True)
+    if isinstance(opt, dict) and opt.get("type", "").lower() in ("adam", "adamw"):
+        params = opt.setdefault("params", {})
+        offload = (merged.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
+        user_params = (user.get("optimizer") or {}).get("params", {})
+        if offload not in (None, "none"):
+            if "torch_adam" not in user_params:  # offloaded state steps with DeepSpeedCPUAdam (cpu_adam op)
+                params.pop("torch_adam", None)
+        elif device_type == "cpu":
+            params.setdefault("torch_adam", True)
     return merged
 
 
@@ -296,7 +346,9 @@ def validate_ds_config(ds: dict, world_size: int, source: str) -> dict:
         source,
     )
     ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"] = (
-        micro, accum, global_batch,
+        micro,
+        accum,
+        global_batch,
     )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in ZERO_STAGES:

@@ -16,8 +16,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 class ShardedSampler(Sampler[int]):
     """This rank's indices of epoch ``epoch``, starting at position ``start``."""
 
-    def __init__(self, n: int, rank: int, world_size: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True):
-        self.n, self.rank, self.world, self.seed, self.epoch, self.start = n, rank, world_size, seed, epoch, start
+    def __init__(
+        self, n: int, rank: int, world_size: int, seed: int, epoch: int, start: int = 0, shuffle: bool = True
+    ):
+        self.n, self.rank, self.world, self.seed, self.epoch, self.start = (
+            n,
+            rank,
+            world_size,
+            seed,
+            epoch,
+            start,
+        )
         self.shuffle = shuffle
         self.per_rank = n // world_size
 
@@ -58,7 +67,13 @@ class BatchStream:
                 f"the training dataset has {n} samples: fewer than micro_batch {micro_batch} per process "
                 f"x world_size {world_size}, so no full batch can be drawn"
             )
-        self.dataset, self.micro, self.rank, self.world, self.seed = dataset, micro_batch, rank, world_size, seed
+        self.dataset, self.micro, self.rank, self.world, self.seed = (
+            dataset,
+            micro_batch,
+            rank,
+            world_size,
+            seed,
+        )
         self.collate_fn, self.num_workers = collate_fn, num_workers
         self.epoch, self.index = epoch, index
         self.batches_per_epoch = (n // world_size) // micro_batch
@@ -102,12 +117,26 @@ class BatchStream:
         return self
 
 
-def eval_batches(dataset: Dataset, micro_batch: int, rank: int, world_size: int, max_batches: int,
-                 collate_fn: Callable | None = None, num_workers: int = 0) -> Iterator:
+def eval_batches(
+    dataset: Dataset,
+    micro_batch: int,
+    rank: int,
+    world_size: int,
+    max_batches: int,
+    collate_fn: Callable | None = None,
+    num_workers: int = 0,
+) -> Iterator:
     """Up to ``max_batches`` batches of this rank's share of ``dataset``, in order (no shuffling)."""
     sampler = ShardedSampler(len(dataset), rank, world_size, seed=0, epoch=0, shuffle=False)
-    loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, drop_last=False, collate_fn=collate_fn,
-                        num_workers=num_workers, generator=torch.Generator().manual_seed(rank))
+    loader = DataLoader(
+        dataset,
+        batch_size=micro_batch,
+        sampler=sampler,
+        drop_last=False,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(rank),
+    )
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break

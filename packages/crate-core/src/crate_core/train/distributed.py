@@ -80,7 +80,9 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     else:
         for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             if key not in os.environ:
-                raise ValueError(f"environment variable {key} is missing: start with torchrun, deepspeed, or plain python")
+                raise ValueError(
+                    f"environment variable {key} is missing: start with torchrun, deepspeed, or plain python"
+                )
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
@@ -96,7 +98,9 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
             kwargs.update(init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     elif dist.get_backend() != backend:
-        raise ValueError(f"a {dist.get_backend()} process group already exists, but {backend} is needed for {dev}")
+        raise ValueError(
+            f"a {dist.get_backend()} process group already exists, but {backend} is needed for {dev}"
+        )
     else:
         rank, world = dist.get_rank(), dist.get_world_size()
     import deepspeed

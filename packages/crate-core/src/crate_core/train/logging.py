@@ -35,8 +35,18 @@ class RunLogger:
 
     SHOWN = ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "mfu")
 
-    def __init__(self, is_main: bool, total_steps: int, start_step: int, out_dir: Path, mode: str,
-                 project: str, run_name: str | None, config: dict, progress: str = "auto"):
+    def __init__(
+        self,
+        is_main: bool,
+        total_steps: int,
+        start_step: int,
+        out_dir: Path,
+        mode: str,
+        project: str,
+        run_name: str | None,
+        config: dict,
+        progress: str = "auto",
+    ):
         self.is_main = is_main
         self.run = None
         self.bar = None
@@ -47,8 +57,15 @@ class RunLogger:
             import wandb
 
             out_dir.mkdir(parents=True, exist_ok=True)
-            self.run = wandb.init(project=project, name=run_name, dir=str(out_dir), mode=mode, config=config,
-                                  resume="allow", id=_run_id(out_dir, run_name))
+            self.run = wandb.init(
+                project=project,
+                name=run_name,
+                dir=str(out_dir),
+                mode=mode,
+                config=config,
+                resume="allow",
+                id=_run_id(out_dir, run_name),
+            )
         use_bar = progress == "bar" or (progress == "auto" and sys.stdout.isatty())
         self.plain = progress != "off" and not use_bar
         if use_bar:

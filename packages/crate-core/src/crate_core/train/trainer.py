@@ -80,6 +80,7 @@ def model_fingerprint(model: nn.Module) -> dict:
 
 def git_commit(cwd: str | None = None) -> dict:
     """HEAD commit and whether the tree has local changes (None outside a git checkout)."""
+
     def run(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
 
@@ -164,18 +165,25 @@ class Trainer:
             try:
                 from lion_pytorch import Lion  # noqa: F401
             except ImportError as e:
-                raise ValueError("optimizer='lion' needs the lion-pytorch package (pip install lion-pytorch)") from e
+                raise ValueError(
+                    "optimizer='lion' needs the lion-pytorch package (pip install lion-pytorch)"
+                ) from e
         self.fingerprint = model_fingerprint(model)
         self.resume_path = ckpt.resolve_resume(cfg.resume, self.out_dir)
         if self.resume_path is not None:
-            ckpt.check_compatible(ckpt.read_state(self.resume_path), self.fingerprint, self.world_size, self.resume_path)
+            ckpt.check_compatible(
+                ckpt.read_state(self.resume_path), self.fingerprint, self.world_size, self.resume_path
+            )
         if eval_dataset is not None and len(eval_dataset) < self.world_size:
-            raise ValueError(f"eval_dataset has {len(eval_dataset)} samples, fewer than world_size {self.world_size}")
+            raise ValueError(
+                f"eval_dataset has {len(eval_dataset)} samples, fewer than world_size {self.world_size}"
+            )
         self.loss_fn = loss_fn or _default_loss
         self.eval_dataset, self.eval_fn, self.collate_fn = eval_dataset, eval_fn, collate_fn
         self.callbacks = list(callbacks)
-        self.stream = BatchStream(train_dataset, self.micro_batch, self.rank, self.world_size, cfg.seed,
-                                  collate_fn, cfg.num_workers)
+        self.stream = BatchStream(
+            train_dataset, self.micro_batch, self.rank, self.world_size, cfg.seed, collate_fn, cfg.num_workers
+        )
 
         # --- reproducibility ---
         if cfg.deterministic:
@@ -202,7 +210,9 @@ class Trainer:
             self._rng_to_restore = state["_rng"]
             self.last_checkpoint, self._last_ckpt_step = self.resume_path, self.step
         if self.step > cfg.steps:
-            raise ValueError(f"checkpoint {self.resume_path} is at step {self.step}, beyond steps={cfg.steps}")
+            raise ValueError(
+                f"checkpoint {self.resume_path} is at step {self.step}, beyond steps={cfg.steps}"
+            )
         self._write_run_config()
 
     # ------------------------------------------------------------------------------------------
@@ -212,7 +222,10 @@ class Trainer:
         cfg = self.cfg
         decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         groups = [g for g in groups if g["params"]]
         client_opt = None
         if cfg.optimizer == "lion" and "optimizer" not in self.ds_config:
@@ -253,6 +266,17 @@ class Trainer:
         batch = _to_device(batch, self.device, torch.bfloat16 if self.bf16 else None)
         return _split(self.loss_fn(self.engine, batch))
 
+    def _micro_step(self, batch) -> tuple[torch.Tensor, dict, bool]:
+        """Forward; if the loss is finite on every rank, backward and (at the boundary) step."""
+        loss, metrics = self._forward(batch)
+        finite = bool(torch.isfinite(loss.detach()).all())
+        reduce_on = self.device if self.env.backend == "nccl" else None
+        if all_reduce_scalar(0.0 if finite else 1.0, "max", reduce_on):
+            return loss, metrics, True
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss, metrics, False
+
     def evaluate(self) -> dict:
         """Collective: eval_fn(model), or the mean loss_fn metrics over eval_batches batches."""
         if self.eval_fn is None and self.eval_dataset is None:
@@ -265,8 +289,15 @@ class Trainer:
                     return {k if k.startswith("eval/") else f"eval/{k}": _as_float(v) for k, v in out.items()}
                 sums: dict[str, float] = {}
                 count = 0
-                for batch in eval_batches(self.eval_dataset, self.micro_batch, self.rank, self.world_size,
-                                          self.cfg.eval_batches, self.collate_fn, self.cfg.num_workers):
+                for batch in eval_batches(
+                    self.eval_dataset,
+                    self.micro_batch,
+                    self.rank,
+                    self.world_size,
+                    self.cfg.eval_batches,
+                    self.collate_fn,
+                    self.cfg.num_workers,
+                ):
                     loss, metrics = self._forward(batch)
                     sums["loss"] = sums.get("loss", 0.0) + _as_float(loss)
                     for k, v in metrics.items():
@@ -292,7 +323,9 @@ class Trainer:
             "git": self.git,
             "train_config": self.cfg.to_dict(),
         }
-        path = ckpt.save_checkpoint(self.engine, self.ckpt_root, self.step, state, self.rank, self.cfg.keep_last)
+        path = ckpt.save_checkpoint(
+            self.engine, self.ckpt_root, self.step, state, self.rank, self.cfg.keep_last
+        )
         self.last_checkpoint, self._last_ckpt_step = path, self.step
         return path
 
@@ -306,8 +339,17 @@ class Trainer:
         if self._rng_to_restore is not None:  # last thing before the loop: continue the exact random stream
             ckpt.restore_rng(self._rng_to_restore)
             self._rng_to_restore = None
-        logger = RunLogger(self.is_main, cfg.steps, self.step, self.out_dir, cfg.wandb, cfg.wandb_project,
-                           cfg.run_name, {"train": cfg.to_dict(), "ds": self.ds_config}, cfg.progress)
+        logger = RunLogger(
+            self.is_main,
+            cfg.steps,
+            self.step,
+            self.out_dir,
+            cfg.wandb,
+            cfg.wandb_project,
+            cfg.run_name,
+            {"train": cfg.to_dict(), "ds": self.ds_config},
+            cfg.progress,
+        )
         if self.resume_path is not None:
             logger.message(f"resumed from {self.resume_path} at step {self.step}")
         history: list[dict] = []
@@ -325,23 +367,12 @@ class Trainer:
                 for _ in range(self.grad_accum):
                     while True:  # until a micro-batch with a finite loss on every rank
                         batch = next(self.stream)
-
-                        def micro_step():
-                            loss, metrics = self._forward(batch)
-                            bad = all_reduce_scalar(0.0 if torch.isfinite(loss.detach()).all() else 1.0, "max",
-                                                    self.device if self.env.backend == "nccl" else None)
-                            if bad:
-                                return loss, metrics, True
-                            self.engine.backward(loss)
-                            self.engine.step()
-                            return loss, metrics, False
-
                         if count_mfu and flops_per_micro is None:
-                            flops, (loss, metrics, bad) = count_flops(micro_step)
+                            flops, (loss, metrics, bad) = count_flops(lambda b=batch: self._micro_step(b))
                             if not bad:
                                 flops_per_micro = flops
                         else:
-                            loss, metrics, bad = micro_step()
+                            loss, metrics, bad = self._micro_step(batch)
                         if not bad:
                             consecutive_bad = 0
                             break
@@ -373,8 +404,10 @@ class Trainer:
 
                 if self.step % cfg.log_every == 0 or last_step:
                     keys = sorted(interval["metrics"])
-                    red = all_reduce_vector([interval["loss"], interval["n"], interval["tokens"]]
-                                            + [interval["metrics"][k] for k in keys])
+                    red = all_reduce_vector(
+                        [interval["loss"], interval["n"], interval["tokens"]]
+                        + [interval["metrics"][k] for k in keys]
+                    )
                     dt = max(time.perf_counter() - t_interval, 1e-9)
                     last_loss = red[0] / red[1]
                     grad_norm = self.engine.get_global_grad_norm()
@@ -441,8 +474,10 @@ class Trainer:
         """
         from_checkpoint = self.zero_stage == 3 or (self.bf16 and self.zero_stage > 0)
         if not from_checkpoint:
-            return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
-                    for k, v in self.model.state_dict().items()}
+            return {
+                k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
+                for k, v in self.model.state_dict().items()
+            }
         if self._last_ckpt_step != self.step or self.last_checkpoint is None:
             raise RuntimeError(
                 f"export of ZeRO-{self.zero_stage} weights reads the checkpoint of the current step {self.step}, "
@@ -466,7 +501,12 @@ class Trainer:
         tied_ok = {n for names in aliases.values() if names & set(state) for n in names}
         missing = [k for k in missing if k not in tied_ok]
         if missing or unexpected:
-            raise ValueError(f"consolidated weights do not fit {type(plain).__name__}: missing {missing}, "
-                             f"unexpected {unexpected}")
-        meta = {"trainer": {"step": self.step, "git": self.git, "zero_stage": self.zero_stage}, **(extra or {})}
+            raise ValueError(
+                f"consolidated weights do not fit {type(plain).__name__}: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
+        meta = {
+            "trainer": {"step": self.step, "git": self.git, "zero_stage": self.zero_stage},
+            **(extra or {}),
+        }
         return save_pretrained(plain, path, extra=meta)

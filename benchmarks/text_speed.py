@@ -1,0 +1,353 @@
+"""CRATE-GPT against GPT-2 of the same width, depth and context (transformers' GPT2LMHeadModel,
+random init, benchmark-only dependency). Two modes, both offline and CPU-friendly:
+
+    uv run python benchmarks/text_speed.py --mode speed     # training tokens/s, generation tokens/s, KV-cache bytes
+    uv run python benchmarks/text_speed.py --mode quality   # val loss after identical training on Shakespeare
+
+speed: crate-gpt-small (12 layers, 8 heads, d 512, context 1024) vs GPT-2 12/8/512/1024, both with the
+padded 50304-row tied embedding and no dropout. A training step is forward + backward + AdamW on
+--batch x --context tokens; the two models alternate step by step so that load on the machine hits
+both alike; the figure is the median over --repeats steps after --warmup. Generation: greedy, a
+--prompt-tokens prompt then --new-tokens tokens, each model with its own KV cache (CRATE: one w per
+layer; GPT-2: keys and values); cache bytes are read from the caches themselves.
+
+quality: crate-gpt-nano (4/4/128, context 128) and GPT-2 of that shape trained by the same loop
+(AdamW 0.9/0.95, wd 0.1 on matrices, warm-up + cosine, clip 1.0, the same batches in the same order)
+for --steps steps, then evaluated on the same validation windows.
+
+Reports go to benchmarks/reports/text_speed/ (Markdown + PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import crate_core
+import crate_text
+import torch
+import torch.nn.functional as F
+from crate_text.prepare import DEFAULT_OUT, ensure_prepared
+
+REPORT_DIR = Path(__file__).resolve().parent / "reports" / "text_speed"
+
+
+def gpt2_like(config, dropout: float = 0.0):
+    """transformers GPT-2 with CRATE-GPT's width, depth, heads, context and (padded) vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    g = GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.dim,
+        n_layer=config.depth,
+        n_head=config.heads,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        tie_word_embeddings=True,
+    )
+    g._attn_implementation = "sdpa"
+    return GPT2LMHeadModel(g)
+
+
+def lm_loss(model, x, y):
+    if isinstance(model, crate_text.CRATEGPT):
+        return model(x, y)[1]
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- speed ----------------------------------------------------------------------------------------
+def train_speed(models: dict, batch: int, context: int, repeats: int, warmup: int, vocab: int) -> dict:
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+    times = {k: [] for k in models}
+    g = torch.Generator().manual_seed(0)
+    for r in range(warmup + repeats):
+        data = torch.randint(0, vocab, (batch, context + 1), generator=g)
+        for name, m in models.items():  # alternate: the same load conditions for both
+            m.train()
+            t0 = time.perf_counter()
+            loss = lm_loss(m, data[:, :-1], data[:, 1:])
+            loss.backward()
+            opts[name].step()
+            opts[name].zero_grad(set_to_none=True)
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[name].append(dt)
+    return {k: batch * context / statistics.median(v) for k, v in times.items()}, times
+
+
+@torch.no_grad()
+def generation(models: dict, prompt_tokens: int, new_tokens: int, repeats: int, vocab: int) -> dict:
+    out = {}
+    prompt = torch.randint(0, 50257, (1, prompt_tokens), generator=torch.Generator().manual_seed(1))
+    for name, m in models.items():
+        m.eval()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            if isinstance(m, crate_text.CRATEGPT):
+                seq = m.generate(prompt, new_tokens, temperature=0)
+            else:
+                seq = m.generate(
+                    prompt,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=0,
+                )
+            ts.append(time.perf_counter() - t0)
+        assert seq.shape[1] == prompt_tokens + new_tokens
+        # cache bytes after the full sequence
+        if isinstance(m, crate_text.CRATEGPT):
+            cache = m.new_cache()
+            m.forward_cached(seq, cache)
+            nbytes = cache.nbytes()
+        else:
+            past = m(seq, use_cache=True).cache
+            nbytes = sum(
+                layer.keys.numel() * layer.keys.element_size()
+                + layer.values.numel() * layer.values.element_size()
+                for layer in past.layers
+            )
+        out[name] = {
+            "tokens_per_s": new_tokens / statistics.median(ts),
+            "cache_bytes": nbytes,
+            "cache_tokens": seq.shape[1],
+        }
+    return out
+
+
+def run_speed(args) -> dict:
+    torch.manual_seed(0)
+    crate = crate_core.create(args.model)
+    c = crate.config
+    context = args.context or c.block_size
+    gpt2 = gpt2_like(c)
+    models = {"CRATE-GPT": crate, "GPT-2": gpt2}
+    tps, times = train_speed(models, args.batch, context, args.repeats, args.warmup, c.n_tokens)
+    gen = generation(models, args.prompt_tokens, args.new_tokens, max(1, args.repeats // 2), c.n_tokens)
+    res = {
+        "mode": "speed",
+        "model": args.model,
+        "width": c.dim,
+        "depth": c.depth,
+        "heads": c.heads,
+        "context": context,
+        "batch": args.batch,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "params": {k: n_params(m) for k, m in models.items()},
+        "train_tokens_per_s": tps,
+        "train_step_times_s": times,
+        "train_speedup": tps["CRATE-GPT"] / tps["GPT-2"],
+        "generation": gen,
+        "generation_speedup": gen["CRATE-GPT"]["tokens_per_s"] / gen["GPT-2"]["tokens_per_s"],
+        "cache_ratio": gen["CRATE-GPT"]["cache_bytes"] / gen["GPT-2"]["cache_bytes"],
+    }
+    return res
+
+
+# ---- quality --------------------------------------------------------------------------------------
+def train_identically(model, train, steps, batch, lr, min_lr, warmup, seed) -> list[float]:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    other = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+
+    def lr_at(s):
+        if s < warmup:
+            return lr * (s + 1) / warmup
+        return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    losses = []
+    model.train()
+    for s in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(s)
+        ids = order[(s * batch + torch.arange(batch)) % len(train)]
+        x, y = (torch.stack(t) for t in zip(*(train[int(i)] for i in ids)))
+        loss = lm_loss(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def val_loss(model, val, batch: int) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for s in range(0, len(val), batch):
+        x, y = (torch.stack(t) for t in zip(*(val[i] for i in range(s, min(len(val), s + batch)))))
+        total += lm_loss(model, x, y).item() * x.shape[0]
+        n += x.shape[0]
+    return total / n
+
+
+def run_quality(args) -> dict:
+    data = ensure_prepared(DEFAULT_OUT) if args.data == DEFAULT_OUT else Path(args.data)
+    tok = crate_text.get_tokenizer("gpt2")
+    torch.manual_seed(0)
+    crate = crate_core.create(args.quality_model)
+    c = crate.config
+    torch.manual_seed(0)
+    gpt2 = gpt2_like(c)
+    train = crate_text.TokenDataset(data / "train.bin", c.block_size, tokenizer=tok)
+    val = crate_text.TokenDataset(data / "val.bin", c.block_size, tokenizer=tok)
+    res = {
+        "mode": "quality",
+        "model": args.quality_model,
+        "steps": args.steps,
+        "batch": args.quality_batch,
+        "context": c.block_size,
+        "lr": args.lr,
+        "train_tokens": args.steps * args.quality_batch * c.block_size,
+        "val_tokens": len(val) * c.block_size,
+        "params": {},
+        "val_loss": {},
+        "train_curve": {},
+        "time_s": {},
+    }
+    for name, m in (("CRATE-GPT", crate), ("GPT-2", gpt2)):
+        t0 = time.perf_counter()
+        curve = train_identically(
+            m, train, args.steps, args.quality_batch, args.lr, args.lr / 10, args.warmup_steps, 0
+        )
+        res["time_s"][name] = time.perf_counter() - t0
+        res["val_loss"][name] = val_loss(m, val, 32)
+        res["train_curve"][name] = curve
+        res["params"][name] = n_params(m)
+        print(
+            f"{name}: val loss {res['val_loss'][name]:.4f} after {args.steps} steps ({res['time_s'][name]:.0f} s)"
+        )
+    return res
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def write_report(res: dict, out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{res['mode']}.json").write_text(json.dumps(res, indent=1))
+    lines = []
+    if res["mode"] == "speed":
+        g = res["generation"]
+        lines += [
+            f"# CRATE-GPT vs GPT-2: speed ({res['model']}: {res['depth']} layers, {res['heads']} heads, "
+            f"d {res['width']}, context {res['context']})",
+            "",
+            f"CPU, {res['threads']} threads, batch {res['batch']} x {res['context']} tokens, median of "
+            f"{res['repeats']} alternating steps (forward + backward + AdamW). Random init, no dropout, both with "
+            "the tied 50304-row embedding.",
+            "",
+            "| | CRATE-GPT | GPT-2 | ratio |",
+            "|---|---|---|---|",
+            f"| parameters | {res['params']['CRATE-GPT'] / 1e6:.1f}M | {res['params']['GPT-2'] / 1e6:.1f}M | "
+            f"{res['params']['CRATE-GPT'] / res['params']['GPT-2']:.2f} |",
+            f"| training tokens/s | {res['train_tokens_per_s']['CRATE-GPT']:.0f} | "
+            f"{res['train_tokens_per_s']['GPT-2']:.0f} | **{res['train_speedup']:.2f}x** |",
+            f"| generation tokens/s (greedy, KV cache) | {g['CRATE-GPT']['tokens_per_s']:.1f} | "
+            f"{g['GPT-2']['tokens_per_s']:.1f} | {res['generation_speedup']:.2f}x |",
+            f"| KV-cache bytes at {g['CRATE-GPT']['cache_tokens']} tokens | {g['CRATE-GPT']['cache_bytes']:,} | "
+            f"{g['GPT-2']['cache_bytes']:,} | {res['cache_ratio']:.2f} |",
+            "",
+        ]
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+        names = ["CRATE-GPT", "GPT-2"]
+        for ax, vals, title in zip(
+            axes,
+            [
+                [res["train_tokens_per_s"][n] for n in names],
+                [g[n]["tokens_per_s"] for n in names],
+                [g[n]["cache_bytes"] / 2**20 for n in names],
+            ],
+            ["training tokens/s", "generation tokens/s", "KV cache (MiB)"],
+        ):
+            ax.bar(names, vals, color=["tab:blue", "tab:gray"])
+            ax.set_title(title)
+    else:
+        v = res["val_loss"]
+        lines += [
+            f"# CRATE-GPT vs GPT-2: validation loss after identical training ({res['model']} shape)",
+            "",
+            f"Offline Shakespeare (GPT-2 BPE), {res['steps']} steps of {res['batch']} x {res['context']} tokens "
+            f"({res['train_tokens']:,} training tokens), AdamW lr {res['lr']} warm-up + cosine, clip 1.0, the same "
+            f"batches in the same order; validation on {res['val_tokens']:,} held-out tokens.",
+            "",
+            "| | parameters | val loss | perplexity | train time (s) |",
+            "|---|---|---|---|---|",
+        ]
+        for n in v:
+            lines.append(
+                f"| {n} | {res['params'][n] / 1e6:.2f}M | {v[n]:.4f} | {math.exp(v[n]):.1f} | "
+                f"{res['time_s'][n]:.0f} |"
+            )
+        lines += [
+            "",
+            "Paper (OpenWebText, base scale, 600k steps): CRATE-GPT-Base 3.37 vs GPT-2-Base 2.85.",
+            "",
+        ]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for n, curve in res["train_curve"].items():
+            k = max(1, len(curve) // 50)
+            smooth = [sum(curve[i : i + k]) / len(curve[i : i + k]) for i in range(0, len(curve), k)]
+            ax.plot([i * k for i in range(len(smooth))], smooth, label=f"{n} (val {v[n]:.3f})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("train loss")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{res['mode']}.png", dpi=100)
+    lines.append(f"![{res['mode']}]({res['mode']}.png)")
+    md = out_dir / f"{res['mode']}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=["speed", "quality"], default="speed")
+    p.add_argument("--model", default="crate-gpt-small", help="speed mode preset")
+    p.add_argument("--context", type=int, default=None, help="speed mode context (default: the preset's)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--quality-model", default="crate-gpt-nano")
+    p.add_argument("--data", default=DEFAULT_OUT)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--quality-batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=str(REPORT_DIR))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = run_speed(args) if args.mode == "speed" else run_quality(args)
+    md = write_report(res, Path(args.out))
+    print(md.read_text())
+    return res
+
+
+if __name__ == "__main__":
+    main()

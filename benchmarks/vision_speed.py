@@ -1,0 +1,146 @@
+"""Training and inference throughput of CRATE-B/16 against timm's ViT-B/16 (same width 768 and
+depth 12) at 224 px, measured side by side in one run (repeats interleaved, median reported).
+
+    uv run python benchmarks/vision_speed.py                    # CPU, fp32, batch 8
+    uv run python benchmarks/vision_speed.py --amp bf16 --batch 64   # on a GPU
+
+Training = forward + cross-entropy + backward + AdamW step (img/s); inference = forward under
+no_grad in eval mode (img/s). Writes benchmarks/reports/vision_speed/{report.md,results.json,speed.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import crate_core
+import crate_vision  # noqa: F401
+import timm
+import torch
+import torch.nn.functional as F
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build(name: str) -> torch.nn.Module:
+    if name.startswith("timm:"):
+        return timm.create_model(name[5:], pretrained=False, num_classes=1000)
+    return crate_core.create(name, num_classes=1000)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["crate-base-patch16-224", "timm:vit_base_patch16_224"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per model (interleaved)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out-dir", default="benchmarks/reports/vision_speed")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, 1000, (args.batch,), device=device)
+    models = {n: build(n).to(device) for n in args.models}
+    opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
+
+    def train_step(name):
+        m, opt = models[name], opts[name]
+        m.train()
+        with autocast(device, args.amp):
+            loss = F.cross_entropy(m(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer_step(name):
+        m = models[name].eval()
+        with autocast(device, args.amp):
+            m(x)
+
+    times = {n: {"train": [], "infer": []} for n in models}
+    for kind, fn in (("train", train_step), ("infer", infer_step)):
+        for r in range(args.warmup + args.repeats):
+            for name in models:  # interleaved so that load changes hit every model alike
+                sync(device)
+                t = time.perf_counter()
+                fn(name)
+                sync(device)
+                if r >= args.warmup:
+                    times[name][kind].append(time.perf_counter() - t)
+    rows = {}
+    for name, m in models.items():
+        rows[name] = {
+            "params_M": sum(p.numel() for p in m.parameters()) / 1e6,
+            "train_img_s": args.batch / statistics.median(times[name]["train"]),
+            "infer_img_s": args.batch / statistics.median(times[name]["infer"]),
+            "train_s": times[name]["train"],
+            "infer_s": times[name]["infer"],
+        }
+    base = args.models[-1]
+    lines = [
+        f"# Vision throughput: {', '.join(args.models)}",
+        "",
+        f"Device {device.type} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}, "
+        f"{torch.get_num_threads()} threads), batch {args.batch}, {args.image_size} px, amp {args.amp}, "
+        f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. torch {torch.__version__}.",
+        "",
+        f"| model | params (M) | train img/s | infer img/s | train x vs {base} | infer x vs {base} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['params_M']:.2f} | {r['train_img_s']:.2f} | {r['infer_img_s']:.2f} | "
+            f"{r['train_img_s'] / rows[base]['train_img_s']:.2f} | {r['infer_img_s'] / rows[base]['infer_img_s']:.2f} |"
+        )
+    report = "\n".join(lines) + "\n"
+    print(report)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if device.type == "cpu" and args.amp == "none" else f"_{device.type}_{args.amp}"
+    (out / f"report{suffix}.md").write_text(report)
+    (out / f"results{suffix}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3))
+        names = list(rows)
+        w = 0.38
+        ax.bar([i - w / 2 for i in range(len(names))], [rows[n]["train_img_s"] for n in names], w, label="train")
+        ax.bar([i + w / 2 for i in range(len(names))], [rows[n]["infer_img_s"] for n in names], w, label="inference")
+        ax.set_xticks(range(len(names)), names, fontsize=7)
+        ax.set_ylabel("images / s")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"speed{suffix}.png", dpi=100)
+    except ImportError:
+        pass
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Official-checkpoint loading: parity with an independent, formula-level forward of the official
+CRATE and CRATE-alpha layouts, written here with plain tensor ops on random weights."""
+
+import json
+import math
+
+import pytest
+import torch
+from crate_vision import load_official
+from crate_vision.convert import main as convert_main
+
+torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# random state dicts with the official key names
+def official_crate_state(dim=48, depth=2, heads=4, patch=4, image=16, classes=7, channels=3):
+    n = (image // patch) ** 2
+    pd = patch * patch * channels
+    g = torch.Generator().manual_seed(1)
+
+    def r(*shape, scale=None):
+        scale = scale if scale is not None else 1 / math.sqrt(shape[-1])
+        return torch.randn(*shape, generator=g) * scale
+
+    sd = {
+        "to_patch_embedding.1.weight": 1 + r(pd, scale=0.1),
+        "to_patch_embedding.1.bias": r(pd, scale=0.1),
+        "to_patch_embedding.2.weight": r(dim, pd),
+        "to_patch_embedding.2.bias": r(dim, scale=0.1),
+        "to_patch_embedding.3.weight": 1 + r(dim, scale=0.1),
+        "to_patch_embedding.3.bias": r(dim, scale=0.1),
+        "cls_token": r(1, 1, dim, scale=1.0),
+        "pos_embedding": r(1, n + 1, dim, scale=1.0),
+        "mlp_head.0.weight": 1 + r(dim, scale=0.1),
+        "mlp_head.0.bias": r(dim, scale=0.1),
+        "mlp_head.1.weight": r(classes, dim),
+        "mlp_head.1.bias": r(classes, scale=0.1),
+    }
+    for l in range(depth):
+        p = f"transformer.layers.{l}."
+        sd[p + "0.norm.weight"] = 1 + r(dim, scale=0.1)
+        sd[p + "0.norm.bias"] = r(dim, scale=0.1)
+        sd[p + "0.fn.qkv.weight"] = r(dim, dim)
+        sd[p + "0.fn.to_out.0.weight"] = r(dim, dim)
+        sd[p + "0.fn.to_out.0.bias"] = r(dim, scale=0.1)
+        sd[p + "1.norm.weight"] = 1 + r(dim, scale=0.1)
+        sd[p + "1.norm.bias"] = r(dim, scale=0.1)
+        sd[p + "1.fn.weight"] = r(dim, dim)
+    return sd
+
+
+def official_alpha_state(dim=32, depth=2, heads=4, patch=4, image=16, classes=5, channels=3):
+    n = (image // patch) ** 2
+    g = torch.Generator().manual_seed(2)
+
+    def r(*shape, scale=None):
+        scale = scale if scale is not None else 1 / math.sqrt(shape[-1])
+        return torch.randn(*shape, generator=g) * scale
+
+    sd = {
+        "conv1.weight": r(dim, channels, patch, patch, scale=1 / math.sqrt(channels * patch * patch)),
+        "conv1.bias": r(dim, scale=0.1),
+        "cls_token": r(1, 1, dim, scale=1.0),
+        "pos_embedding": r(1, n + 1, dim, scale=1.0),
+        "mlp_head.0.weight": 1 + r(dim, scale=0.1),
+        "mlp_head.0.bias": r(dim, scale=0.1),
+        "mlp_head.1.weight": r(classes, dim),
+        "mlp_head.1.bias": r(classes, scale=0.1),
+    }
+    for l in range(depth):
+        p = f"transformer.layers.{l}."
+        sd[p + "0.norm.weight"] = 1 + r(dim, scale=0.1)
+        sd[p + "0.norm.bias"] = r(dim, scale=0.1)
+        sd[p + "0.fn.qkv.weight"] = r(dim, dim)
+        sd[p + "0.fn.to_out.0.weight"] = r(dim, dim)
+        sd[p + "1.norm.weight"] = 1 + r(dim, scale=0.1)
+        sd[p + "1.norm.bias"] = r(dim, scale=0.1)
+        sd[p + "1.fn.D"] = r(dim, 4 * dim, scale=0.3)
+        sd[p + "1.fn.D1"] = r(dim, 4 * dim, scale=0.3)
+    return sd
+
+
+# ---------------------------------------------------------------------------------------------
+# independent forward passes (explicit loops / matmuls, no project code)
+def layer_norm(x, w, b, eps):
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * w + b
+
+
+def attention(y, qkv, heads):
+    """Official MSSA: w = y W^T split in heads; softmax(w w^T / sqrt(p)) w per head, concatenated."""
+    B, N, _ = y.shape
+    w = y @ qkv.t()
+    p = w.shape[-1] // heads
+    outs = []
+    for k in range(heads):
+        wk = w[..., k * p : (k + 1) * p]
+        a = torch.softmax(wk @ wk.transpose(1, 2) / math.sqrt(p), dim=-1)
+        outs.append(a @ wk)
+    return torch.cat(outs, dim=-1)
+
+
+def patches_p1p2c(img, P):
+    """(B, C, H, W) -> (B, N, P*P*C), row-major patches, each flattened with index (p1, p2, c)."""
+    B, C, H, W = img.shape
+    rows = []
+    for i in range(H // P):
+        for j in range(W // P):
+            patch = img[:, :, i * P : (i + 1) * P, j * P : (j + 1) * P]  # (B, C, p1, p2)
+            vec = torch.stack(
+                [patch[:, c, p1, p2] for p1 in range(P) for p2 in range(P) for c in range(C)], dim=-1
+            )
+            rows.append(vec)
+    return torch.stack(rows, dim=1)
+
+
+def official_crate_forward(sd, img, heads, patch):
+    eta, lam = 0.1, 0.1
+    x = patches_p1p2c(img, patch)
+    x = layer_norm(x, sd["to_patch_embedding.1.weight"], sd["to_patch_embedding.1.bias"], 1e-5)
+    x = x @ sd["to_patch_embedding.2.weight"].t() + sd["to_patch_embedding.2.bias"]
+    x = layer_norm(x, sd["to_patch_embedding.3.weight"], sd["to_patch_embedding.3.bias"], 1e-5)
+    x = torch.cat([sd["cls_token"].expand(x.shape[0], -1, -1), x], 1) + sd["pos_embedding"]
+    depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("transformer."))
+    for l in range(depth):
+        p = f"transformer.layers.{l}."
+        y = layer_norm(x, sd[p + "0.norm.weight"], sd[p + "0.norm.bias"], 1e-5)
+        x = x + attention(y, sd[p + "0.fn.qkv.weight"], heads) @ sd[p + "0.fn.to_out.0.weight"].t() + sd[
+            p + "0.fn.to_out.0.bias"
+        ]
+        u = layer_norm(x, sd[p + "1.norm.weight"], sd[p + "1.norm.bias"], 1e-5)
+        D = sd[p + "1.fn.weight"]
+        # column form: ReLU(u + eta D^T (u - D u) - eta lambda), tokens as columns
+        uc = u.transpose(1, 2)  # (B, d, N)
+        x = torch.relu(uc + eta * D.t() @ (uc - D @ uc) - eta * lam).transpose(1, 2)
+    cls = layer_norm(x[:, 0], sd["mlp_head.0.weight"], sd["mlp_head.0.bias"], 1e-5)
+    return cls @ sd["mlp_head.1.weight"].t() + sd["mlp_head.1.bias"]
+
+
+def official_alpha_forward(sd, img, heads, patch):
+    eta, lam = 0.1, 0.1
+    W, b = sd["conv1.weight"], sd["conv1.bias"]
+    B, C, H, Wd = img.shape
+    toks = []
+    for i in range(H // patch):
+        for j in range(Wd // patch):
+            piece = img[:, :, i * patch : (i + 1) * patch, j * patch : (j + 1) * patch]
+            toks.append(torch.einsum("bchw,dchw->bd", piece, W) + b)
+    x = torch.stack(toks, 1)
+    x = torch.cat([sd["cls_token"].expand(B, -1, -1), x], 1) + sd["pos_embedding"]
+    depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("transformer."))
+    for l in range(depth):
+        p = f"transformer.layers.{l}."
+        y = layer_norm(x, sd[p + "0.norm.weight"], sd[p + "0.norm.bias"], 1e-6)
+        x = x + attention(y, sd[p + "0.fn.qkv.weight"], heads) @ sd[p + "0.fn.to_out.0.weight"].t()
+        u = layer_norm(x, sd[p + "1.norm.weight"], sd[p + "1.norm.bias"], 1e-6).transpose(1, 2)  # (B, d, N)
+        D, D1 = sd[p + "1.fn.D"], sd[p + "1.fn.D1"]  # (d, 4d)
+        a1 = torch.relu(eta * D.t() @ u - eta * lam)
+        a2 = torch.relu(a1 - eta * D.t() @ (D @ a1 - u) - eta * lam)
+        x = x + (D1 @ a2).transpose(1, 2)
+    cls = layer_norm(x[:, 0], sd["mlp_head.0.weight"], sd["mlp_head.0.bias"], 1e-5)
+    return cls @ sd["mlp_head.1.weight"].t() + sd["mlp_head.1.bias"]
+
+
+def wrap_official(sd):
+    """The official training checkpoint: DDP 'module.' prefixes inside {'state_dict': ...}."""
+    return {"epoch": 3, "arch": "CRATE_small", "best_acc1": torch.tensor(1.0),
+            "state_dict": {"module." + k: v for k, v in sd.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+def test_crate_parity_official_checkpoint_format(tmp_path):
+    sd = official_crate_state()
+    path = tmp_path / "ckpt.pth"
+    torch.save(wrap_official(sd), path)
+    model = load_official(path, heads=4)
+    c = model.config
+    assert (c.dim, c.depth, c.heads, c.patch_size, c.image_size, c.num_classes) == (48, 2, 4, 4, 16, 7)
+    img = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        ours = model(img)
+    ref = official_crate_forward(sd, img, heads=4, patch=4)
+    assert torch.allclose(ours, ref, atol=1e-4, rtol=0), (ours - ref).abs().max()
+    # bare state_dict with the prefix, given as an object
+    model2 = load_official({"module." + k: v for k, v in sd.items()}, heads=4, variant="crate")
+    with torch.no_grad():
+        assert torch.allclose(model2(img), ref, atol=1e-4, rtol=0)
+
+
+def test_alpha_parity():
+    sd = official_alpha_state()
+    model = load_official(sd, heads=4, variant="alpha")
+    assert model.config.patch_embed == "conv" and model.config.ista == "alpha" and not model.config.out_bias
+    img = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ours = model(img)
+    ref = official_alpha_forward(sd, img, heads=4, patch=4)
+    assert torch.allclose(ours, ref, atol=1e-4, rtol=0), (ours - ref).abs().max()
+
+
+def test_heads_from_preset_and_required_otherwise():
+    sd = official_crate_state(dim=384, depth=12, heads=6, patch=16, image=32, classes=3)
+    model = load_official(sd)  # 384 wide, 12 layers = CRATE-T: 6 heads
+    assert model.config.heads == 6 and model.config.patch_size == 16 and model.config.image_size == 32
+    img = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(img), official_crate_forward(sd, img, heads=6, patch=16), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="--heads"):
+        load_official(official_crate_state(dim=48, depth=2))
+
+
+def test_convert_cli_writes_safetensors_and_config(tmp_path):
+    import crate_core
+
+    sd = official_crate_state()
+    src = tmp_path / "ckpt.pth"
+    torch.save(wrap_official(sd), src)
+    out = tmp_path / "converted"
+    convert_main([str(src), str(out), "--heads", "4"])
+    assert (out / "model.safetensors").is_file()
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["dim"] == 48 and meta["config"]["heads"] == 4
+    model = crate_core.from_pretrained(out)
+    img = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(img), official_crate_forward(sd, img, 4, 4), atol=1e-4, rtol=0)
+
+
+def test_unfitting_state_dict_lists_keys(tmp_path):
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=1, pretrained=False).state_dict()
+    with pytest.raises(ValueError, match="missing keys .*unexpected keys"):
+        load_official(vit)
+    sd = official_crate_state()
+    sd["extra.weight"] = torch.zeros(3)
+    del sd["transformer.layers.1.1.fn.weight"]
+    with pytest.raises(ValueError, match=r"missing keys \[transformer.layers.1.1.fn.weight\].*extra.weight"):
+        load_official(sd, heads=4)
+    with pytest.raises(ValueError, match="missing keys"):  # alpha weights read as the CRATE layout
+        load_official(official_alpha_state(), heads=4, variant="crate")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_official(tmp_path / "nope.pth")
+    with pytest.raises(ValueError, match="variant"):
+        load_official(sd, variant="vit")
