@@ -147,6 +147,16 @@ def run_case(args, kind: str, n: int) -> dict:
     return res
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def crossover(sizes, t_mssa, t_tssa) -> str:
     """First N where TSSA becomes faster, interpolated on the log-log time ratio."""
     logr = [math.log(m / t) for m, t in zip(t_mssa, t_tssa)]
@@ -255,7 +265,7 @@ def main(argv=None) -> None:
         "# Long context: MSSA vs TSSA",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{args.threads} threads; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
         "(other jobs share this machine: timings are noisy).  ",
         f"Setting: batch {args.batch}, dim {args.dim}, {args.heads} heads, {'causal' if args.causal else 'bidirectional'}, "

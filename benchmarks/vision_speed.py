@@ -36,10 +36,11 @@ def autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
-def build(name: str) -> torch.nn.Module:
+def build(name: str, image_size: int) -> torch.nn.Module:
+    """``timm:NAME`` from timm's registry (random init), else a crate_core preset."""
     if name.startswith("timm:"):
-        return timm.create_model(name[5:], pretrained=False, num_classes=1000)
-    return crate_core.create(name, num_classes=1000)
+        return timm.create_model(name[5:], pretrained=False, num_classes=1000, img_size=image_size)
+    return crate_core.create(name, num_classes=1000, image_size=image_size)
 
 
 def main(argv=None) -> dict:
@@ -61,7 +62,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
-    models = {n: build(n).to(device) for n in args.models}
+    models = {n: build(n, args.image_size).to(device) for n in args.models}
     opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
 
     def train_step(name):

@@ -39,8 +39,39 @@ class OtherModel(TinyModel):
 
 @pytest.fixture
 def clean_registry(monkeypatch):
-    """Registrations made by a test disappear after it."""
+    """Registrations made by a test disappear after it; installed family packages are not
+    imported (the entry-point mechanism has its own test below)."""
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_plugins_loaded", True)
+
+
+class FakeEntryPoint:
+    def __init__(self, name, action):
+        self.name, self.action = name, action
+
+    def load(self):
+        return self.action()
+
+
+def test_entry_points_are_imported_on_a_miss(clean_registry, monkeypatch):
+    def good():
+        crate_core.register("core-test-from-plugin", TinyModel, TinyConfig(depth=1), family="plugin")
+
+    def broken():
+        raise ImportError("optional dependency missing")
+
+    calls = []
+
+    def fake_entry_points(group):
+        calls.append(group)
+        return [FakeEntryPoint("broken", broken), FakeEntryPoint("good", good)]
+
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points)
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    model = crate_core.create("core-test-from-plugin")  # not registered yet: loads the plugins
+    assert len(model.trunk.layers) == 1 and calls == ["crate.models"]
+    assert crate_core.list_models(family="plugin") == ["core-test-from-plugin"]
+    assert calls == ["crate.models"]  # loaded once
 
 
 def test_register_create_and_list(clean_registry):

@@ -297,7 +297,7 @@ def test_one_tssa_step_lowers_variational_compression():
     eps = rate.OFFICIAL_EPS
     before = rate.variational_compression(Z, U, eps)
     _, pi = m(Z, return_memberships=True)
-    Pi0 = pi.transpose(1, 2)
+    Pi0 = pi.detach().transpose(1, 2)
     for step in (0.05, 0.1, 0.2):
         with torch.no_grad():
             Z1 = Z + step * m(Z)
@@ -352,6 +352,9 @@ def test_tost_stack_through_build_stack_with_crate_options():
     torch.testing.assert_close(stack(x2)[:, :3], y[:, :3])
     _, outs_attn = stack(x, return_attention=True)
     assert outs_attn[0].attn is None
+    # the layer-wise measures accept ToST intermediates with each block's subspaces
+    measures = rate.measure_layers(outs, [layer.tssa.subspaces() for layer in stack.layers])
+    assert measures["rc"].shape == (2, 2) and torch.isfinite(measures["rc_official"]).all()
 
 
 def test_tost_block_layerscale_and_mlp():
@@ -402,3 +405,15 @@ def test_bad_input_errors():
         rate.variational_compression(Z * float("nan"), U)
     with pytest.raises(ValueError, match="temperature"):
         rate.variational_compression(Z, U, temperature=torch.ones(3))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bfloat16_tokens_keep_dtype_and_match_float32(causal):
+    torch.manual_seed(0)
+    m = TSSA(32, 4, causal=causal).float()
+    x = torch.randn(1, 512, 32, dtype=torch.float32)
+    with torch.no_grad():
+        ref = m(x)
+        got = m.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert got.dtype == torch.bfloat16
+    assert float((got.float() - ref).norm() / ref.norm()) < 2e-2

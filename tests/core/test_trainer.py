@@ -290,23 +290,26 @@ def test_fault_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert not (root / ".tmp-step_00000004").exists()  # the retried save replaced the broken one
 
 
-def _nan_on_calls(bad_calls):
+def _nan_on_calls(is_bad):
+    """toy_loss, but NaN on the training calls n (1-based) for which is_bad(n)."""
     calls = {"n": 0}
 
     def loss_fn(model, batch):
-        calls["n"] += 1
         loss, metrics = toy_loss(model, batch)
-        if model.training and bad(calls["n"]):
-            loss = loss * float("nan")
+        if model.training:
+            calls["n"] += 1
+            if is_bad(calls["n"]):
+                loss = loss * float("nan")
         return loss, metrics
 
-    bad = bad_calls
     return loss_fn
 
 
 @pytest.mark.parametrize("stage", [1, 3])
 def test_nonfinite_loss_is_skipped(tmp_path, stage):
-    tr = make(tmp_path, steps=6, loss_fn=_nan_on_calls(lambda n: n in (3, 4)), max_nonfinite=3, zero_stage=stage)
+    tr = make(
+        tmp_path, steps=6, loss_fn=_nan_on_calls(lambda n: n in (3, 4)), max_nonfinite=3, zero_stage=stage
+    )
     x = SyntheticTokens(4, TOY, seed=9).x
 
     def outputs():
@@ -351,6 +354,8 @@ def test_bad_resume_is_an_error_before_training(tmp_path):
     other = ToyCRATEConfig(**{**TOY.__dict__, "dim": 24})
     with pytest.raises(ValueError, match=r"another model: model config differs \(dim: 16 != 24\)"):
         make(tmp_path, model_config=other, resume=str(tmp_path / "src" / "run"))
+    with pytest.raises(ValueError, match="at step 2, beyond steps=1"):
+        make(tmp_path, steps=1, resume=str(tmp_path / "src" / "run"))
     not_ckpt = tmp_path / "empty"
     not_ckpt.mkdir()
     with pytest.raises(ValueError, match="neither a checkpoint"):
@@ -397,3 +402,12 @@ def test_optimizer_offload_matches_zero2(tmp_path):
 
     assert isinstance(tr.engine.basic_optimizer, DeepSpeedCPUAdam)
     assert losses(tr.fit()) == pytest.approx(ref, rel=1e-4)
+
+
+def test_deterministic_mode(tmp_path):
+    try:
+        tr = make(tmp_path, steps=2, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert tr.fit()["steps"] == 2
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -161,8 +161,10 @@ class TSSA(nn.Module):
         mask = key_padding_mask(attn_mask, b, n)
         w = self.project(x) if w is None else w
         bias = None if self.position_bias is None else self.position_bias[:, :n]
-        pi, moment = token_statistics(w, self.temperature, mask, self.causal, bias)
-        o = -pi[..., None] * w / (1.0 + moment)
+        # statistics in float32 at least: bf16 running sums over long sequences lose too much
+        ws = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+        pi, moment = token_statistics(ws, self.temperature, mask, self.causal, bias)
+        o = (-pi[..., None] * ws / (1.0 + moment)).to(w.dtype)
         out = self.out_drop(self.out(rearrange(o, "b k n p -> b n (k p)")))
         return (out, pi) if return_memberships else out
 

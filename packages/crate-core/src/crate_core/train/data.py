@@ -60,6 +60,7 @@ class BatchStream:
         num_workers: int = 0,
         epoch: int = 0,
         index: int = 0,
+        pin_memory: bool = False,
     ):
         n = len(dataset)
         if n // world_size < micro_batch:
@@ -75,7 +76,7 @@ class BatchStream:
             seed,
         )
         self.collate_fn, self.num_workers = collate_fn, num_workers
-        self.epoch, self.index = epoch, index
+        self.epoch, self.index, self.pin_memory = epoch, index, pin_memory
         self.batches_per_epoch = (n // world_size) // micro_batch
         self._it: Iterator | None = None
 
@@ -97,6 +98,7 @@ class BatchStream:
             # the loader's worker base seed comes from here, not from the global RNG
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 9_973 + self.rank),
             persistent_workers=False,
+            pin_memory=self.pin_memory,
         )
         return iter(loader)
 

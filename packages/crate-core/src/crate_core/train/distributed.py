@@ -111,20 +111,27 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
     return DistEnv(rank, local_rank, world, dev, backend, "none" if plain else "env")
 
 
-def all_reduce_scalar(value: float, op: str = "sum", device: torch.device | None = None) -> float:
+def _comm_device() -> torch.device:
+    """Where collective inputs must live: the current GPU for nccl, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_scalar(value: float, op: str = "sum") -> float:
     """Reduce one Python number over all ranks (sum or max)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device or "cpu")
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return float(t.item())
 
 
-def all_reduce_vector(values: list[float], device: torch.device | None = None) -> list[float]:
+def all_reduce_vector(values: list[float]) -> list[float]:
     """Sum a list of numbers over all ranks in one collective."""
     if not values or not dist.is_initialized() or dist.get_world_size() == 1:
         return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device or "cpu")
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return t.tolist()
 

@@ -78,7 +78,9 @@ class RunLogger:
             self.run.log({k: v for k, v in metrics.items() if k != "step" and v is not None}, step=step)
         if self.bar is not None:
             self.bar.update(advance)
-            self.bar.set_postfix_str(format_metrics({k: metrics.get(k) for k in self.SHOWN}), refresh=True)
+            shown = {k: metrics[k] for k in self.SHOWN if metrics.get(k) is not None}
+            if shown:
+                self.bar.set_postfix_str(format_metrics(shown), refresh=True)
             evals = {k: v for k, v in metrics.items() if k.startswith("eval/")}
             if evals:
                 self.bar.write(f"step {step} | " + format_metrics(evals))

@@ -120,6 +120,10 @@ def _as_float(v: Any) -> float:
     return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
 
 
+def _new_interval() -> dict:
+    return {"loss": 0.0, "n": 0, "tokens": 0.0, "steps": 0, "micro": 0, "metrics": {}}
+
+
 def _default_loss(model, batch):
     return model(batch)
 
@@ -171,9 +175,12 @@ class Trainer:
         self.fingerprint = model_fingerprint(model)
         self.resume_path = ckpt.resolve_resume(cfg.resume, self.out_dir)
         if self.resume_path is not None:
-            ckpt.check_compatible(
-                ckpt.read_state(self.resume_path), self.fingerprint, self.world_size, self.resume_path
-            )
+            saved = ckpt.read_state(self.resume_path)
+            ckpt.check_compatible(saved, self.fingerprint, self.world_size, self.resume_path)
+            if int(saved["step"]) > cfg.steps:
+                raise ValueError(
+                    f"checkpoint {self.resume_path} is at step {saved['step']}, beyond steps={cfg.steps}"
+                )
         if eval_dataset is not None and len(eval_dataset) < self.world_size:
             raise ValueError(
                 f"eval_dataset has {len(eval_dataset)} samples, fewer than world_size {self.world_size}"
@@ -182,7 +189,14 @@ class Trainer:
         self.eval_dataset, self.eval_fn, self.collate_fn = eval_dataset, eval_fn, collate_fn
         self.callbacks = list(callbacks)
         self.stream = BatchStream(
-            train_dataset, self.micro_batch, self.rank, self.world_size, cfg.seed, collate_fn, cfg.num_workers
+            train_dataset,
+            self.micro_batch,
+            self.rank,
+            self.world_size,
+            cfg.seed,
+            collate_fn,
+            cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
         )
 
         # --- reproducibility ---
@@ -209,10 +223,6 @@ class Trainer:
             self.stream.epoch, self.stream.index = state["data"]["epoch"], state["data"]["index"]
             self._rng_to_restore = state["_rng"]
             self.last_checkpoint, self._last_ckpt_step = self.resume_path, self.step
-        if self.step > cfg.steps:
-            raise ValueError(
-                f"checkpoint {self.resume_path} is at step {self.step}, beyond steps={cfg.steps}"
-            )
         self._write_run_config()
 
     # ------------------------------------------------------------------------------------------
@@ -270,8 +280,7 @@ class Trainer:
         """Forward; if the loss is finite on every rank, backward and (at the boundary) step."""
         loss, metrics = self._forward(batch)
         finite = bool(torch.isfinite(loss.detach()).all())
-        reduce_on = self.device if self.env.backend == "nccl" else None
-        if all_reduce_scalar(0.0 if finite else 1.0, "max", reduce_on):
+        if all_reduce_scalar(0.0 if finite else 1.0, "max"):
             return loss, metrics, True
         self.engine.backward(loss)
         self.engine.step()
@@ -329,8 +338,27 @@ class Trainer:
         self.last_checkpoint, self._last_ckpt_step = path, self.step
         return path
 
-    def _current_lr(self) -> float:
-        return float(self.engine.get_lr()[0])
+    def _interval_row(self, iv: dict, dt: float, flops_per_micro: int | None, peak: float | None) -> dict:
+        """Collective: the log row of one interval, reduced over ranks (loss, metrics, tokens)."""
+        keys = sorted(iv["metrics"])
+        red = all_reduce_vector([iv["loss"], iv["n"], iv["tokens"]] + [iv["metrics"][k] for k in keys])
+        grad_norm = self.engine.get_global_grad_norm()
+        row = {
+            "step": self.step,
+            "loss": red[0] / red[1],
+            "lr": float(self.engine.get_lr()[0]),
+            "grad_norm": _as_float(grad_norm) if grad_norm is not None else None,
+            "samples_per_s": iv["steps"] * self.global_batch / dt,
+            "step_time_s": dt / iv["steps"],
+            "nonfinite_skipped": self.nonfinite_total,
+        }
+        if red[2] > 0:
+            row["tokens_per_s"] = red[2] / dt
+        for k, v in zip(keys, red[3:]):
+            row[f"train/{k}"] = v / red[1]
+        if peak and flops_per_micro:  # this rank's FLOPs / time / this rank's peak
+            row["mfu"] = flops_per_micro * iv["micro"] / dt / peak
+        return row
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -356,7 +384,7 @@ class Trainer:
         count_mfu = self.device.type == "cuda"
         peak = peak_flops(self.device, torch.bfloat16 if self.bf16 else torch.float32) if count_mfu else None
         flops_per_micro: int | None = None
-        interval = {"loss": 0.0, "n": 0, "tokens": 0.0, "steps": 0, "micro": 0, "metrics": {}}
+        interval, paused = _new_interval(), 0.0  # paused: eval / checkpoint time inside the interval
         t_interval = time.perf_counter()
         consecutive_bad = 0
         last_eval: dict = {}
@@ -403,29 +431,9 @@ class Trainer:
                 last_step = self.step == cfg.steps
 
                 if self.step % cfg.log_every == 0 or last_step:
-                    keys = sorted(interval["metrics"])
-                    red = all_reduce_vector(
-                        [interval["loss"], interval["n"], interval["tokens"]]
-                        + [interval["metrics"][k] for k in keys]
-                    )
-                    dt = max(time.perf_counter() - t_interval, 1e-9)
-                    last_loss = red[0] / red[1]
-                    grad_norm = self.engine.get_global_grad_norm()
-                    row = {
-                        "step": self.step,
-                        "loss": last_loss,
-                        "lr": self._current_lr(),
-                        "grad_norm": _as_float(grad_norm) if grad_norm is not None else None,
-                        "samples_per_s": interval["steps"] * self.global_batch / dt,
-                        "step_time_s": dt / interval["steps"],
-                        "nonfinite_skipped": self.nonfinite_total,
-                    }
-                    if red[2] > 0:
-                        row["tokens_per_s"] = red[2] / dt
-                    for k, v in zip(keys, red[3:]):
-                        row[f"train/{k}"] = v / red[1]
-                    if peak and flops_per_micro:
-                        row["mfu"] = flops_per_micro * interval["micro"] / dt / peak
+                    dt = max(time.perf_counter() - t_interval - paused, 1e-9)
+                    row = self._interval_row(interval, dt, flops_per_micro, peak)
+                    last_loss = row["loss"]
                     if cfg.eval_every and self.step % cfg.eval_every == 0 and not last_step:
                         last_eval = self.evaluate()
                         row.update(last_eval)
@@ -433,15 +441,19 @@ class Trainer:
                     logger.log(self.step, row, advance=interval["steps"])
                     for cb in self.callbacks:
                         cb(self, self.step, row)
-                    interval = {"loss": 0.0, "n": 0, "tokens": 0.0, "steps": 0, "micro": 0, "metrics": {}}
+                    interval, paused = _new_interval(), 0.0
                     t_interval = time.perf_counter()
                 elif cfg.eval_every and self.step % cfg.eval_every == 0 and not last_step:
+                    t0 = time.perf_counter()
                     last_eval = self.evaluate()
                     history.append({"step": self.step, **last_eval})
                     logger.log(self.step, {"step": self.step, **last_eval})
+                    paused += time.perf_counter() - t0
 
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not last_step:
+                    t0 = time.perf_counter()
                     self.save_checkpoint()
+                    paused += time.perf_counter() - t0  # throughput counts training time only
 
             final_eval = self.evaluate()
             if final_eval:
