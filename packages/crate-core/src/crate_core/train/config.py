@@ -51,6 +51,7 @@ class TrainConfig:
     precision: str = "auto"
     eval_every: int = 0
     eval_batches: int = 20
+    layerwise_every: int = 0  # >0: per-layer Rc / sparsity (crate_core.probes) at step 0 and every N steps
     log_every: int = 10
     ckpt_every: int = 0
     keep_last: int = 3
@@ -76,7 +77,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and int(v) <= 0:
                 raise ValueError(f"{name} must be a positive integer or None, got {name}={v!r}")
-        for name in ("warmup_steps", "eval_every", "ckpt_every", "num_workers"):
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "num_workers", "layerwise_every"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)!r}")
         if not self.lr > 0:
@@ -176,6 +177,13 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
         "--precision", choices=PRECISIONS, default=d["precision"], help="auto: bf16 on GPU, fp32 on CPU"
     )
     g.add_argument("--eval-every", type=int, default=d["eval_every"], help="0: only at the end")
+    g.add_argument(
+        "--layerwise-every",
+        type=int,
+        default=d["layerwise_every"],
+        help="measure per-layer Rc and sparsity on a fixed batch at step 0 and every N steps "
+        "(wandb + OUT_DIR/layerwise.jsonl); 0: off",
+    )
     g.add_argument("--eval-batches", type=int, default=d["eval_batches"])
     g.add_argument("--log-every", type=int, default=d["log_every"])
     g.add_argument("--ckpt-every", type=int, default=d["ckpt_every"], help="0: only at the end")

@@ -87,6 +87,11 @@ class RunLogger:
         elif self.plain:
             print(f"step {step} | " + format_metrics(metrics), flush=True)
 
+    def log_quiet(self, step: int, metrics: dict) -> None:
+        """To wandb only (no progress line): for many-valued measurements."""
+        if self.is_main and self.run is not None:
+            self.run.log(metrics, step=step)
+
     def message(self, text: str) -> None:
         if not self.is_main:
             return

@@ -33,6 +33,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import Dataset
 
 from ..hub import save_pretrained
+from ..probes import LayerwiseProbe, flatten
 from . import checkpoint as ckpt
 from .config import TrainConfig, build_ds_config
 from .data import BatchStream, eval_batches
@@ -186,7 +187,8 @@ class Trainer:
                 f"eval_dataset has {len(eval_dataset)} samples, fewer than world_size {self.world_size}"
             )
         self.loss_fn = loss_fn or _default_loss
-        self.eval_dataset, self.eval_fn, self.collate_fn = eval_dataset, eval_fn, collate_fn
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.eval_fn, self.collate_fn = eval_fn, collate_fn
         self.callbacks = list(callbacks)
         self.stream = BatchStream(
             train_dataset,
@@ -320,6 +322,36 @@ class Trainer:
         finally:
             self.engine.train()
 
+    def measure_layers(self, logger: RunLogger | None = None) -> dict:
+        """Collective: per-layer Rc and sparsity (crate_core.probes) of every CRATE stack in the
+        model, from one loss_fn forward pass on a fixed batch (the first of the eval set, else of
+        the training set), in eval mode. The RNG state is restored afterwards, so measuring does
+        not change the training run. Rank 0 appends {"step", "layers"} to out_dir/layerwise.jsonl
+        (per group, measure and layer: [batch mean, batch std]) and logs the means to wandb."""
+        rng = ckpt.capture_rng()
+        source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
+        collate = self.collate_fn or torch.utils.data.default_collate
+        batch = collate([source[i] for i in range(min(self.micro_batch, len(source)))])
+        self.engine.eval()
+        try:
+            with torch.no_grad(), LayerwiseProbe(self.model) as probe:
+                self._forward(batch)
+            results = probe.results()
+        finally:
+            self.engine.train()
+            ckpt.restore_rng(rng)
+        summary = {
+            group: {k: [[float(v[l].mean()), float(v[l].std(unbiased=False))] for l in range(v.shape[0])]
+                    for k, v in measures.items()}
+            for group, measures in results.items()
+        }
+        if self.is_main:
+            with open(self.out_dir / "layerwise.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, "layers": summary}) + "\n")
+            if logger is not None:
+                logger.log_quiet(self.step, flatten(results))
+        return summary
+
     def save_checkpoint(self) -> Path:
         """Collective: write an atomic checkpoint of the current step (every rank must call it)."""
         state = {
@@ -391,6 +423,8 @@ class Trainer:
         last_loss = float("nan")
         self.engine.train()
         try:
+            if cfg.layerwise_every and self.step == 0:
+                self.measure_layers(logger)
             while self.step < cfg.steps:
                 for _ in range(self.grad_accum):
                     while True:  # until a micro-batch with a finite loss on every rank
@@ -448,6 +482,11 @@ class Trainer:
                     last_eval = self.evaluate()
                     history.append({"step": self.step, **last_eval})
                     logger.log(self.step, {"step": self.step, **last_eval})
+                    paused += time.perf_counter() - t0
+
+                if cfg.layerwise_every and (self.step % cfg.layerwise_every == 0 or last_step):
+                    t0 = time.perf_counter()
+                    self.measure_layers(logger)
                     paused += time.perf_counter() - t0
 
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not last_step:
