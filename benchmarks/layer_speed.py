@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -156,13 +157,14 @@ def write_plot(speed_rows, mem_rows, path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     labels = [r["case"] for r in speed_rows]
-    xs = range(len(labels))
-    ax1.bar([i - 0.2 for i in xs], [r["ours"] * 1e3 for r in speed_rows], 0.4, label="crate_core")
-    ax1.bar([i + 0.2 for i in xs], [r["naive"] * 1e3 for r in speed_rows], 0.4, label="naive")
-    ax1.set_xticks(list(xs), labels, fontsize=8)
-    ax1.set_ylabel("forward + backward, median ms")
-    ax1.set_yscale("log")
-    ax1.set_title("CRATE layer time")
+    ax1.bar(range(len(labels)), [r["speedup"] for r in speed_rows], 0.5, color="tab:blue")
+    ax1.axhline(1.5, color="tab:red", ls="--", label="target 1.5x (CRATE-S)")
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    for i, r in enumerate(speed_rows):
+        ax1.text(i, r["speedup"], f"{r['speedup']:.2f}x", ha="center", va="bottom")
+    ax1.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax1.set_ylabel("naive time / crate_core time")
+    ax1.set_title("CRATE layer forward + backward speed-up")
     ax1.legend()
     ns = [r["n"] for r in mem_rows]
     ax2.plot(ns, [r["ours"] / 2**20 for r in mem_rows], "o-", label="crate_core (SDPA)")
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Device: {device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
         f"torch {torch.__version__}; d={DIM}, heads={HEADS}; forward + backward; median of {args.repeats} "
-        f"after {args.warmup} warm-up, ours and naive interleaved in one run.",
+        f"after {args.warmup} warm-up, ours and naive interleaved in one run; "
+        f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the CPU).",
         "",
         "| case | batch | tokens | crate_core ms | naive ms | speed-up | max abs diff |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -29,13 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(
         p,
         out_dir="runs/pretrain_gpt",
-        steps=400,
+        steps=300,
         micro_batch=16,
         lr=2e-3,
         min_lr=2e-4,
         warmup_steps=30,
         weight_decay=0.1,
-        eval_every=200,
+        eval_every=150,
         eval_batches=40,
         log_every=20,
     )

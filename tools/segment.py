@@ -50,7 +50,7 @@ def prepare(image: np.ndarray, size: int, mean, std) -> tuple[torch.Tensor, np.n
     s = min(h, w)
     crop = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
     shown = np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))
-    x = torch.from_numpy(shown).permute(2, 0, 1).float()[None] / 255
+    x = torch.from_numpy(np.array(shown)).permute(2, 0, 1).float()[None] / 255
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     return x, shown
 
@@ -152,7 +152,7 @@ def main(argv=None):
     c.add_argument("--crate", default="crate-mini-shapes")
     c.add_argument("--vit", default="vit-mini-shapes")
     c.add_argument("--steps", type=int, default=1500)
-    c.add_argument("--micro-batch", type=int, default=128)
+    c.add_argument("--micro-batch", type=int, default=64)
     c.add_argument("--lr", type=float, default=2e-3)
     c.add_argument("--warmup-steps", type=int, default=100)
     c.add_argument("--train-size", type=int, default=None)

@@ -31,7 +31,8 @@ COMMON = ["--steps", "3", "--micro-batch", "8", "--eval-batches", "1", "--log-ev
 def test_train_eval_finetune_segment(tmp_path):
     train = load_tool("train_vision")
     out = tmp_path / "run"
-    summary = train.main(["--model", "crate-tiny-test", "--train-size", "32", "--out-dir", str(out), *COMMON])
+    summary = train.main(["--model", "crate-tiny-test", "--train-size", "32", "--eval-size", "24",
+                          "--out-dir", str(out), *COMMON])
     assert summary["steps"] == 3 and 0 <= summary["test/top1"] <= 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"circle", "square", "triangle", "cross", "ring", "star"}

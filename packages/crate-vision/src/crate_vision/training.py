@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .baselines import ViTClassifier
 from .convert import load_official
 from .data.datasets import DataSpec, build_dataset
 from .data.transforms import MixCollate
 from .evaluate import evaluate
+from .models import CRATEClassifier
 
 
 class ClassificationLoss:
@@ -69,6 +71,8 @@ def build_model(
     trained weights with a new head, positions resampled to the data's image size."""
     if finetune is not None:
         model = finetune if isinstance(finetune, nn.Module) else load_weights(finetune)
+        if not isinstance(model, (CRATEClassifier, ViTClassifier)):
+            raise ValueError(f"--finetune needs an image classifier; {finetune} holds a {type(model).__name__}")
         if overrides:
             raise ValueError("model overrides (--set) cannot be combined with --finetune")
         if model.config.in_channels != spec.in_channels:
@@ -92,6 +96,7 @@ def train_classifier(
     data: str,
     image_size: int,
     train_size: int | None = None,
+    eval_size: int | None = None,
     num_classes: int = 6,
     label_smoothing: float = 0.1,
     mixup: float = 0.0,
@@ -100,26 +105,29 @@ def train_classifier(
     randaugment: tuple[int, int] | None = None,
     test_split: str = "test",
     callbacks=(),
+    data_seed: int = 0,
 ) -> dict:
     """Train ``model`` with the shared trainer, then score it on the full ``test_split``.
 
+    ``data_seed`` fixes the procedural sets and the MNIST split (independent of the trainer's seed, so
+    tools/eval_vision.py scores the same held-out images).
     Returns {"fit": trainer result, "test": evaluate(...) dict, "trainer": the Trainer}.
     """
     from crate_core.train import Trainer
 
     train_set, spec = build_dataset(
-        data, "train", image_size, augment=True, size=train_size, seed=cfg.seed, randaugment=randaugment,
+        data, "train", image_size, augment=True, size=train_size, seed=data_seed, randaugment=randaugment,
         num_classes=num_classes,
     )
     if hasattr(train_set, "_cache") and train_set._cache is None and len(train_set) <= 50000:
         train_set._cache = {}  # procedural data: draw each sample once, reuse it in later epochs
-    val_set, _ = build_dataset(data, "val", image_size, seed=cfg.seed, num_classes=num_classes)
+    val_set, _ = build_dataset(data, "val", image_size, size=eval_size, seed=data_seed, num_classes=num_classes)
     collate = MixCollate(spec.num_classes, mixup, cutmix, mix_prob) if (mixup > 0 or cutmix > 0) else None
     trainer = Trainer(
         cfg, model, train_set, loss_fn=ClassificationLoss(label_smoothing), eval_dataset=val_set,
         collate_fn=collate, callbacks=callbacks,
     )
     fit = trainer.fit()
-    test_set, _ = build_dataset(data, test_split, image_size, seed=cfg.seed, num_classes=num_classes)
+    test_set, _ = build_dataset(data, test_split, image_size, size=eval_size, seed=data_seed, num_classes=num_classes)
     test = evaluate(trainer.model, test_set, classes=spec.classes, device=trainer.device)
     return {"fit": fit, "test": test, "trainer": trainer, "spec": dataclasses.asdict(spec)}
