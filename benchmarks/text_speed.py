@@ -228,6 +228,8 @@ def run_quality(args) -> dict:
         "time_s": {},
     }
     for name, m in (("CRATE-GPT", crate), ("GPT-2", gpt2)):
+        if name not in args.models:
+            continue
         t0 = time.perf_counter()
         curve = train_identically(
             m, train, args.steps, args.quality_batch, args.lr, args.lr / 10, args.warmup_steps, 0
@@ -250,7 +252,8 @@ def write_report(res: dict, out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{res['mode']}.json").write_text(json.dumps(res, indent=1))
+    name = f"speed_{res['clock']}" if res["mode"] == "speed" else res["mode"]
+    (out_dir / f"{name}.json").write_text(json.dumps(res, indent=1))
     lines = []
     if res["mode"] == "speed":
         g = res["generation"]
@@ -318,9 +321,9 @@ def write_report(res: dict, out_dir: Path) -> Path:
         ax.set_ylabel("train loss")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / f"{res['mode']}.png", dpi=100)
-    lines.append(f"![{res['mode']}]({res['mode']}.png)")
-    md = out_dir / f"{res['mode']}.md"
+    fig.savefig(out_dir / f"{name}.png", dpi=100)
+    lines.append(f"![{name}]({name}.png)")
+    md = out_dir / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
 
@@ -341,6 +344,10 @@ def main(argv=None) -> dict:
     p.add_argument("--quality-batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup-steps", type=int, default=30)
+    p.add_argument("--models", nargs="+", default=["CRATE-GPT", "GPT-2"], help="quality mode: which to train")
+    p.add_argument(
+        "--merge", nargs="+", default=None, help="quality JSON files of single-model runs to combine"
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--clock",
@@ -352,7 +359,14 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = run_speed(args) if args.mode == "speed" else run_quality(args)
+    if args.merge:  # quality runs of one model each (e.g. run side by side), combined into one report
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        res = parts[0]
+        for part in parts[1:]:
+            for key in ("params", "val_loss", "train_curve", "time_s"):
+                res[key].update(part[key])
+    else:
+        res = run_speed(args) if args.mode == "speed" else run_quality(args)
     md = write_report(res, Path(args.out))
     print(md.read_text())
     return res

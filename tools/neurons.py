@@ -33,18 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="a second model to compare (e.g. the GPT-2 baseline)")
     p.add_argument("--name", default=None, help="label of --model (default: its directory or preset name)")
     p.add_argument("--baseline-name", default=None, help="label of --baseline")
-    p.add_argument("--activations", choices=SOURCES, default="auto",
-                   help="neurons of --model: ista (CRATE sparse codes), mlp (GPT-2 MLP), auto")
-    p.add_argument("--data", default="data/shakespeare-gpt2/val.bin", help="token file (tools/prepare_text.py)")
+    p.add_argument(
+        "--activations",
+        choices=SOURCES,
+        default="auto",
+        help="neurons of --model: ista (CRATE sparse codes), mlp (GPT-2 MLP), auto",
+    )
+    p.add_argument(
+        "--data", default="data/shakespeare-gpt2/val.bin", help="token file (tools/prepare_text.py)"
+    )
     p.add_argument("--tokenizer", default="gpt2", help='"gpt2" or a SentencePiece .model (must match --data)')
     p.add_argument("--out", default="reports/neurons", help="output folder (refused if it exists)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--top-k", type=int, default=20, help="top activating contexts kept per neuron")
     p.add_argument("--before", type=int, default=8, help="context tokens left of the activating token")
     p.add_argument("--after", type=int, default=4, help="context tokens right of the activating token")
-    p.add_argument("--threshold", type=float, default=0.0, help="a neuron is active when its activation > this")
+    p.add_argument(
+        "--threshold", type=float, default=0.0, help="a neuron is active when its activation > this"
+    )
     p.add_argument("--max-tokens", type=int, default=None, help="read at most this many tokens of --data")
-    p.add_argument("--block-size", type=int, default=None, help="window length (default: the model's context)")
+    p.add_argument(
+        "--block-size", type=int, default=None, help="window length (default: the model's context)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sort", choices=SORT_KEYS, default="frequency", help="neuron order on the layer pages")
     p.add_argument("--html-contexts", type=int, default=8, help="contexts shown per neuron (JSON keeps all)")
@@ -58,7 +68,9 @@ def load_model(spec: str):
     if path.is_dir():
         return crate_core.from_pretrained(path)
     if path.exists() or "/" in spec:
-        raise FileNotFoundError(f"model {spec!r} is not an exported model directory (config.json + model.safetensors)")
+        raise FileNotFoundError(
+            f"model {spec!r} is not an exported model directory (config.json + model.safetensors)"
+        )
     return crate_core.create(spec)
 
 
@@ -95,12 +107,23 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     for spec, name, source in specs:
         model = load_model(spec)
-        reports.append(collect(
-            model, args.data, source=source, k=args.top_k, before=args.before, after=args.after,
-            threshold=args.threshold, batch_size=args.batch_size, max_tokens=args.max_tokens,
-            block_size=args.block_size, device=args.device, progress=not args.no_progress,
-            name=label(spec, name),
-        ))
+        reports.append(
+            collect(
+                model,
+                args.data,
+                source=source,
+                k=args.top_k,
+                before=args.before,
+                after=args.after,
+                threshold=args.threshold,
+                batch_size=args.batch_size,
+                max_tokens=args.max_tokens,
+                block_size=args.block_size,
+                device=args.device,
+                progress=not args.no_progress,
+                name=label(spec, name),
+            )
+        )
     prepare_out(out, args.overwrite)
 
     def decode(t: int) -> str:
@@ -108,14 +131,18 @@ def main(argv=None) -> dict:
 
     written = write_viewer(reports, out, decode, sort=args.sort, contexts=args.html_contexts)
     k = args.top_k
-    print(f"{'model':28s} {'layer':>5s} {'neurons':>7s} {'dead':>6s} {'med freq':>9s} {'mean freq':>9s} "
-          f"{'med sel(bits)':>13s}")
+    print(
+        f"{'model':28s} {'layer':>5s} {'neurons':>7s} {'dead':>6s} {'med freq':>9s} {'mean freq':>9s} "
+        f"{'med sel(bits)':>13s}"
+    )
     for rep in reports:
         summ = report_summary(rep)
         for li, s in enumerate(summ["layers"] + [summ["all"]]):
             where = "all" if li == len(rep.layers) else str(li)
-            print(f"{rep.model:28s} {where:>5s} {s['neurons']:7d} {s['dead_fraction']:6.3f} "
-                  f"{s['frequency_median']:9.4f} {s['frequency_mean']:9.4f} {s['selectivity_median']:13.3f}")
+            print(
+                f"{rep.model:28s} {where:>5s} {s['neurons']:7d} {s['dead_fraction']:6.3f} "
+                f"{s['frequency_median']:9.4f} {s['frequency_mean']:9.4f} {s['selectivity_median']:13.3f}"
+            )
     print(f"selectivity: entropy of the top-{k} activating token ids (max {torch.tensor(k).log2():.2f} bits)")
     print(f"viewer: {written['index']}  json: {written['json']}")
     return written

@@ -26,7 +26,9 @@ def register_baseline(like: str) -> str:
     name = f"gpt2-like-{like}"
     if name not in crate_core.list_models():
         config = baseline_config_like(crate_core.get_config(like))
-        crate_core.register(name, GPT2Baseline, config, family="text", description=f"GPT-2 shaped like {like}")
+        crate_core.register(
+            name, GPT2Baseline, config, family="text", description=f"GPT-2 shaped like {like}"
+        )
     return name
 
 

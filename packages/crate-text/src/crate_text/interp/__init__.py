@@ -11,4 +11,11 @@ from .neurons import (
 )
 from .viewer import write_viewer
 
-__all__ = ["LayerRecorder", "NeuronReport", "activation_source", "collect", "selectivity_entropy", "write_viewer"]
+__all__ = [
+    "LayerRecorder",
+    "NeuronReport",
+    "activation_source",
+    "collect",
+    "selectivity_entropy",
+    "write_viewer",
+]

@@ -172,7 +172,9 @@ def activation_source(model: nn.Module, source: str = "auto"):
 
     def mlp_hidden(idx):
         acts: list[torch.Tensor] = []
-        hooks = [m.register_forward_hook(lambda _m, _i, out: acts.append(out)) for m in model.mlp_activations()]
+        hooks = [
+            m.register_forward_hook(lambda _m, _i, out: acts.append(out)) for m in model.mlp_activations()
+        ]
         try:
             model.gpt2.transformer(input_ids=idx)  # the LM head is not needed
         finally:
@@ -248,7 +250,9 @@ def collect(
     model = model.to(device).eval()
     recorders: list[LayerRecorder] | None = None
     first = 0
-    for x, _ in tqdm(loader, desc=f"neurons {name or type(model).__name__}", unit="batch", disable=not progress):
+    for x, _ in tqdm(
+        loader, desc=f"neurons {name or type(model).__name__}", unit="batch", disable=not progress
+    ):
         pos = (first + torch.arange(x.shape[0]))[:, None] * T + torch.arange(T)
         first += x.shape[0]
         acts = fn(x.to(device))
@@ -261,7 +265,12 @@ def collect(
         model=name or type(model).__name__,
         source=source,
         layers=layers,
-        data=dict(path=str(token_file), tokens=n_windows * T, windows=n_windows, block_size=T,
-                  tokenizer=read_header(token_file).tokenizer),
+        data=dict(
+            path=str(token_file),
+            tokens=n_windows * T,
+            windows=n_windows,
+            block_size=T,
+            tokenizer=read_header(token_file).tokenizer,
+        ),
         settings=dict(k=k, before=before, after=after, threshold=threshold),
     )

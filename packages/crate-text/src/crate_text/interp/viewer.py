@@ -38,7 +38,8 @@ function sortNeurons(key){const list=document.getElementById('neurons');
 const items=[...list.querySelectorAll('.neuron')];const asc=(key==='selectivity'||key==='index');
 items.sort((a,b)=>{let x=parseFloat(a.dataset[key]),y=parseFloat(b.dataset[key]);
 if(isNaN(x))x=asc?Infinity:-Infinity;if(isNaN(y))y=asc?Infinity:-Infinity;return asc?x-y:y-x;});
-items.forEach(e=>list.appendChild(e));}
+items.forEach(e=>list.appendChild(e));const sel=document.getElementById('sort');if(sel)sel.value=key;}
+window.addEventListener('DOMContentLoaded',()=>{const m=location.hash.match(/sort=(\w+)/);if(m)sortNeurons(m[1]);});
 """
 
 
@@ -73,8 +74,10 @@ def report_summary(report: NeuronReport) -> dict:
     k = report.settings["k"]
     per_layer = [layer_summary(layer, k) for layer in report.layers]
     pooled = layer_summary(
-        {name: np.concatenate([l[name] for l in report.layers]) for name in
-         ("frequency", "selectivity", "n_top", "count", "mean_active")},
+        {
+            name: np.concatenate([l[name] for l in report.layers])
+            for name in ("frequency", "selectivity", "n_top", "count", "mean_active")
+        },
         k,
     )
     return dict(layers=per_layer, all=pooled)
@@ -100,38 +103,60 @@ def to_json(reports: list[NeuronReport], decode) -> dict:
                 for r in range(int(layer["n_top"][j])):
                     ids = [int(t) for t in layer["ctx_ids"][r, j]]
                     used.update(t for t in ids if t >= 0)
-                    top.append(dict(
-                        value=_num(layer["top_val"][r, j]),
-                        position=int(layer["top_pos"][r, j]),
-                        ids=ids,
-                        acts=[_num(a, 4) for a in layer["ctx_act"][r, j]],
-                    ))
-                neurons.append(dict(
-                    index=j,
-                    count=int(layer["count"][j]),
-                    frequency=_num(layer["frequency"][j]),
-                    mean_active=_num(layer["mean_active"][j]),
-                    max=_num(layer["max"][j]),
-                    selectivity=_num(layer["selectivity"][j]),
-                    top=top,
-                ))
+                    top.append(
+                        dict(
+                            value=_num(layer["top_val"][r, j]),
+                            position=int(layer["top_pos"][r, j]),
+                            ids=ids,
+                            acts=[_num(a, 4) for a in layer["ctx_act"][r, j]],
+                        )
+                    )
+                neurons.append(
+                    dict(
+                        index=j,
+                        count=int(layer["count"][j]),
+                        frequency=_num(layer["frequency"][j]),
+                        mean_active=_num(layer["mean_active"][j]),
+                        max=_num(layer["max"][j]),
+                        selectivity=_num(layer["selectivity"][j]),
+                        top=top,
+                    )
+                )
             layers.append(dict(layer=li, neurons=neurons))
         summ = report_summary(rep)
-        models.append(dict(
-            name=rep.model, source=rep.source, data=rep.data, settings=rep.settings,
-            summary={k: ({kk: _num(vv) if isinstance(vv, float) else vv for kk, vv in v.items()}
-                         if isinstance(v, dict) else
-                         [{kk: _num(vv) if isinstance(vv, float) else vv for kk, vv in d.items()} for d in v])
-                     for k, v in summ.items()},
-            layers=layers,
-        ))
+        models.append(
+            dict(
+                name=rep.model,
+                source=rep.source,
+                data=rep.data,
+                settings=rep.settings,
+                summary={
+                    k: (
+                        {kk: _num(vv) if isinstance(vv, float) else vv for kk, vv in v.items()}
+                        if isinstance(v, dict)
+                        else [
+                            {kk: _num(vv) if isinstance(vv, float) else vv for kk, vv in d.items()} for d in v
+                        ]
+                    )
+                    for k, v in summ.items()
+                },
+                layers=layers,
+            )
+        )
     vocab = {str(t): decode(t) for t in sorted(used)}
     return dict(format="crate-neurons/1", models=models, vocab=vocab)
 
 
 # ---- SVG histograms -------------------------------------------------------------------------------
-def svg_histogram(series: dict[str, np.ndarray], lo: float, hi: float, bins: int, xlabel: str,
-                  width: int = 460, height: int = 220) -> str:
+def svg_histogram(
+    series: dict[str, np.ndarray],
+    lo: float,
+    hi: float,
+    bins: int,
+    xlabel: str,
+    width: int = 460,
+    height: int = 220,
+) -> str:
     """Overlaid step histograms (fraction of neurons per bin) of each named series, as inline SVG."""
     edges = np.linspace(lo, hi, bins + 1)
     hists = {}
@@ -145,31 +170,41 @@ def svg_histogram(series: dict[str, np.ndarray], lo: float, hi: float, bins: int
     pw, ph = width - L - R, height - T - B
     sx = lambda x: L + (x - lo) / (hi - lo) * pw  # noqa: E731
     sy = lambda y: T + ph - y / top * ph  # noqa: E731
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="hist">',
-           f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="hist">',
+        f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
+    ]
     for i in range(5):
         x = lo + (hi - lo) * i / 4
-        out.append(f'<text x="{sx(x):.1f}" y="{T + ph + 14}" font-size="10" text-anchor="middle">{x:.3g}</text>')
+        out.append(
+            f'<text x="{sx(x):.1f}" y="{T + ph + 14}" font-size="10" text-anchor="middle">{x:.3g}</text>'
+        )
         y = top * i / 4
         out.append(f'<text x="{L - 4}" y="{sy(y) + 3:.1f}" font-size="10" text-anchor="end">{y:.2f}</text>')
-    out.append(f'<text x="{L + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">{html.escape(xlabel)}</text>')
+    out.append(
+        f'<text x="{L + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">{html.escape(xlabel)}</text>'
+    )
     for n, (name, h) in enumerate(hists.items()):
         c = COLORS[n % len(COLORS)]
         pts = []
         for i, v in enumerate(h):
             pts += [f"{sx(edges[i]):.1f},{sy(v):.1f}", f"{sx(edges[i + 1]):.1f},{sy(v):.1f}"]
         out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{c}" stroke-width="1.8"/>')
-        out.append(f'<text x="{L + pw - 4}" y="{T + 14 + 13 * n}" font-size="11" fill="{c}" '
-                   f'text-anchor="end">{html.escape(name)}</text>')
+        out.append(
+            f'<text x="{L + pw - 4}" y="{T + 14 + 13 * n}" font-size="11" fill="{c}" '
+            f'text-anchor="end">{html.escape(name)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
 
 # ---- HTML pages ---------------------------------------------------------------------------------
 def _page(title: str, body: str, script: str = "") -> str:
-    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style>{f'<script>{script}</script>' if script else ''}</head>"
-            f"<body>{body}</body></html>")
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{CSS}</style>{f'<script>{script}</script>' if script else ''}</head>"
+        f"<body>{body}</body></html>"
+    )
 
 
 def _token_html(text: str) -> str:
@@ -183,7 +218,9 @@ def _context_html(ids, acts, value: float, scale: float, before: int, decode) ->
             continue
         alpha = 0.0 if math.isnan(a) or scale <= 0 else min(max(a / scale, 0.0), 1.0)
         cls = "tok center" if i == before else "tok"
-        parts.append(f'<span class="{cls}" style="--a:{alpha:.2f}" title="{a:.3g}">{_token_html(decode(int(t)))}</span>')
+        parts.append(
+            f'<span class="{cls}" style="--a:{alpha:.2f}" title="{a:.3g}">{_token_html(decode(int(t)))}</span>'
+        )
     return f'<div class="ctx">{"".join(parts)}</div>'
 
 
@@ -201,29 +238,42 @@ def layer_page(rep: NeuronReport, li: int, decode, sort: str, contexts: int, ind
     items = []
     for j in order:
         n_top = int(layer["n_top"][j])
-        stats = (f"freq {_fmt(layer['frequency'][j])} · mean active {_fmt(layer['mean_active'][j])} · "
-                 f"max {_fmt(layer['max'][j])} · selectivity {_fmt(layer['selectivity'][j])} bits over "
-                 f"{n_top} top tokens")
+        stats = (
+            f"freq {_fmt(layer['frequency'][j])} · mean active {_fmt(layer['mean_active'][j])} · "
+            f"max {_fmt(layer['max'][j])} · selectivity {_fmt(layer['selectivity'][j])} bits over "
+            f"{n_top} top tokens"
+        )
         ctx = "".join(
-            _context_html(layer["ctx_ids"][r, j], layer["ctx_act"][r, j], float(layer["top_val"][r, j]),
-                          float(layer["max"][j]), before, decode)
+            _context_html(
+                layer["ctx_ids"][r, j],
+                layer["ctx_act"][r, j],
+                float(layer["top_val"][r, j]),
+                float(layer["max"][j]),
+                before,
+                decode,
+            )
             for r in range(min(n_top, contexts))
         )
         dead = layer["count"][j] == 0
-        data = " ".join(f'data-{s.replace("_", "")}="{_num(layer[s][j]) if s != "index" else j}"'
-                        for s in SORT_KEYS)
+        data = " ".join(
+            f'data-{s.replace("_", "")}="{_num(layer[s][j]) if s != "index" else j}"' for s in SORT_KEYS
+        )
         items.append(
             f'<div class="neuron{" dead" if dead else ""}" id="n{j}" {data}>'
             f'<h3>neuron {j}{" (dead)" if dead else ""}</h3><div class="stats">{stats}</div>{ctx}</div>'
         )
-    options = "".join(f'<option value="{s.replace("_", "")}"{" selected" if s == sort else ""}>{s}</option>'
-                      for s in SORT_KEYS)
-    head = (f'<p><a href="{index_href}">summary</a></p><h1>{html.escape(rep.model)} · layer {li}</h1>'
-            f"<p>{m} neurons ({rep.source}), {rep.data['tokens']} tokens of {html.escape(rep.data['path'])}; "
-            f"dead fraction {summ['dead_fraction']:.3f}, median frequency {_fmt(summ['frequency_median'])}, "
-            f"median selectivity {_fmt(summ['selectivity_median'])} bits (of at most "
-            f"{math.log2(rep.settings['k']):.2f}). Shading: activation / neuron max; outlined: the "
-            f"activating token.</p><p>sort by <select onchange=\"sortNeurons(this.value)\">{options}</select></p>")
+    options = "".join(
+        f'<option value="{s.replace("_", "")}"{" selected" if s == sort else ""}>{s}</option>'
+        for s in SORT_KEYS
+    )
+    head = (
+        f'<p><a href="{index_href}">summary</a></p><h1>{html.escape(rep.model)} · layer {li}</h1>'
+        f"<p>{m} neurons ({rep.source}), {rep.data['tokens']} tokens of {html.escape(rep.data['path'])}; "
+        f"dead fraction {summ['dead_fraction']:.3f}, median frequency {_fmt(summ['frequency_median'])}, "
+        f"median selectivity {_fmt(summ['selectivity_median'])} bits (of at most "
+        f"{math.log2(rep.settings['k']):.2f}). Shading: activation / neuron max; outlined: the "
+        f'activating token (append #sort=KEY to the address to open sorted by KEY).</p><p>sort by <select id="sort" onchange="sortNeurons(this.value)">{options}</select></p>'
+    )
     return _page(f"{rep.model} layer {li}", head + f'<div id="neurons">{"".join(items)}</div>', SORT_JS)
 
 
@@ -243,9 +293,11 @@ def summary_page(reports: list[NeuronReport], links: dict[str, list[str]]) -> st
                 f"<td>{_fmt(s['frequency_mean'])}</td><td>{_fmt(s['mean_active_median'])}</td>"
                 f"<td>{_fmt(s['selectivity_median'])}</td><td>{s['full_topk_neurons']}</td></tr>"
             )
-    table = ("<table><tr><th>model</th><th>neurons</th><th>layer</th><th>count</th><th>dead fraction</th>"
-             "<th>median freq</th><th>mean freq</th><th>median mean-when-active</th>"
-             f"<th>median selectivity (bits)</th><th>neurons with full top-{k}</th></tr>{''.join(rows)}</table>")
+    table = (
+        "<table><tr><th>model</th><th>source</th><th>layer</th><th>neurons</th><th>dead fraction</th>"
+        "<th>median freq</th><th>mean freq</th><th>median mean-when-active</th>"
+        f"<th>median selectivity (bits)</th><th>neurons with full top-{k}</th></tr>{''.join(rows)}</table>"
+    )
     eps = 1e-6
     freq = {r.model: np.log10(np.concatenate([l["frequency"] for l in r.layers]) + eps) for r in reports}
     sel = {r.model: np.concatenate([l["selectivity"][l["n_top"] >= k] for l in r.layers]) for r in reports}
@@ -257,15 +309,18 @@ def summary_page(reports: list[NeuronReport], links: dict[str, list[str]]) -> st
     )
     d = reports[0].data
     s = reports[0].settings
-    intro = (f"<h1>Neuron statistics</h1><p>{d['tokens']} tokens ({d['windows']} windows of {d['block_size']}) "
-             f"of {html.escape(d['path'])} (tokenizer {html.escape(d['tokenizer'])}); a neuron is active "
-             f"when its activation exceeds {s['threshold']}; selectivity is the entropy of the token ids "
-             f"at its top-{k} activations (median over neurons with {k} active tokens); dead = never active.</p>")
+    intro = (
+        f"<h1>Neuron statistics</h1><p>{d['tokens']} tokens ({d['windows']} windows of {d['block_size']}) "
+        f"of {html.escape(d['path'])} (tokenizer {html.escape(d['tokenizer'])}); a neuron is active "
+        f"when its activation exceeds {s['threshold']}; selectivity is the entropy of the token ids "
+        f"at its top-{k} activations (median over neurons with {k} active tokens); dead = never active.</p>"
+    )
     return _page("neuron statistics", intro + table + figs)
 
 
-def write_viewer(reports: list[NeuronReport], out: Path, decode, sort: str = "frequency",
-                 contexts: int = 8) -> dict:
+def write_viewer(
+    reports: list[NeuronReport], out: Path, decode, sort: str = "frequency", contexts: int = 8
+) -> dict:
     """Write index.html, one page per model and layer, and neurons.json under ``out`` (which must
     exist and be empty or new). Returns {"index": path, "pages": [...], "json": path}."""
     if sort not in SORT_KEYS:
