@@ -1,7 +1,7 @@
 """Layer-wise white-box measurements on any model built from CRATE parts.
 
-``probe(model, *inputs)`` runs one forward pass and measures, for every CRATELayer found in
-the model (grouped by the stack that holds it), Rc(Z^{l+1/2}) and the sparsity of Z^{l+1}
+``probe(model, *inputs)`` runs one forward pass and measures, for every CRATELayer (and every
+ToST block, against its TSSA subspaces) found in the model (grouped by the stack that holds it), Rc(Z^{l+1/2}) and the sparsity of Z^{l+1}
 (plain definitions and the official protocol; see ``crate_core.rate.measure_layers``). MSSA
 modules that are not inside a CRATELayer (e.g. the CRATE-MAE decoder's reverse steps) get
 the official Rc of their projected input. It works by forward hooks, so the model's own
@@ -18,6 +18,12 @@ from torch import nn
 from .layer import CRATELayer
 from .mssa import MSSA
 from .rate import OFFICIAL_EPS, measure_layers, official_compression
+from .tost import ToSTBlock
+
+
+def layer_subspaces(layer: nn.Module) -> torch.Tensor:
+    """The (K, d, p) subspaces a CRATE layer (MSSA) or a ToST block (TSSA) compresses against."""
+    return (layer.mssa if isinstance(layer, CRATELayer) else layer.tssa).subspaces()
 
 
 def _group_of(name: str) -> str:
@@ -50,8 +56,8 @@ class LayerwiseProbe:
     def __enter__(self) -> LayerwiseProbe:
         inside = set()
         for name, mod in self.model.named_modules():
-            if isinstance(mod, CRATELayer):
-                inside.add(id(mod.mssa))
+            if isinstance(mod, (CRATELayer, ToSTBlock)):
+                inside.add(id(getattr(mod, "mssa", None)))
                 self._handles.append(mod.register_forward_hook(self._layer_hook(name, mod)))
         for name, mod in self.model.named_modules():
             if isinstance(mod, MSSA) and id(mod) not in inside:
@@ -63,7 +69,7 @@ class LayerwiseProbe:
             h.remove()
         self._handles.clear()
 
-    def _layer_hook(self, name: str, layer: CRATELayer):
+    def _layer_hook(self, name: str, layer: nn.Module):
         def hook(mod, args, output):
             if self._busy or not args:
                 return
@@ -73,7 +79,7 @@ class LayerwiseProbe:
                     _, outs = layer(*args, return_intermediates=True)
             finally:
                 self._busy = False
-            self._layer_outs[name].append((outs, layer.mssa.subspaces().detach()))
+            self._layer_outs[name].append((outs, layer_subspaces(layer).detach()))
 
         return hook
 

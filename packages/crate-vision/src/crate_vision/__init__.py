@@ -8,8 +8,8 @@ Importing it registers every vision preset in the crate_core registry
 
 from . import timm_models  # noqa: F401  registers the timm names
 from .baselines import ViTClassifier, ViTClassifierConfig, register_baselines
-from .convert import load_official
 from .models import CRATEClassifier, CRATEClassifierConfig, register_presets, resize_pos_embed
+from .official import load_official
 
 register_presets()
 register_baselines()

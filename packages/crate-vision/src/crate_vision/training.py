@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .baselines import ViTClassifier
-from .convert import load_official
 from .data.datasets import DataSpec, build_dataset
 from .data.transforms import MixCollate
 from .evaluate import evaluate
 from .models import CRATEClassifier
+from .official import load_official
 
 
 class ClassificationLoss:
