@@ -5,7 +5,9 @@ depth 12) at 224 px, measured side by side in one run (repeats interleaved, medi
     uv run python benchmarks/vision_speed.py --amp bf16 --batch 64   # on a GPU
 
 Training = forward + cross-entropy + backward + AdamW step (img/s); inference = forward under
-no_grad in eval mode (img/s). Writes benchmarks/reports/vision_speed/{report.md,results.json,speed.png}.
+no_grad in eval mode (img/s). On the CPU each step is also timed in process CPU time (summed over
+threads): on a machine shared with other jobs, CPU-time throughput (x threads) is the figure that does
+not depend on how much of the CPU this process got; wall-clock figures are reported next to it. Writes benchmarks/reports/vision_speed/{report.md,results.json,speed.png}.
 """
 
 from __future__ import annotations
@@ -80,24 +82,26 @@ def main(argv=None) -> dict:
         with autocast(device, args.amp):
             m(x)
 
-    times = {n: {"train": [], "infer": []} for n in models}
+    times = {n: {"train": [], "infer": [], "train_cpu": [], "infer_cpu": []} for n in models}
     for kind, fn in (("train", train_step), ("infer", infer_step)):
         for r in range(args.warmup + args.repeats):
             for name in models:  # interleaved so that load changes hit every model alike
                 sync(device)
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 fn(name)
                 sync(device)
                 if r >= args.warmup:
                     times[name][kind].append(time.perf_counter() - t)
+                    times[name][kind + "_cpu"].append(time.process_time() - c)
     rows = {}
     for name, m in models.items():
         rows[name] = {
             "params_M": sum(p.numel() for p in m.parameters()) / 1e6,
             "train_img_s": args.batch / statistics.median(times[name]["train"]),
             "infer_img_s": args.batch / statistics.median(times[name]["infer"]),
-            "train_s": times[name]["train"],
-            "infer_s": times[name]["infer"],
+            "train_img_cpu_s": args.batch / statistics.median(times[name]["train_cpu"]),
+            "infer_img_cpu_s": args.batch / statistics.median(times[name]["infer_cpu"]),
+            "times_s": times[name],
         }
     base = args.models[-1]
     lines = [
@@ -107,13 +111,17 @@ def main(argv=None) -> dict:
         f"{torch.get_num_threads()} threads), batch {args.batch}, {args.image_size} px, amp {args.amp}, "
         f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. torch {torch.__version__}.",
         "",
-        f"| model | params (M) | train img/s | infer img/s | train x vs {base} | infer x vs {base} |",
-        "|---|---|---|---|---|---|",
+        f"| model | params (M) | train img/s | infer img/s | train x vs {base} | infer x vs {base} "
+        "| train img/CPU-s | infer img/CPU-s | train x (CPU time) | infer x (CPU time) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
+        b = rows[base]
         lines.append(
             f"| {name} | {r['params_M']:.2f} | {r['train_img_s']:.2f} | {r['infer_img_s']:.2f} | "
-            f"{r['train_img_s'] / rows[base]['train_img_s']:.2f} | {r['infer_img_s'] / rows[base]['infer_img_s']:.2f} |"
+            f"{r['train_img_s'] / b['train_img_s']:.2f} | {r['infer_img_s'] / b['infer_img_s']:.2f} | "
+            f"{r['train_img_cpu_s']:.3f} | {r['infer_img_cpu_s']:.3f} | "
+            f"{r['train_img_cpu_s'] / b['train_img_cpu_s']:.2f} | {r['infer_img_cpu_s'] / b['infer_img_cpu_s']:.2f} |"
         )
     report = "\n".join(lines) + "\n"
     print(report)
