@@ -2,9 +2,9 @@
 
     uv run benchmarks/speed.py --models crate-tiny-test vit-tiny-test --batch 32
     uv run benchmarks/speed.py --preset quick            # CRATE vs standard transformer, each family
-    uv run benchmarks/speed.py --models crate-gpt-small gpt2-like:crate-gpt-small --amp bf16 --compile
+    uv run benchmarks/speed.py --models crate-gpt-small gpt2-like-crate-gpt-small --amp bf16 --compile
 
-A model is a registry name (``crate_core.list_models()``) or ``gpt2-like:NAME`` / ``bert-like:NAME``:
+A model is a registry name (``crate_core.list_models()``) or ``gpt2-like-NAME`` / ``bert-like-NAME``:
 transformers' GPT2LMHeadModel / BertForMaskedLM, randomly initialised, with NAME's width, depth, heads,
 context and vocabulary (the standard-transformer baselines of the text family). Inputs are synthetic.
 Each figure is the median over ``--repeats`` timed runs after ``--warmup`` runs. Peak memory is
@@ -32,16 +32,16 @@ import torch.nn.functional as F
 
 PRESETS = {
     "quick": [
-        ("crate-tiny-test", "vit-tiny-test"),
-        ("crate-mae-tiny-test", "vit-mae-tiny-test"),
-        ("crate-gpt-nano", "gpt2-like:crate-gpt-nano"),
-        ("crate-bert-nano", "bert-like:crate-bert-nano"),
+        ("crate-mini-shapes", "vit-mini-shapes"),
+        ("crate-mae-nano", "vit-mae-nano"),
+        ("crate-gpt-nano", "gpt2-like-crate-gpt-nano"),
+        ("crate-bert-nano", "bert-like-crate-bert-nano"),
     ],
     "base": [
         ("crate-base-patch16-224", "vit-base-patch16-224"),
         ("crate-mae-base", "vit-mae-base"),
-        ("crate-gpt-small", "gpt2-like:crate-gpt-small"),
-        ("crate-bert-base", "bert-like:crate-bert-base"),
+        ("crate-gpt-small", "gpt2-like-crate-gpt-small"),
+        ("crate-bert-base", "bert-like-crate-bert-base"),
     ],
 }
 
@@ -89,6 +89,9 @@ def build(name: str):
     """(model, family, config) for a registry name or an HF baseline spec."""
     import crate_core
 
+    for kind in ("gpt2-like", "bert-like"):  # gpt2-like-NAME is the name tools give the baseline
+        if name.startswith(kind + "-"):
+            name = kind + ":" + name[len(kind) + 1 :]
     if ":" in name:
         kind, _, base = name.partition(":")
         if kind not in ("gpt2-like", "bert-like"):

@@ -505,7 +505,7 @@ class Trainer:
         finally:
             logger.close()
         barrier()
-        return {
+        result = {
             "steps": self.step,
             "time_s": time.perf_counter() - t_start,
             "loss": last_loss,
@@ -515,6 +515,11 @@ class Trainer:
             "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
             "flops_per_micro_step": flops_per_micro,
         }
+        if self.is_main:  # the run's final figures next to its checkpoints (read by benchmarks/report.py)
+            summary = {k: v for k, v in result.items() if k != "history"}
+            summary["params"] = sum(p.numel() for p in self.model.parameters())
+            (self.out_dir / "train_result.json").write_text(json.dumps(summary, indent=2, default=str))
+        return result
 
     # ------------------------------------------------------------------------------------------
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
