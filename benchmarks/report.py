@@ -53,7 +53,7 @@ PRESETS = {
         "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=600, micro_batch=64, lr=2e-3),
         "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=400, micro_batch=64, lr=1.5e-3),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=300, micro_batch=16, lr=1e-3),
-        "bert": dict(crate="crate-bert-nano", baseline=None, steps=300, micro_batch=16, lr=1e-3),
+        "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=300, micro_batch=16, lr=1e-3),
         "layerwise_points": 4,
         "segment_images": 300,
         "speed": ["--preset", "quick", "--batch", "8", "--seq", "128", "--repeats", "5"],
@@ -62,7 +62,7 @@ PRESETS = {
         "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=3000, micro_batch=128, lr=2e-3),
         "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=3000, micro_batch=128, lr=1.5e-3),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=32, lr=1e-3),
-        "bert": dict(crate="crate-bert-nano", baseline=None, steps=2000, micro_batch=32, lr=1e-3),
+        "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=2000, micro_batch=32, lr=1e-3),
         "layerwise_points": 8,
         "segment_images": 1000,
         "speed": ["--preset", "quick", "--batch", "32", "--repeats", "10"],
@@ -143,7 +143,7 @@ METRICS = {
     "vision": [("test top-1", "test/top1", "{:.3f}")],
     "mae": [("masked PSNR (dB)", "psnr_db", "{:.2f}"), ("masked MSE", "masked_mse", "{:.4f}")],
     "gpt": [("val loss", "eval/loss", "{:.3f}")],
-    "bert": [("val MLM loss", "eval/loss", "{:.3f}"), ("val MLM acc", "eval/acc", "{:.3f}")],
+    "bert": [("val MLM loss", "eval/loss", "{:.3f}"), ("val MLM acc", "eval/accuracy", "{:.3f}")],
 }
 
 

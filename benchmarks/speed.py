@@ -90,7 +90,7 @@ def build(name: str):
     import crate_core
 
     for kind in ("gpt2-like", "bert-like"):  # gpt2-like-NAME is the name tools give the baseline
-        if name.startswith(kind + "-"):
+        if name.startswith(kind + "-") and name not in crate_core.list_models():
             name = kind + ":" + name[len(kind) + 1 :]
     if ":" in name:
         kind, _, base = name.partition(":")

@@ -105,8 +105,9 @@ def main(argv=None) -> dict:
     if args.max_positions is not None:
         over["max_positions"] = args.max_positions
     model = crate_core.create(args.model, **over)
-    if not hasattr(model, "encoder") or not hasattr(model, "decoder_bias"):
-        raise ValueError(f"--model {args.model} is not a masked-LM preset (try crate-bert-nano)")
+    is_mlm = getattr(model, "is_masked_lm", False) or (hasattr(model, "encoder") and hasattr(model, "decoder_bias"))
+    if not is_mlm:
+        raise ValueError(f"--model {args.model} is not a masked-LM preset (try crate-bert-nano or bert-like-crate-bert-nano)")
     c = model.config
     windows = {
         s: TokenDataset(data / f"{s}.bin", c.max_positions - 2, tokenizer=tok, max_vocab=c.vocab_size)

@@ -12,7 +12,10 @@ from .bert import (
 from .data import TokenDataset, TokenFileWriter, load_tokens, read_header, shakespeare_plays, write_tokens
 from .generate import KVCache, filter_logits
 from .gpt import CRATEGPT, CRATEGPTConfig
+from .interp.baseline import register_bert_baselines
 from .tokenizers import Tokenizer, get_tokenizer
+
+register_bert_baselines()  # bert-like-crate-bert-{nano,base}: the standard masked-LM baselines
 
 __all__ = [
     "CRATEGPT",

@@ -101,3 +101,74 @@ class GPT2Baseline(nn.Module):
         return self(idx, targets)[1]
 
     generate = generate
+
+
+@dataclass
+class BertBaselineConfig:
+    vocab_size: int = 50304
+    n_tokens: int = 50257
+    max_positions: int = 512
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    dropout: float = 0.1
+    tokenizer: str = "gpt2"
+
+
+class BertBaseline(nn.Module):
+    """transformers' BertForMaskedLM (random init, 4x GELU MLP) behind CRATEBertForMaskedLM's
+    interface: ``forward(idx, attention_mask=None, labels=None)`` -> logits or (logits, loss),
+    labels equal to -100 ignored. The standard-transformer baseline of CRATE-BERT."""
+
+    is_masked_lm = True
+
+    def __init__(self, config: BertBaselineConfig):
+        super().__init__()
+        from transformers import BertConfig, BertForMaskedLM
+
+        self.config = c = config
+        self.bert = BertForMaskedLM(
+            BertConfig(
+                vocab_size=c.vocab_size,
+                hidden_size=c.dim,
+                num_hidden_layers=c.depth,
+                num_attention_heads=c.heads,
+                intermediate_size=4 * c.dim,
+                max_position_embeddings=c.max_positions,
+                hidden_dropout_prob=c.dropout,
+                attention_probs_dropout_prob=c.dropout,
+            )
+        )
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+        check_ids(idx, self.config.vocab_size, self.config.max_positions)
+        logits = self.bert(input_ids=idx, attention_mask=attention_mask).logits
+        if labels is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return logits, loss
+
+
+def bert_config_like(config) -> BertBaselineConfig:
+    """A BERT config with the width, depth, heads, positions, vocabulary and dropout of a CRATE-BERT config."""
+    return BertBaselineConfig(
+        vocab_size=config.vocab_size,
+        n_tokens=config.n_tokens,
+        max_positions=config.max_positions,
+        dim=config.dim,
+        depth=config.depth,
+        heads=config.heads,
+        dropout=config.dropout,
+        tokenizer=config.tokenizer,
+    )
+
+
+def register_bert_baselines() -> None:
+    """Register ``bert-like-<preset>`` for every CRATE-BERT masked-LM preset."""
+    import crate_core
+
+    for name in ("crate-bert-nano", "crate-bert-base"):
+        crate_core.register(
+            f"bert-like-{name}", BertBaseline, bert_config_like(crate_core.get_config(name)),
+            family="text", description=f"BERT (transformers BertForMaskedLM) shaped like {name}",
+        )
