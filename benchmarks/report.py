@@ -162,6 +162,7 @@ def plot_layerwise(records: list[dict], title: str, out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (integer layer ticks)
 
     if not records:
         return []
@@ -185,6 +186,7 @@ def plot_layerwise(records: list[dict], title: str, out: Path) -> list[str]:
                 c = cmap(i / max(len(records) - 1, 1))
                 ax.errorbar(xs, mean, yerr=std, color=c, marker="o", ms=3, capsize=2, label=f"step {rec['step']}")
             ax.set_xlabel("layer")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_title({"rc": "Rc(Z^{l+1/2}) plain", "rc_official": "Rc official (eps 0.1)",
                           "sparsity": "zeros in Z^{l+1}", "code_sparsity": "zeros in ISTA code"}[m])
             ax.grid(alpha=0.3)
