@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--name", default=None, help="report directory name (default: the preset)")
     p.add_argument("--only", nargs="*", default=None, help=f"families to run, of {list(FAMILIES)}")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report of the same name")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted report: finished runs are reused")
     p.add_argument("--compare", type=Path, default=None, help="an older report directory to set side by side")
     p.add_argument("--vision-data", default=None, help="tools/train_vision.py --data (default: offline shapes)")
     p.add_argument("--mae-data", default=None, help="tools/pretrain_mae.py --data (default: offline shapes)")
@@ -355,12 +356,13 @@ def main(argv: list[str] | None = None) -> Path:
     if args.compare and not (args.compare / "report.json").is_file():
         p.error(f"--compare {args.compare}: no report.json there")
     out = REPORTS / (args.name or args.preset)
-    if out.exists():
+    if out.exists() and not args.resume:
         if not args.overwrite:
-            p.error(f"report directory {out} already exists; pass --overwrite to replace it or --name NEW")
+            p.error(f"report directory {out} already exists; pass --overwrite to replace it, --resume to "
+                    f"continue it, or --name NEW")
         shutil.rmtree(out)
     work = out / "_work"
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
 
     preset = PRESETS[args.preset]
     data = {"vision": args.vision_data, "mae": args.mae_data, "gpt": args.text_data, "bert": args.text_data}
@@ -372,8 +374,12 @@ def main(argv: list[str] | None = None) -> Path:
         run_dir = work / run.label
         cmd = [sys.executable, run.tool, *run.args, "--out-dir", str(run_dir)]
         cmds.append(" ".join(["uv run", run.tool, *run.args, "--out-dir", str(run_dir.relative_to(ROOT))]))
-        print(f"[report] {run.label}: {run.model} ...", flush=True)
-        dt = execute(cmd, work / f"{run.label}.log")
+        if args.resume and (run_dir / "train_result.json").is_file() and (run_dir / "final").is_dir():
+            print(f"[report] {run.label}: reusing the finished run in {run_dir}", flush=True)
+            dt = float(json.loads((run_dir / "train_result.json").read_text()).get("time_s", 0.0))
+        else:
+            print(f"[report] {run.label}: {run.model} ...", flush=True)
+            dt = execute(cmd, work / f"{run.label}.log")
         metrics = {}
         for name in ("train_result.json", "metrics.json"):  # the trainer's figures, then the tool's own
             if (run_dir / name).is_file():

@@ -86,6 +86,11 @@ def miou(args) -> dict:
         r = results[d]
         print(f"{d}: mIoU {r['miou']:.3f} (2-class {r['miou_2class']:.3f}; best head {r['best_head']}: "
               f"{r['best_head_miou']:.3f}) on {r['n']} test images, layer {args.layer}, mass {args.mass}")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{"model": crate_core.hub.read_config(d)["model_class"].split(":")[-1], "model_dir": d,
+             **{k: v for k, v in r.items() if isinstance(v, (int, float, str))}} for d, r in results.items()]
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
     return results
 
 
