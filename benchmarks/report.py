@@ -141,7 +141,7 @@ def environment() -> dict:
 # metrics per family: (column name, key in metrics.json, format, higher is better)
 METRICS = {
     "vision": [("test top-1", "test/top1", "{:.3f}")],
-    "mae": [("masked PSNR (dB)", "psnr_db", "{:.2f}"), ("masked MSE", "masked_mse", "{:.4f}")],
+    "mae": [("masked PSNR (dB)", "eval/psnr", "{:.2f}"), ("masked MSE (0-1 pixels)", "eval/mse01", "{:.4f}")],
     "gpt": [("val loss", "eval/loss", "{:.3f}")],
     "bert": [("val MLM loss", "eval/loss", "{:.3f}"), ("val MLM acc", "eval/accuracy", "{:.3f}")],
 }
