@@ -59,7 +59,19 @@ def build_attention_mask(
     return attn_mask
 
 
-class MSSA(nn.Module):
+class SubspaceHeads(nn.Module):
+    """Shared by MSSA and TSSA: one projection ``self.U`` (d -> K*p) read as K subspaces."""
+
+    def subspaces(self) -> torch.Tensor:
+        """The K subspace bases U_k as a (K, d, p) tensor (w_k = x @ U_k, bias aside)."""
+        return rearrange(self.U.weight, "(k p) d -> k d p", k=self.heads)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head coordinates w = x U, shape (B, K, N, p)."""
+        return rearrange(self.U(x), "b n (k p) -> b k n p", k=self.heads)
+
+
+class MSSA(SubspaceHeads):
     """Multi-head subspace self-attention with a tied q = k = v projection.
 
     Args:
@@ -89,14 +101,6 @@ class MSSA(nn.Module):
         self.U = nn.Linear(dim, inner, bias=False)
         self.out = nn.Linear(inner, dim, bias=out_bias)
         self.out_drop = nn.Dropout(dropout)
-
-    def subspaces(self) -> torch.Tensor:
-        """The K subspace bases U_k as a (K, d, p) tensor (w_k = x @ U_k)."""
-        return rearrange(self.U.weight, "(k p) d -> k d p", k=self.heads)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-head coordinates w = x U, shape (B, K, N, p)."""
-        return rearrange(self.U(x), "b n (k p) -> b k n p", k=self.heads)
 
     def forward(
         self,

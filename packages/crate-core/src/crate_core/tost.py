@@ -36,7 +36,7 @@ from einops import rearrange
 from torch import nn
 
 from .layer import LayerOutputs
-from .mssa import check_heads
+from .mssa import SubspaceHeads, check_heads
 from .stacks import register_stack
 
 
@@ -96,7 +96,7 @@ def token_statistics(
     return pi, moment / mass.clamp_min(_tiny(mass))
 
 
-class TSSA(nn.Module):
+class TSSA(SubspaceHeads):
     """Token Statistics Self-Attention (linear in the number of tokens).
 
     Args:
@@ -134,14 +134,6 @@ class TSSA(nn.Module):
         self.position_bias = nn.Parameter(torch.zeros(heads, max_len)) if causal and max_len else None
         self.out = nn.Linear(inner, dim)
         self.out_drop = nn.Dropout(dropout)
-
-    def subspaces(self) -> torch.Tensor:
-        """The K subspace bases U_k as a (K, d, p) tensor (w_k = x @ U_k, bias aside)."""
-        return rearrange(self.U.weight, "(k p) d -> k d p", k=self.heads)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-head coordinates w = x U, shape (B, K, N, p)."""
-        return rearrange(self.U(x), "b n (k p) -> b k n p", k=self.heads)
 
     def forward(
         self,
