@@ -4,7 +4,7 @@ white-box measurements (per-layer Rc and sparsity) at initialisation, over train
     uv run benchmarks/report.py                          # --preset quick, offline, ~15 min on 2 CPU cores
     uv run benchmarks/report.py --preset full --name full-run
     uv run benchmarks/report.py --only vision gpt --vision-data imagefolder:/data/imagenette
-    uv run benchmarks/report.py --compare benchmarks/reports/quick-old    # numbers side by side
+    uv run benchmarks/report.py --compare benchmarks/reports/quick-reference   # numbers side by side
 
 Every family trains a CRATE model and its standard counterpart through the project's own tools
 (tools/train_vision.py, pretrain_mae.py, pretrain_gpt.py, pretrain_bert.py) with identical budgets
@@ -50,16 +50,22 @@ class Run:
 # Per preset: the shared budget of each family and the model pairs. Budgets are equal within a family.
 PRESETS = {
     "quick": {
-        "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=600, micro_batch=64, lr=2e-3),
+        # patch-4 vision pair (8x8 attention maps for the segmentation figures); the patch-8 default of
+        # tools/train_vision.py is the accuracy run of crate-vision (README), too long for this preset
+        "vision": dict(crate="crate-mini-shapes-p4", baseline="vit-mini-shapes-p4", steps=600, micro_batch=64, lr=2e-3),
         "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=400, micro_batch=64, lr=1.5e-3),
-        "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=300, micro_batch=16, lr=1e-3),
-        "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=300, micro_batch=16, lr=1e-3),
+        # text: the 50k-token GPT-2 vocabulary head dominates a step on the CPU, so few short batches
+        "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=200, micro_batch=8, lr=1e-3,
+                    extra=["--eval-every", "0", "--eval-batches", "20"]),
+        "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=200, micro_batch=8,
+                     lr=1e-3, extra=["--eval-every", "0", "--eval-batches", "20"]),
         "layerwise_points": 4,
         "segment_images": 300,
-        "speed": ["--preset", "quick", "--batch", "8", "--seq", "128", "--repeats", "5"],
+        "speed": ["--preset", "quick", "--batch", "8", "--seq", "128", "--repeats", "3"],
     },
     "full": {
-        "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=3000, micro_batch=128, lr=2e-3),
+        "vision": dict(crate="crate-mini-shapes-p4", baseline="vit-mini-shapes-p4", steps=3000, micro_batch=128,
+                       lr=2e-3),
         "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=3000, micro_batch=128, lr=1.5e-3),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=32, lr=1e-3),
         "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=2000, micro_batch=32, lr=1e-3),
@@ -86,6 +92,7 @@ def plan(preset: dict, families: list[str], data: dict[str, str | None]) -> list
             "--steps", str(spec["steps"]), "--micro-batch", str(spec["micro_batch"]), "--lr", str(spec["lr"]),
             "--layerwise-every", str(every), "--wandb", "disabled", "--progress", "plain", "--seed", "0",
         ]
+        common += list(spec.get("extra", []))
         if data.get(fam):
             common += [DATA_FLAG[fam], data[fam]]
         runs.append(Run(fam, "crate", spec["crate"], TOOLS[fam], ["--model", spec["crate"], *common]))
@@ -247,7 +254,10 @@ def write_report(out: Path, env: dict, results: dict, speed: list[dict] | None, 
     lines = [f"# crate cross-modality report: {out.name}", "",
              f"- device: {env['device']} ({env['cpu_cores']} cores visible), torch {env['torch']}, "
              f"python {env['python']}, commit {env['commit']}, {env['date']}",
-             f"- total time: {results['_total_s'] / 60:.1f} min", ""]
+             f"- total time: {results['_total_s'] / 60:.1f} min of wall time"
+             + (f" in this invocation; {results['_reused']} finished run(s) were reused via --resume (their own "
+                f"training time: {results['_reused_s'] / 60:.1f} min)" if results.get("_reused") else "")
+             + "; " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results.get("_phase_s", {}).items()), ""]
     lines += ["## Task metrics, CRATE vs the standard transformer (identical budgets)", ""]
     speed_by = {r["model"]: r for r in (speed or [])}
     header = "| family | metric | CRATE | baseline | params CRATE / baseline (M) | train throughput CRATE / baseline | infer throughput CRATE / baseline | peak MB CRATE / baseline |"
@@ -369,7 +379,7 @@ def main(argv: list[str] | None = None) -> Path:
     env = environment()
     t0 = time.perf_counter()
     cmds: list[str] = []
-    results: dict = {}
+    results: dict = {"_reused": 0, "_reused_s": 0.0, "_phase_s": {}}
     for run in plan(preset, families, data):
         run_dir = work / run.label
         cmd = [sys.executable, run.tool, *run.args, "--out-dir", str(run_dir)]
@@ -377,6 +387,8 @@ def main(argv: list[str] | None = None) -> Path:
         if args.resume and (run_dir / "train_result.json").is_file() and (run_dir / "final").is_dir():
             print(f"[report] {run.label}: reusing the finished run in {run_dir}", flush=True)
             dt = float(json.loads((run_dir / "train_result.json").read_text()).get("time_s", 0.0))
+            results["_reused"] += 1
+            results["_reused_s"] += dt
         else:
             print(f"[report] {run.label}: {run.model} ...", flush=True)
             dt = execute(cmd, work / f"{run.label}.log")
@@ -391,6 +403,8 @@ def main(argv: list[str] | None = None) -> Path:
         results.setdefault(run.family, {})[run.role] = entry
         print(f"[report] {run.label}: done in {dt:.0f} s", flush=True)
 
+    results["_phase_s"]["training runs"] = time.perf_counter() - t0
+    t_phase = time.perf_counter()
     seg = None
     if "vision" in results and not args.no_segment:
         seg_dir = work / "segment"
@@ -415,6 +429,9 @@ def main(argv: list[str] | None = None) -> Path:
             overlays.append(dest.name)
         results["_overlays"] = overlays
 
+    if seg is not None:
+        results["_phase_s"]["segmentation"] = time.perf_counter() - t_phase
+    t_phase = time.perf_counter()
     speed = None
     if not args.no_speed:
         speed_out = work / "speed"
@@ -423,10 +440,12 @@ def main(argv: list[str] | None = None) -> Path:
         print("[report] speed ...", flush=True)
         execute(cmd, work / "speed.log")
         speed = json.loads(speed_out.with_suffix(".json").read_text())
+        results["_phase_s"]["speed"] = time.perf_counter() - t_phase
 
     results["_total_s"] = time.perf_counter() - t0
     report = {"env": env, "preset": args.preset, "results": {k: v for k, v in results.items() if not k.startswith("_")},
-              "speed": speed, "segmentation": seg, "total_s": results["_total_s"], "commands": cmds}
+              "speed": speed, "segmentation": seg, "total_s": results["_total_s"], "phase_s": results["_phase_s"],
+              "reused_runs": results["_reused"], "commands": cmds}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     text = write_report(out, env, results, speed, seg, cmds)
     if args.compare:

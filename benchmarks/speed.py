@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 PRESETS = {
     "quick": [
-        ("crate-mini-shapes", "vit-mini-shapes"),
+        ("crate-mini-shapes-p4", "vit-mini-shapes-p4"),
         ("crate-mae-nano", "vit-mae-nano"),
         ("crate-gpt-nano", "gpt2-like-crate-gpt-nano"),
         ("crate-bert-nano", "bert-like-crate-bert-nano"),

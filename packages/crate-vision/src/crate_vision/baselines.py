@@ -104,7 +104,10 @@ class ViTClassifier(nn.Module):
 
 def register_baselines() -> None:
     presets = {
-        "vit-mini-shapes": (ViTClassifierConfig(32, 4, 3, 6, 96, 4, 4), "ViT baseline at the size of crate-mini-shapes"),
+        "vit-mini-shapes": (ViTClassifierConfig(32, 8, 3, 6, 128, 4, 4), "ViT baseline at the size of crate-mini-shapes"),
+        "vit-mini-shapes-p4": (
+            ViTClassifierConfig(32, 4, 3, 6, 96, 4, 4), "ViT baseline at the size of crate-mini-shapes-p4"
+        ),
         "vit-tiny-test": (ViTClassifierConfig(32, 8, 3, 10, 64, 2, 4), "ViT baseline at the size of crate-tiny-test"),
     }
     for name, (config, description) in presets.items():

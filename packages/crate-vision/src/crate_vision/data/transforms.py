@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
@@ -49,15 +50,42 @@ def eval_transform(image_size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD, 
     )
 
 
-def tensor_train_transform(image_size: int, hflip: bool = True, crop_padding: int = 0):
-    """Light augmentation for image tensors that are already at model size (offline sets):
-    random horizontal flip and, if ``crop_padding``, a random crop after reflection padding."""
-    ops = []
-    if crop_padding:
-        ops.append(v2.RandomCrop(image_size, padding=crop_padding, padding_mode="reflect"))
-    if hflip:
-        ops.append(v2.RandomHorizontalFlip())
-    return v2.Compose(ops) if ops else None
+class TensorAugment(torch.nn.Module):
+    """Light augmentation of one (C, H, W) image tensor that is already at model size (offline sets),
+    in plain tensor ops (a few microseconds, several times cheaper than the v2 pipeline):
+
+        shift   reflect-pad by ``pad`` pixels, crop H x W at a uniform offset (a shift of up to pad pixels)
+        hflip   mirror left-right with probability 1/2
+        rot90   rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}: with hflip, all eight symmetries
+                of the square (for rotation- and reflection-invariant classes like the procedural shapes)
+    """
+
+    def __init__(self, pad: int = 0, hflip: bool = True, rot90: bool = False):
+        super().__init__()
+        if pad < 0:
+            raise ValueError(f"pad must be >= 0, got pad={pad}")
+        self.pad, self.hflip, self.rot90 = pad, hflip, rot90
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.pad:
+            i, j = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            x = F.pad(x[None], (self.pad,) * 4, mode="reflect")[0, :, i : i + h, j : j + w]
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        if self.rot90:
+            x = torch.rot90(x, int(torch.randint(4, ())), dims=(-2, -1))
+        return x
+
+
+def tensor_train_transform(image_size: int, hflip: bool = True, crop_padding: int = 0, dihedral: bool = False):
+    """TensorAugment for offline sets (images already image_size): shift by up to ``crop_padding``
+    pixels, horizontal flip, and with ``dihedral`` random 90-degree rotations; None if nothing is on."""
+    if not (crop_padding or hflip or dihedral):
+        return None
+    if crop_padding >= image_size:
+        raise ValueError(f"crop_padding={crop_padding} must be smaller than image_size={image_size}")
+    return TensorAugment(crop_padding, hflip, dihedral)
 
 
 class MixCollate:
