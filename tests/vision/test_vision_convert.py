@@ -14,15 +14,43 @@ torch.manual_seed(0)
 
 # ---------------------------------------------------------------------------------------------
 # random state dicts with the official key names
-def official_crate_state(dim=48, depth=2, heads=4, patch=4, image=16, classes=7, channels=3):
-    n = (image // patch) ** 2
-    pd = patch * patch * channels
-    g = torch.Generator().manual_seed(1)
+def _sampler(seed):
+    """r(*shape, scale=1/sqrt(fan_in)): Gaussian tensors from a private generator."""
+    g = torch.Generator().manual_seed(seed)
 
     def r(*shape, scale=None):
         scale = scale if scale is not None else 1 / math.sqrt(shape[-1])
         return torch.randn(*shape, generator=g) * scale
 
+    return r
+
+
+def _shared_official_keys(r, dim, depth, n, classes, out_bias):
+    """The keys both official layouts share: cls/pos, the head, and per layer the two LayerNorms,
+    the tied qkv and the output projection (with a bias in CRATE, without in CRATE-alpha)."""
+    sd = {
+        "cls_token": r(1, 1, dim, scale=1.0),
+        "pos_embedding": r(1, n + 1, dim, scale=1.0),
+        "mlp_head.0.weight": 1 + r(dim, scale=0.1),
+        "mlp_head.0.bias": r(dim, scale=0.1),
+        "mlp_head.1.weight": r(classes, dim),
+        "mlp_head.1.bias": r(classes, scale=0.1),
+    }
+    for l in range(depth):
+        p = f"transformer.layers.{l}."
+        for block in ("0", "1"):
+            sd[p + block + ".norm.weight"] = 1 + r(dim, scale=0.1)
+            sd[p + block + ".norm.bias"] = r(dim, scale=0.1)
+        sd[p + "0.fn.qkv.weight"] = r(dim, dim)
+        sd[p + "0.fn.to_out.0.weight"] = r(dim, dim)
+        if out_bias:
+            sd[p + "0.fn.to_out.0.bias"] = r(dim, scale=0.1)
+    return sd
+
+
+def official_crate_state(dim=48, depth=2, heads=4, patch=4, image=16, classes=7, channels=3):
+    pd = patch * patch * channels
+    r = _sampler(1)
     sd = {
         "to_patch_embedding.1.weight": 1 + r(pd, scale=0.1),
         "to_patch_embedding.1.bias": r(pd, scale=0.1),
@@ -30,52 +58,22 @@ def official_crate_state(dim=48, depth=2, heads=4, patch=4, image=16, classes=7,
         "to_patch_embedding.2.bias": r(dim, scale=0.1),
         "to_patch_embedding.3.weight": 1 + r(dim, scale=0.1),
         "to_patch_embedding.3.bias": r(dim, scale=0.1),
-        "cls_token": r(1, 1, dim, scale=1.0),
-        "pos_embedding": r(1, n + 1, dim, scale=1.0),
-        "mlp_head.0.weight": 1 + r(dim, scale=0.1),
-        "mlp_head.0.bias": r(dim, scale=0.1),
-        "mlp_head.1.weight": r(classes, dim),
-        "mlp_head.1.bias": r(classes, scale=0.1),
+        **_shared_official_keys(r, dim, depth, (image // patch) ** 2, classes, out_bias=True),
     }
     for l in range(depth):
-        p = f"transformer.layers.{l}."
-        sd[p + "0.norm.weight"] = 1 + r(dim, scale=0.1)
-        sd[p + "0.norm.bias"] = r(dim, scale=0.1)
-        sd[p + "0.fn.qkv.weight"] = r(dim, dim)
-        sd[p + "0.fn.to_out.0.weight"] = r(dim, dim)
-        sd[p + "0.fn.to_out.0.bias"] = r(dim, scale=0.1)
-        sd[p + "1.norm.weight"] = 1 + r(dim, scale=0.1)
-        sd[p + "1.norm.bias"] = r(dim, scale=0.1)
-        sd[p + "1.fn.weight"] = r(dim, dim)
+        sd[f"transformer.layers.{l}.1.fn.weight"] = r(dim, dim)
     return sd
 
 
 def official_alpha_state(dim=32, depth=2, heads=4, patch=4, image=16, classes=5, channels=3):
-    n = (image // patch) ** 2
-    g = torch.Generator().manual_seed(2)
-
-    def r(*shape, scale=None):
-        scale = scale if scale is not None else 1 / math.sqrt(shape[-1])
-        return torch.randn(*shape, generator=g) * scale
-
+    r = _sampler(2)
     sd = {
         "conv1.weight": r(dim, channels, patch, patch, scale=1 / math.sqrt(channels * patch * patch)),
         "conv1.bias": r(dim, scale=0.1),
-        "cls_token": r(1, 1, dim, scale=1.0),
-        "pos_embedding": r(1, n + 1, dim, scale=1.0),
-        "mlp_head.0.weight": 1 + r(dim, scale=0.1),
-        "mlp_head.0.bias": r(dim, scale=0.1),
-        "mlp_head.1.weight": r(classes, dim),
-        "mlp_head.1.bias": r(classes, scale=0.1),
+        **_shared_official_keys(r, dim, depth, (image // patch) ** 2, classes, out_bias=False),
     }
     for l in range(depth):
         p = f"transformer.layers.{l}."
-        sd[p + "0.norm.weight"] = 1 + r(dim, scale=0.1)
-        sd[p + "0.norm.bias"] = r(dim, scale=0.1)
-        sd[p + "0.fn.qkv.weight"] = r(dim, dim)
-        sd[p + "0.fn.to_out.0.weight"] = r(dim, dim)
-        sd[p + "1.norm.weight"] = 1 + r(dim, scale=0.1)
-        sd[p + "1.norm.bias"] = r(dim, scale=0.1)
         sd[p + "1.fn.D"] = r(dim, 4 * dim, scale=0.3)
         sd[p + "1.fn.D1"] = r(dim, 4 * dim, scale=0.3)
     return sd
