@@ -83,6 +83,7 @@ def test_batch_invariant_errors_name_the_numbers():
         ds["train_batch_size"],
     ) == (4, 4, 32)
     assert ds["optimizer"]["params"]["torch_adam"] is True  # no fused_adam JIT build
+    assert ds["optimizer"]["params"]["foreach"] is True  # multi-tensor AdamW on the CPU too
     assert ds["zero_optimization"] == {"stage": 1}
 
 
@@ -129,6 +130,10 @@ def test_user_ds_config_is_validated(tmp_path):
     ds = build_ds_config(TrainConfig(ds_config=str(path), micro_batch=8), 2, "cpu", False)
     assert (ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"]) == (2, 4)
     assert ds["zero_optimization"]["stage"] == 2 and ds["optimizer"]["params"]["torch_adam"] is True
+    # a user file that turns on ZeRO-Offload: DeepSpeedCPUAdam steps, so torch's AdamW flags are dropped
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}))
+    params = build_ds_config(TrainConfig(ds_config=str(path)), 1, "cpu", False)["optimizer"]["params"]
+    assert "torch_adam" not in params and "foreach" not in params
     with pytest.raises(FileNotFoundError, match="nope.json"):
         build_ds_config(TrainConfig(ds_config=str(tmp_path / "nope.json")), 1, "cpu", False)
 

@@ -168,3 +168,31 @@ def test_shapes_training_augmentation_is_a_square_symmetry_plus_shift():
         assert hits, "augmented image is not a shifted symmetry of the clean one"
         seen.add(hits[0])
     assert seen == set(symmetries)
+
+
+def test_batched_augmentation_draws_per_image_and_keeps_each_a_shifted_symmetry():
+    """AugmentCollate (what training uses for the offline sets) augments a collated batch: every image is
+    its own clean image shifted by at most 4 px and mapped by a symmetry of the square, the draws differ
+    between images of one batch, and labels pass through unchanged."""
+    from crate_vision.data.transforms import AugmentCollate
+
+    torch.manual_seed(0)
+    clean, _ = build_dataset("shapes", "train", 32, size=64)
+    aug, _ = build_dataset("shapes", "train", 32, size=64, augment=True)
+    collate = AugmentCollate(aug.transform)
+    images, labels = collate([clean[i] for i in range(64)])
+    assert images.shape == (64, 3, 32, 32) and labels.tolist() == [clean[i][1] for i in range(64)]
+    symmetries = [(k, f) for k in range(4) for f in (False, True)]
+    draws = set()
+    for i in range(64):
+        padded = torch.nn.functional.pad(clean[i][0][None], (4, 4, 4, 4), mode="reflect")[0]
+        hits = [
+            (k, f, di, dj) for k, f in symmetries for di in range(9) for dj in range(9)
+            if torch.equal(images[i], torch.rot90(padded[:, di : di + 32, dj : dj + 32].flip(-1) if f
+                                                  else padded[:, di : di + 32, dj : dj + 32], k, (-2, -1)))
+        ]
+        assert hits, f"image {i} of the batch is not a shifted symmetry of its clean image"
+        draws.add(hits[0])
+    assert len(draws) > 32  # independent draws per image, not one per batch
+    with pytest.raises(ValueError, match="square"):
+        aug.transform(torch.zeros(2, 3, 32, 16))

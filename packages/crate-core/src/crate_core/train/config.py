@@ -286,8 +286,10 @@ def build_ds_config(cfg: TrainConfig, world_size: int, device_type: str, bf16: b
     if cfg.optimizer == "adamw":
         params = {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8, "weight_decay": cfg.weight_decay}
         if not cfg.offload_optimizer:
-            # torch.optim.AdamW inside DeepSpeed: no fused_adam JIT build (needs no nvcc, works on CPU)
+            # torch.optim.AdamW inside DeepSpeed: no fused_adam JIT build (needs no nvcc, works on CPU);
+            # foreach (multi-tensor) updates: on the CPU torch would otherwise loop over parameters
             params["torch_adam"] = True
+            params["foreach"] = True
         ds["optimizer"] = {"type": "AdamW", "params": params}
     elif cfg.offload_optimizer:
         ds["zero_force_ds_cpu_optimizer"] = False  # a client optimizer (Lion) stepping on the CPU copy
@@ -335,8 +337,12 @@ def merge_user_ds_config(generated: dict, user: dict, cfg: TrainConfig, device_t
         if offload not in (None, "none"):
             if "torch_adam" not in user_params:  # offloaded state steps with DeepSpeedCPUAdam (cpu_adam op)
                 params.pop("torch_adam", None)
+                if "foreach" not in user_params:
+                    params.pop("foreach", None)
         elif device_type == "cpu":
             params.setdefault("torch_adam", True)
+            if params["torch_adam"]:
+                params.setdefault("foreach", True)
     return merged
 
 
