@@ -2,7 +2,8 @@
 
 Defaults train crate-mini-shapes (128 wide, 4 layers, patch 8) on the offline shapes set on the CPU,
 9000 steps of 128 images with shift / flip / 90-degree-rotation augmentation, and report held-out accuracy
-(89.5% test top-1 in 534 s on 2 CPU cores):
+(test top-1 88.8%, val 90.0% in 486 s on 2 CPU cores; runs vary by about a point,
+see benchmarks/reports/vision_shapes_recipe/README.md):
     uv run python tools/train_vision.py
 Other data: --data mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH (or a directory).
 Fine-tune (new head; positions resampled if the image size changes):

@@ -70,8 +70,8 @@ class TensorAugment(torch.nn.Module):
         self.pad, self.hflip, self.rot90 = pad, hflip, rot90
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 3:
-            return self.forward(x[None])[0]
+        if x.ndim == 3:  # one image: slicing beats the batched gather
+            return self._one(x)
         if x.ndim != 4:
             raise ValueError(f"TensorAugment takes (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
         b, c, h, w = x.shape
@@ -93,6 +93,19 @@ class TensorAugment(torch.nn.Module):
                 if sel.any():
                     out[sel] = x[sel].rot90(r, dims=(-2, -1))
             x = out
+        return x
+
+    def _one(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.rot90 and h != w:
+            raise ValueError(f"rot90 needs square images, got {h} x {w}")
+        if self.pad:
+            i, j = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            x = F.pad(x[None], (self.pad,) * 4, mode="reflect")[0, :, i : i + h, j : j + w]
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        if self.rot90:
+            x = torch.rot90(x, int(torch.randint(4, ())), dims=(-2, -1))
         return x
 
 
