@@ -193,6 +193,10 @@ def test_batched_augmentation_draws_per_image_and_keeps_each_a_shifted_symmetry(
         ]
         assert hits, f"image {i} of the batch is not a shifted symmetry of its clean image"
         draws.add(hits[0])
-    assert len(draws) > 32  # independent draws per image, not one per batch
+    # independent draws per image, not one per batch: within one batch both flips, all four rotations
+    # and many shifts occur
+    assert {f for _, f, _, _ in draws} == {False, True}
+    assert {k for k, _, _, _ in draws} == {0, 1, 2, 3}
+    assert len({(di, dj) for _, _, di, dj in draws}) > 16
     with pytest.raises(ValueError, match="square"):
         aug.transform(torch.zeros(2, 3, 32, 16))

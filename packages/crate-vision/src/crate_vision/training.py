@@ -124,7 +124,7 @@ def train_classifier(
     val_set, _ = build_dataset(data, "val", image_size, size=eval_size, seed=data_seed, num_classes=num_classes)
     collate = MixCollate(spec.num_classes, mixup, cutmix, mix_prob) if (mixup > 0 or cutmix > 0) else None
     if isinstance(getattr(train_set, "transform", None), TensorAugment):
-        # offline sets: augment whole batches after collation (same distribution, ~10x cheaper)
+        # offline sets: augment whole batches after collation (same distribution, ~3x cheaper)
         collate = AugmentCollate(train_set.transform, collate)
         train_set.transform = None
     trainer = Trainer(

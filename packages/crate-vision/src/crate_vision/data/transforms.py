@@ -70,13 +70,14 @@ class TensorAugment(torch.nn.Module):
         self.pad, self.hflip, self.rot90 = pad, hflip, rot90
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 3:  # one image: slicing beats the batched gather
-            return self._one(x)
-        if x.ndim != 4:
+        if x.ndim not in (3, 4):
             raise ValueError(f"TensorAugment takes (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
-        b, c, h, w = x.shape
+        h, w = x.shape[-2:]
         if self.rot90 and h != w:
             raise ValueError(f"rot90 needs square images, got {h} x {w}")
+        if x.ndim == 3:  # one image: slicing beats the batched gather
+            return self._one(x)
+        b, c = x.shape[:2]
         if self.pad:  # pixel (r, c) of image i <- padded pixel (top_i + r, left_i + c): one gather
             p = self.pad
             padded = F.pad(x, (p, p, p, p), mode="reflect").flatten(2)  # (B, C, (H + 2p) (W + 2p))
@@ -97,8 +98,6 @@ class TensorAugment(torch.nn.Module):
 
     def _one(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if self.rot90 and h != w:
-            raise ValueError(f"rot90 needs square images, got {h} x {w}")
         if self.pad:
             i, j = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
             x = F.pad(x[None], (self.pad,) * 4, mode="reflect")[0, :, i : i + h, j : j + w]
@@ -149,9 +148,8 @@ class MixCollate:
 
 
 class AugmentCollate:
-    """Collate a batch, augment all its images at once (a batched ``TensorAugment``), then optionally mix
-    them (``MixCollate``). Per sample the same augmentation costs ~70 us of small-op overhead per image;
-    batched it is one gather and a few ``where``s for the whole batch."""
+    """Collate a batch, augment all its images at once (a batched ``TensorAugment``, each image its own
+    draw), then optionally mix them (``MixCollate``)."""
 
     def __init__(self, augment: TensorAugment, mix: MixCollate | None = None):
         self.augment, self.mix = augment, mix
