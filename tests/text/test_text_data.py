@@ -192,3 +192,27 @@ def test_prepare_bad_input(tool, tmp_path):
     with pytest.raises(ValueError, match="encodes to no tokens"):
         run_prepare(tool, "--input", str(empty), "--out", str(tmp_path / "e"))
     assert not (tmp_path / "e" / "train.bin").exists() and not (tmp_path / "e" / "meta.json").exists()
+
+
+def test_prepare_char_builds_the_table_from_the_source(tool, tmp_path):
+    docs = ["Once more unto the breach, dear friends!", "Zounds! Who's there?", "quick brown fox\njumps"]
+    src = tmp_path / "c.jsonl"
+    src.write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    out = run_prepare(tool, "--input", str(src), "--out", str(tmp_path / "c"), "--tokenizer", "char",
+                      "--val-fraction", "0.34")
+    meta = json.loads((out / "meta.json").read_text())
+    tok = get_tokenizer(str(out))  # the directory holds char-vocab.json
+    assert meta["tokenizer_file"] == "char-vocab.json" and meta["tokenizer"] == tok.name
+    assert tok.vocab_size == len(set("".join(docs))) + 1
+    train, header = load_tokens(out / "train.bin", tok)
+    val, _ = load_tokens(out / "val.bin", tok)
+    assert header.tokenizer == tok.name and header.vocab_size == tok.n_ids
+    # each document is its characters then end-of-text: decoding the files gives the documents back
+    ids = np.concatenate([np.asarray(train), np.asarray(val)])
+    pieces = tok.decode([i if i != tok.eot_token else tok.encode("\n")[0] for i in ids.tolist()])
+    assert len(ids) == sum(len(d) + 1 for d in docs) and (ids == tok.eot_token).sum() == 3
+    assert sorted(x for x in pieces.split("\n") if x) == sorted(x for d in docs for x in d.split("\n"))
+    # a second run with the same settings reuses the files
+    before = (out / "train.bin").stat().st_mtime_ns
+    run_prepare(tool, "--input", str(src), "--out", str(out), "--tokenizer", "char", "--val-fraction", "0.34")
+    assert (out / "train.bin").stat().st_mtime_ns == before

@@ -82,3 +82,43 @@ def test_sentencepiece_bad_file(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
         get_tokenizer(str(bad))
+
+
+def test_char_tokenizer_is_the_sorted_corpus_alphabet():
+    from crate_text.data import shakespeare_plays
+
+    text = "".join(t for _, t in shakespeare_plays())
+    alphabet = sorted(set(text))  # the nanoGPT shakespeare_char convention, computed directly
+    tok = get_tokenizer("char")
+    assert tok.vocab_size == len(alphabet) + 1 and tok.eot_token == len(alphabet)
+    assert (tok.mask_token, tok.pad_token, tok.n_ids) == (len(alphabet) + 1, len(alphabet) + 2, len(alphabet) + 3)
+    assert tok.encode("A") == [alphabet.index("A")] and tok.encode("\n") == [0]
+    passage = text[100_000:101_000]
+    ids = tok.encode(passage)
+    assert len(ids) == len(passage) and tok.decode(ids) == passage
+    assert tok.decode([*tok.encode("To be"), tok.eot_token, tok.mask_token]) == "To be"  # specials drop
+    assert tok.name.startswith("char-") and tok.name == tokenizers.char_tokenizer("".join(alphabet)).name
+
+
+def test_char_tokenizer_errors(tmp_path):
+    tok = tokenizers.char_tokenizer("abc ")
+    with pytest.raises(ValueError, match=r"\['z'\] are not in the 4-character vocabulary"):
+        tok.encode("a z")
+    with pytest.raises(ValueError, match="distinct"):
+        tokenizers.char_tokenizer("aab")
+    with pytest.raises(ValueError, match="empty"):
+        tokenizers.char_vocabulary(["", ""])
+    bad = tmp_path / "v.json"
+    bad.write_text('{"kind": "bpe"}')
+    with pytest.raises(ValueError, match="not a character vocabulary"):
+        get_tokenizer(str(bad))
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        get_tokenizer(str(tmp_path / "missing-dir"))
+
+
+def test_char_vocab_file_round_trip(tmp_path):
+    path = tokenizers.save_char_vocab(tmp_path / "data", "\nab é")
+    assert path.name == tokenizers.CHAR_VOCAB_FILE
+    by_file, by_dir = get_tokenizer(str(path)), get_tokenizer(str(tmp_path / "data"))
+    assert by_file.name == by_dir.name == tokenizers.char_tokenizer("\nab é").name
+    assert by_dir.encode("é a\n") == [4, 3, 1, 0] and by_dir.decode([4, 3, 1]) == "é a"

@@ -4,11 +4,14 @@
     uv run python tools/prepare_text.py                                  # offline Shakespeare, GPT-2 BPE
     uv run python tools/prepare_text.py --input corpus/ --out data/mine   # .txt/.md, .jsonl/.json, .parquet
     uv run python tools/prepare_text.py --dataset Skylion007/openwebtext --streaming --out data/owt
+    uv run python tools/prepare_text.py --tokenizer char --val-fraction 0.1   # data/shakespeare-char
 
 Writes OUT/train.bin, OUT/val.bin (uint16 ids, uint32 for vocabularies over 65536) and OUT/meta.json.
 Work is split into shards of --shard-docs documents; each finished shard is a complete token file
 under OUT/.parts, so an interrupted run resumes where it stopped. Final files appear by rename
 only once complete. Documents are tokenized in parallel (--num-proc) by datasets.map.
+With ``--tokenizer char`` the character table is first built from every document of the source
+(train and validation) and written to OUT/char-vocab.json, the tokenizer the token files name.
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="document",
         help="how .txt/.md files are cut into documents (an end-of-text id follows each)",
     )
-    p.add_argument("--tokenizer", default="gpt2", help='"gpt2" or a SentencePiece .model file')
+    p.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        help='"gpt2", "char" (table built from the source, saved as OUT/char-vocab.json) or a SentencePiece .model',
+    )
     p.add_argument(
         "--out", default=None, help=f"output directory (default {DEFAULT_OUT}, or data/<source>-<tokenizer>)"
     )
@@ -176,7 +183,7 @@ def tokenize_shard(shard, args, tok, part: Path) -> int:
         batch_size=64,
         num_proc=num_proc if num_proc > 1 else None,
         remove_columns=[args.text_column],
-        fn_kwargs={"tokenizer": args.tokenizer, "column": args.text_column},
+        fn_kwargs={"tokenizer": getattr(args, "tokenizer_spec", args.tokenizer), "column": args.text_column},
         desc=f"tokenize {part.stem}",
         keep_in_memory=True,
     )
@@ -214,7 +221,7 @@ def plan_of(args) -> dict:
         "seed",
     )
     plan = {k: getattr(args, k) for k in keys}
-    if args.tokenizer != "gpt2":
+    if args.tokenizer not in ("gpt2", "char"):
         plan["tokenizer_sha256"] = hashlib.sha256(Path(args.tokenizer).read_bytes()).hexdigest()
     return plan
 
@@ -259,6 +266,22 @@ def route_stream(ds, args):
     return train, val
 
 
+def texts_of(ds, column: str):
+    """Every document's text of a Dataset or IterableDataset, streamed in batches."""
+    for batch in ds.iter(batch_size=1000):
+        yield from (t for t in batch[column] if t)
+
+
+def char_table(args, splits, out: Path):
+    """Build the character table of all ``splits``, save it as OUT/char-vocab.json and point the
+    tokenization workers at that file; returns the tokenizer."""
+    from .tokenizers import char_tokenizer, char_vocabulary, save_char_vocab
+
+    chars = char_vocabulary(t for ds in splits if ds is not None for t in texts_of(ds, args.text_column))
+    args.tokenizer_spec = str(save_char_vocab(out, chars).resolve())
+    return char_tokenizer(chars)
+
+
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     from .data import read_header
@@ -275,6 +298,7 @@ def main(argv=None) -> Path:
             ok = meta.get("plan") == plan and all(
                 read_header(out / f"{s}.bin").count for s in ("train", "val")
             )
+            ok = ok and (args.tokenizer != "char" or get_tokenizer(out).name == meta["tokenizer"])
         except (FileNotFoundError, ValueError):
             ok = False
         if ok:
@@ -293,6 +317,8 @@ def main(argv=None) -> Path:
 
     ds = load_source(args, parts_dir / "hf-cache")
     train, val = train_val_splits(ds, args)
+    if args.tokenizer == "char":
+        tok = char_table(args, (train, val), out)
     if val is None:
         train, val = route_stream(train, args)
     counts = {}
@@ -307,6 +333,8 @@ def main(argv=None) -> Path:
         "val_tokens": counts["val"],
         "plan": plan,
     }
+    if args.tokenizer == "char":
+        meta["tokenizer_file"] = Path(args.tokenizer_spec).name  # decode with get_tokenizer(OUT)
     tmp = meta_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, meta_file)

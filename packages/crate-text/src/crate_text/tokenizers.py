@@ -1,6 +1,8 @@
-"""Offline tokenizers: GPT-2 BPE (tiktoken, ranks file shipped in the package) and SentencePiece.
+"""Offline tokenizers: GPT-2 BPE (tiktoken, ranks file shipped in the package), SentencePiece and
+characters.
 
-``get_tokenizer("gpt2")`` or ``get_tokenizer("path/to/model.model")`` returns a Tokenizer with
+``get_tokenizer("gpt2")``, ``get_tokenizer("path/to/model.model")``, ``get_tokenizer("char")`` or
+``get_tokenizer("path/to/char-vocab.json")`` (or the token directory holding it) returns a Tokenizer with
 ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``vocab_size`` and ``eot_token``, plus the
 ids BERT needs (``cls_token``, ``sep_token``, ``mask_token``, ``pad_token``). Special ids the
 vocabulary lacks are appended after it, so a model needs ``tokenizer.n_ids`` embedding rows.
@@ -8,11 +10,18 @@ vocabulary lacks are appended after it, so a model needs ``tokenizer.n_ids`` emb
 GPT-2: the ranks file is OpenAI's r50k_base (= GPT-2) vocabulary, taken from the openai-whisper
 sdist (``whisper/assets/gpt2.tiktoken``); its sha256 is checked on every load and nothing is
 written to tiktoken's download cache. "Hello world" -> [15496, 995] as in GPT-2.
+
+Characters: one id per distinct character of a corpus, ids in sorted code-point order (the
+nanoGPT ``shakespeare_char`` convention), then end-of-text, mask and pad. The vocabulary is a
+JSON file (``char-vocab.json``) that tools/prepare_text.py writes beside the token files, so
+training, sampling and the neuron viewer decode with the same table; ``"char"`` alone is the
+vocabulary of the offline Shakespeare corpus. Its name is ``char-<sha256 of the table>[:16]``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,7 +31,8 @@ from pathlib import Path
 GPT2_RANKS_FILE = "gpt2.tiktoken"
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_VOCAB = 50257
-KNOWN_NAMES = ("gpt2",)
+KNOWN_NAMES = ("gpt2", "char")
+CHAR_VOCAB_FILE = "char-vocab.json"
 
 
 @dataclass(frozen=True)
@@ -169,15 +179,101 @@ def sentencepiece_tokenizer(path: str | os.PathLike) -> Tokenizer:
     )
 
 
+# ---- characters --------------------------------------------------------------------------------
+def char_vocabulary(texts) -> str:
+    """The distinct characters of an iterable of strings, sorted by code point."""
+    seen: set[str] = set()
+    for t in texts:
+        seen.update(t)
+    if not seen:
+        raise ValueError("cannot build a character vocabulary from empty text")
+    return "".join(sorted(seen))
+
+
+def char_tokenizer(chars: str) -> Tokenizer:
+    """Id i < len(chars) is chars[i]; then end-of-text (also cls/sep), mask and pad.
+    ``encode`` refuses characters outside the table (naming them); ``decode`` drops special ids."""
+    if not chars or len(set(chars)) != len(chars):
+        raise ValueError("a character vocabulary must be a non-empty string of distinct characters")
+    table = {c: i for i, c in enumerate(chars)}
+    n = len(chars)
+
+    def encode(text: str) -> list[int]:
+        try:
+            return [table[c] for c in text]
+        except KeyError:
+            unknown = sorted({c for c in text if c not in table})
+            raise ValueError(
+                f"characters {unknown[:8]} are not in the {n}-character vocabulary"
+            ) from None
+
+    def decode(ids: list[int]) -> str:
+        return "".join(chars[i] for i in ids if i < n)
+
+    return Tokenizer(
+        name=f"char-{hashlib.sha256(chars.encode()).hexdigest()[:16]}",
+        vocab_size=n + 1,  # the characters and end-of-text
+        eot_token=n,
+        cls_token=n,
+        sep_token=n,
+        mask_token=n + 1,
+        pad_token=n + 2,
+        _encode=encode,
+        _decode=decode,
+    )
+
+
+def save_char_vocab(path: str | os.PathLike, chars: str) -> Path:
+    """Write the table as JSON ``{"kind": "char", "chars": "..."}``; returns the file path."""
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        path = path / CHAR_VOCAB_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok = char_tokenizer(chars)
+    path.write_text(json.dumps({"kind": "char", "name": tok.name, "chars": chars}, ensure_ascii=True))
+    return path
+
+
+def load_char_vocab(path: str | os.PathLike) -> str:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHAR_VOCAB_FILE
+    try:
+        blob = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no character vocabulary at {path} (tools/prepare_text.py --tokenizer char)") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a character vocabulary file: {e}") from e
+    if not isinstance(blob, dict) or blob.get("kind") != "char" or not isinstance(blob.get("chars"), str):
+        raise ValueError(f'{path} is not a character vocabulary file (expected {{"kind": "char", "chars": ...}})')
+    return blob["chars"]
+
+
+@lru_cache(maxsize=1)
+def shakespeare_chars() -> str:
+    """The character table of the offline Shakespeare corpus (crate_text.data.shakespeare_plays)."""
+    from .data import shakespeare_plays
+
+    return char_vocabulary(text for _, text in shakespeare_plays())
+
+
 def get_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
-    """``"gpt2"`` or the path of a SentencePiece ``.model`` file."""
+    """``"gpt2"``, ``"char"`` (offline Shakespeare characters), a character vocabulary
+    (``char-vocab.json`` or the token directory holding one) or a SentencePiece ``.model`` file."""
     key = str(name_or_path)
     if key == "gpt2":
         return gpt2_tokenizer()
+    if key == "char":
+        return char_tokenizer(shakespeare_chars())
     path = Path(key).expanduser()
+    if path.is_dir() and (path / CHAR_VOCAB_FILE).is_file():
+        return char_tokenizer(load_char_vocab(path))
     if path.is_file():
+        if path.suffix == ".json":
+            return char_tokenizer(load_char_vocab(path))
         return sentencepiece_tokenizer(path)
     raise ValueError(
-        f"unknown tokenizer {key!r}: use one of {list(KNOWN_NAMES)} or the path of a SentencePiece "
+        f"unknown tokenizer {key!r}: use one of {list(KNOWN_NAMES)}, the path of a character vocabulary "
+        f"({CHAR_VOCAB_FILE}, written by tools/prepare_text.py --tokenizer char) or of a SentencePiece "
         "model file (train one with tools/train_tokenizer.py)"
     )
