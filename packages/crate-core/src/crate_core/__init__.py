@@ -1,10 +1,11 @@
 """crate_core: the CRATE layer (MSSA + ISTA), rate-reduction measures, registry and shared tooling."""
 
 from . import rate
-from .hub import from_pretrained, save_pretrained
+from .hub import from_pretrained, push_to_hub, save_pretrained
 from .ista import ISTA, OvercompleteISTA
 from .layer import CRATELayer, CRATEStack, LayerOutputs
 from .mssa import MSSA
+from .official import load_official
 from .registry import UnknownModelError, create, get_config, list_models, register
 from .stacks import build_stack, register_stack
 from .tost import TSSA, ToSTStack
@@ -24,6 +25,8 @@ __all__ = [
     "UnknownModelError",
     "save_pretrained",
     "from_pretrained",
+    "push_to_hub",
+    "load_official",
     "build_stack",
     "register_stack",
     "TSSA",

@@ -1,8 +1,19 @@
-"""Exported weights: ``model.safetensors`` + ``config.json``, loadable without DeepSpeed.
+"""Exported models: ``model.safetensors`` + ``config.json`` (+ a ``README.md`` model card), moved
+through the Hugging Face Hub with ``huggingface_hub``.
 
-Convention for every model in the project: ``Model(config)`` builds it, ``model.config`` is
-the (flat) dataclass it was built from. config.json records where both classes live, so
+Convention for every model in the project: ``Model(config)`` builds it, ``model.config`` is the
+dataclass it was built from. config.json records where both classes live, so
 ``from_pretrained(dir)`` rebuilds the model with no registry lookup.
+
+- ``save_pretrained(model, dir)`` writes into a temporary folder, then renames it into place. A
+  destination that is a file, or a folder holding anything but a previous export, is refused unless
+  ``overwrite=True``; even then only the export's own files are replaced, nothing else is deleted.
+  Folders and files get the user's umask.
+- ``from_pretrained("dir" or "org/name", revision=...)`` reads a local folder or a snapshot in the local
+  Hugging Face cache (``huggingface_hub.snapshot_download``); offline by default
+  (``local_files_only=True``), and ``HF_HUB_OFFLINE=1`` forbids the network even when asked for it.
+- ``push_to_hub(model or dir, "org/name")`` uploads an export with a generated model card
+  (architecture, training command and metrics of the run, citation).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +34,8 @@ from torch import nn
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 FORMAT_VERSION = 1
 
 
@@ -54,9 +68,52 @@ def config_from_dict(cls: type, values: dict) -> Any:
     return cls(**kwargs)
 
 
-def save_pretrained(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write ``path/model.safetensors`` and ``path/config.json`` atomically (temp dir, then rename)."""
+# -- writing ------------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def is_export(path: Path) -> bool:
+    """True for a folder holding nothing but a crate export's own files (config.json naming a model class)."""
+    names = {p.name for p in path.iterdir()}
+    if not names or not names <= set(EXPORT_FILES) or any((path / n).is_dir() for n in names):
+        return False
+    if CONFIG_NAME not in names:
+        return False
+    try:
+        return "model_class" in json.loads((path / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def check_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a destination that is a file, or a folder holding something other than an export, unless overwrite."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a folder; choose another destination")
+    if path.is_dir() and any(path.iterdir()) and not is_export(path) and not overwrite:
+        others = sorted(p.name for p in path.iterdir())
+        shown = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")
+        raise FileExistsError(
+            f"{path}: holds other files ({shown}); choose an empty folder, or pass overwrite=True (--overwrite) "
+            "to write the export next to them (nothing else is deleted)"
+        )
+    return path
+
+
+def save_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike,
+    extra: dict | None = None,
+    overwrite: bool = False,
+    model_card: bool | str = False,
+) -> Path:
+    """Write ``path/model.safetensors`` and ``path/config.json`` (and ``README.md`` when ``model_card`` is
+    True or a text) through a temporary folder. ``path`` may be absent, empty or a previous export;
+    anything else needs ``overwrite=True``, which replaces only the export's files."""
+    path = check_destination(path, overwrite)
     config = getattr(model, "config", None)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -68,27 +125,39 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, extra: dict | Non
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an export is shared like any folder
         save_model(model, str(tmp / WEIGHTS_NAME))
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        if model_card:
+            card = model_card if isinstance(model_card, str) else make_model_card(model, meta, path)
+            (tmp / CARD_NAME).write_text(card)
+        _install(tmp, path)
     except BaseException:
-        _rmtree(tmp)  # leave no half-written export behind
+        shutil.rmtree(tmp, ignore_errors=True)  # leave no half-written export behind
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        path.rename(old)
-        tmp.rename(path)
-        _rmtree(old)
-    else:
-        tmp.rename(path)
     return path
 
 
-def _rmtree(p: Path) -> None:
-    import shutil
+def _install(tmp: Path, path: Path) -> None:
+    """Move the finished export ``tmp`` to ``path``: one rename when ``path`` is absent, empty or a previous
+    export (set aside, then removed: its files are ours), else file by file next to what is there."""
+    if not path.exists():
+        tmp.rename(path)
+    elif not any(path.iterdir()):
+        path.rmdir()
+        tmp.rename(path)
+    elif is_export(path):
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        for f in tmp.iterdir():
+            os.replace(f, path / f.name)
+        tmp.rmdir()
 
-    shutil.rmtree(p, ignore_errors=True)
 
-
+# -- reading ------------------------------------------------------------------------------------
 def read_config(path: str | os.PathLike) -> dict:
     path = Path(path)
     cfg_file = path / CONFIG_NAME
@@ -104,9 +173,58 @@ def read_config(path: str | os.PathLike) -> dict:
     return meta
 
 
-def from_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu", expected: type | None = None):
-    """Rebuild the model saved by ``save_pretrained`` and load its weights (strict)."""
-    path = Path(path)
+def _is_repo_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def resolve(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """A local folder, or the snapshot of Hub repo ``org/name`` at ``revision`` in the Hugging Face cache.
+    ``local_files_only`` defaults to True (no network); ``HF_HUB_OFFLINE=1`` wins over False."""
+    path = Path(name_or_path)
+    if path.is_dir() or not _is_repo_id(str(name_or_path)):
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to Hub repos, and {path} is a local path")
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    offline = True if local_files_only is None else local_files_only
+    try:
+        return Path(
+            snapshot_download(
+                str(name_or_path),
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=offline,
+                allow_patterns=list(EXPORT_FILES),
+            )
+        )
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError) as e:
+        at = f" at revision {revision!r}" if revision else ""
+        raise FileNotFoundError(
+            f"{name_or_path}{at} is neither a local folder nor in the local Hugging Face cache; "
+            "pass local_files_only=False (with HF_HUB_OFFLINE unset) to download it"
+        ) from e
+    except HfHubHTTPError as e:
+        raise FileNotFoundError(f"{name_or_path}: the Hub answered {e}") from e
+
+
+def from_pretrained(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    expected: type | None = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+):
+    """Rebuild the model saved by ``save_pretrained`` (a folder or Hub repo ``org/name``) and load its weights (strict)."""
+    path = resolve(path, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
     meta = read_config(path)
     model_cls, config_cls = _import(meta["model_class"]), _import(meta["config_class"])
     if expected is not None and not issubclass(model_cls, expected):
@@ -122,3 +240,130 @@ def from_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     if missing or unexpected:
         raise ValueError(f"{weights} does not fit {model_cls.__name__}: missing {missing}, unexpected {unexpected}")
     return model
+
+
+# -- model card and upload ----------------------------------------------------------------------
+CITATIONS = {
+    "crate": (
+        "@inproceedings{yu2023whitebox,\n  title={White-Box Transformers via Sparse Rate Reduction},\n"
+        "  author={Yu, Yaodong and others},\n  booktitle={NeurIPS},\n  year={2023},\n  eprint={2306.01129}\n}"
+    ),
+    "alpha": (
+        "@inproceedings{yang2024scaling,\n  title={Scaling White-Box Transformers for Vision},\n"
+        "  author={Yang, Jinrui and others},\n  booktitle={NeurIPS},\n  year={2024},\n  eprint={2405.20299}\n}"
+    ),
+    "mae": (
+        "@inproceedings{pai2024masked,\n  title={Masked Completion via Structured Diffusion with White-Box "
+        "Transformers},\n  author={Pai, Druv and others},\n  booktitle={ICLR},\n  year={2024},\n  eprint={2404.02446}\n}"
+    ),
+    "lm": (
+        "@inproceedings{bai2025improving,\n  title={Improving Neuron-level Interpretability with White-box "
+        "Language Models},\n  author={Bai, Hao and Ma, Yi},\n  booktitle={CPAL},\n  year={2025},\n  eprint={2410.16443}\n}"
+    ),
+}
+
+
+def _citations(meta: dict) -> list[str]:
+    config, cls = meta.get("config", {}), meta.get("model_class", "")
+    out = [CITATIONS["crate"]]
+    if config.get("ista") == "alpha":
+        out.append(CITATIONS["alpha"])
+    if "crate_mae" in cls:
+        out.append(CITATIONS["mae"])
+    if config.get("ista") == "lm" or str(meta.get("layout", "")).startswith("crate-lm"):
+        out.append(CITATIONS["lm"])
+    return out
+
+
+def _run_files(export_dir: Path) -> tuple[dict, dict]:
+    """(run_config.json, train_result.json) of the run an export sits in (``RUN/final/``), if present."""
+    found = []
+    for name in ("run_config.json", "train_result.json"):
+        data = {}
+        for folder in (export_dir, export_dir.parent):
+            if (folder / name).is_file():
+                try:
+                    data = json.loads((folder / name).read_text())
+                except (OSError, ValueError):
+                    data = {}
+                break
+        found.append(data)
+    return found[0], found[1]
+
+
+def make_model_card(model: nn.Module | None, meta: dict, export_dir: str | os.PathLike) -> str:
+    """A Hub model card (YAML metadata + Markdown): architecture, how it was made, metrics, citation."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    export_dir = Path(export_dir)
+    run, result = _run_files(export_dir)
+    cls = meta["model_class"].split(":")[-1]
+    module = meta["model_class"].split(":")[0].split(".")[0]
+    pipeline = {"crate_vision": "image-classification", "crate_text": "text-generation"}.get(module)
+    if "Bert" in cls:
+        pipeline = "fill-mask"
+    data = ModelCardData(
+        library_name="crate", license="mit", tags=["crate", "white-box-transformer", module], pipeline_tag=pipeline
+    )
+    n = sum(p.numel() for p in model.parameters()) if model is not None else result.get("params")
+    lines = [f"# {export_dir.name}", "", f"A `{cls}` from the `crate` project (`{meta['model_class']}`)."]
+    lines += ["", "## Architecture", "", "| field | value |", "|---|---|"]
+    lines += [f"| {k} | `{v}` |" for k, v in meta["config"].items()]
+    if n:
+        lines += [f"| parameters | {n:,} |"]
+    lines += ["", "## How it was made", ""]
+    if "converted_from" in meta:
+        lines += [f"Converted from the official checkpoint `{Path(meta['converted_from']).name}` "
+                  f"(layout `{meta.get('layout', '?')}`) with `python -m crate_core.convert`."]
+    command = run.get("command")
+    if command:
+        lines += ["Training command:", "", "```", " ".join(map(str, command)), "```"]
+    if "trainer" in meta:
+        lines += ["", f"Trainer: step {meta['trainer'].get('step')}, git `{meta['trainer'].get('git')}`."]
+    metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if metrics:
+        lines += ["", "## Metrics (train_result.json)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += ["", "## Usage", "", "```python", "import crate_core",
+              f'model = crate_core.from_pretrained("{export_dir.name}")  # a local folder or "org/name"', "```"]
+    lines += ["", "## Citation", "", "```bibtex", "\n\n".join(_citations(meta)), "```", ""]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def write_model_card(export_dir: str | os.PathLike) -> Path:
+    """(Re)write ``README.md`` of an existing export from its config.json and its run's JSON files."""
+    export_dir = Path(export_dir)
+    meta = read_config(export_dir)
+    card = export_dir / CARD_NAME
+    card.write_text(make_model_card(None, meta, export_dir))
+    return card
+
+
+def push_to_hub(
+    model_or_dir: nn.Module | str | os.PathLike,
+    repo_id: str,
+    revision: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload crate model",
+) -> str:
+    """Upload an export (a model, or a folder written by ``save_pretrained``) to Hub repo ``repo_id``,
+    with a model card; returns the commit URL. Needs the network and a token."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(model_or_dir, nn.Module):
+            folder = save_pretrained(model_or_dir, Path(tmp) / repo_id.split("/")[-1], model_card=True)
+        else:
+            folder = Path(model_or_dir)
+            read_config(folder)
+            if not (folder / CARD_NAME).exists():  # card in a copy: the export folder is not changed
+                folder = Path(shutil.copytree(folder, Path(tmp) / folder.name))
+                (folder / CARD_NAME).write_text(make_model_card(None, read_config(folder), Path(model_or_dir)))
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), revision=revision, commit_message=commit_message,
+            allow_patterns=list(EXPORT_FILES),
+        )
+    return str(getattr(info, "commit_url", info))

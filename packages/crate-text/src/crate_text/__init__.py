@@ -9,6 +9,7 @@ from .bert import (
     CRATEBertForSequenceClassification,
     mask_tokens,
 )
+from .convert import load_official
 from .data import TokenDataset, TokenFileWriter, load_tokens, read_header, shakespeare_plays, write_tokens
 from .generate import KVCache, filter_logits
 from .gpt import CRATEGPT, CRATEGPTConfig
@@ -20,6 +21,7 @@ register_bert_baselines()  # bert-like-crate-bert-{nano,base}: the standard mask
 __all__ = [
     "CRATEGPT",
     "CRATEGPTConfig",
+    "load_official",
     "CRATEBertConfig",
     "CRATEBertEncoder",
     "CRATEBertForMaskedLM",
