@@ -3,6 +3,7 @@
 For each ZeRO stage: train the toy CRATE model a few steps, evaluate the engine on a fixed input
 (collective), export on rank 0. With --resume-check also: a run stopped after its step-3 checkpoint
 and resumed must reproduce the uninterrupted run. Each rank writes <out>/rank<r>.json.
+``--fault-child ARGS``: tools/train_toy.py ARGS with self-inflicted SIGKILLs (see fault_child).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -52,7 +54,42 @@ def run(out_dir: Path, stage: int, steps: int, **kw) -> tuple[Trainer, dict]:
     return tr, tr.fit()
 
 
+def fault_child(argv: list[str]) -> None:
+    """tools/train_toy.py with SIGKILL hooks: with probability CRATE_FAULT_P this process kills itself in
+    the middle of a checkpoint save (shards written, no manifest yet) or of the final export (weights
+    written to the temporary folder, not yet renamed). Used by test_trainer_faults.py."""
+    import random
+    import runpy
+    import signal
+
+    import crate_core.hub as hub
+    from crate_core.train import checkpoint as ckpt
+
+    p = float(os.environ.get("CRATE_FAULT_P", "0"))
+    rng = random.Random(os.getpid())
+
+    def maybe_die():
+        if rng.random() < p:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    real_manifest, real_save_model = ckpt.write_manifest, hub.save_model
+
+    def write_manifest(path):
+        maybe_die()
+        real_manifest(path)
+
+    def save_model(model, filename, *a, **kw):
+        real_save_model(model, filename, *a, **kw)
+        maybe_die()
+
+    ckpt.write_manifest, hub.save_model = write_manifest, save_model
+    sys.argv = [str(Path(__file__).resolve().parents[2] / "tools" / "train_toy.py"), *argv]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--fault-child"]:
+        return fault_child(sys.argv[2:])
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--stages", default="0,1,2,3")

@@ -127,6 +127,7 @@ def save_pretrained(
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; an export is shared like any folder
         save_model(model, str(tmp / WEIGHTS_NAME))
+        os.chmod(tmp / WEIGHTS_NAME, 0o666 & ~_umask())  # safetensors writes 0600 whatever the umask
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         if model_card:
             card = model_card if isinstance(model_card, str) else make_model_card(model, meta, path)

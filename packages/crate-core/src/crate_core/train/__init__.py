@@ -1,4 +1,5 @@
-"""The shared trainer: DeepSpeed ZeRO 0-3 on CPU (gloo) or GPU (nccl), exact resume, atomic checkpoints.
+"""The shared trainer: a plain torch loop for one process, DeepSpeed ZeRO 0-3 for several (gloo on CPU,
+nccl on GPU), exact resume, atomic verified checkpoints, protected run folders.
 
 from crate_core.train import TrainConfig, Trainer, add_train_args, train_config_from_args
 parser = argparse.ArgumentParser(); add_train_args(parser, steps=300, micro_batch=32, lr=1e-3)
@@ -8,8 +9,11 @@ result = trainer.fit()
 if trainer.is_main: trainer.export(out_dir / "final")
 """
 
-from .checkpoint import list_checkpoints, resolve_resume
-from .config import TrainConfig, add_train_args, build_ds_config, train_config_from_args
+from .checkpoint import DamagedCheckpointError, list_checkpoints, resolve_resume, verify_checkpoint
+from .config import TrainConfig, add_train_args, train_config_from_args
+from .ds_config import build_ds_config
+from .interrupt import TrainingInterrupted
+from .runlock import RunFolderBusyError
 from .trainer import NonFiniteLossError, Trainer, WarmupCosine, model_fingerprint, seed_everything
 
 __all__ = [
@@ -19,6 +23,10 @@ __all__ = [
     "train_config_from_args",
     "build_ds_config",
     "NonFiniteLossError",
+    "TrainingInterrupted",
+    "RunFolderBusyError",
+    "DamagedCheckpointError",
+    "verify_checkpoint",
     "WarmupCosine",
     "seed_everything",
     "model_fingerprint",

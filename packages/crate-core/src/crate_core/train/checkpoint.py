@@ -5,17 +5,21 @@ Layout under ``<out_dir>/checkpoints/``::
     step_00000400/                 a complete checkpoint (the rename below is the commit)
         ds/...                     DeepSpeed's engine.save_checkpoint (model, optimizer, scheduler; per-rank shards)
         rng_rank00000.pt           python / numpy / torch (/ cuda) RNG states of each rank
-        trainer_state.json         step, data position, model fingerprint, world size (written last)
+        trainer_state.json         step, data position, model fingerprint, world size, run id
+        manifest.json              every other file's size and sha256 (written last)
     .tmp-step_00000600/            a save in progress (or one that crashed): never read
 
 Every rank writes into the temporary directory; after a barrier rank 0 writes trainer_state.json
-and renames the directory to its final name (atomic on one filesystem). A crash at any point before
-the rename leaves the previous checkpoints untouched, and ``resume="auto"`` only considers
-directories named ``step_*`` that hold trainer_state.json. Multi-node runs need a shared filesystem.
+and the manifest and renames the directory to its final name (atomic on one filesystem). A crash at
+any point before the rename leaves the previous checkpoints untouched, and ``resume="auto"`` only
+considers directories named ``step_*`` that hold trainer_state.json, newest first, skipping (with a
+warning naming the file) any that fails the manifest check. ``keep_last`` deletes only older
+checkpoints of the same run (its ``run_id``). Multi-node runs need a shared filesystem.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,6 +35,7 @@ from .distributed import barrier
 
 CKPT_SUBDIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
 DS_TAG = "ds"
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
 
@@ -60,32 +65,115 @@ def is_checkpoint(path: Path) -> bool:
     return (path / STATE_FILE).is_file() and (path / DS_TAG).is_dir()
 
 
-def resolve_resume(resume: str | None, out_dir: str | os.PathLike) -> Path | None:
-    """None -> None; "auto" -> newest complete checkpoint of out_dir (or None); a path -> that checkpoint.
+class DamagedCheckpointError(ValueError):
+    """A checkpoint whose files do not match its manifest (or cannot be read)."""
 
-    A path may name a checkpoint (``.../step_00000400``) or a run directory (its newest checkpoint).
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(root: Path) -> list[str]:
+    out = []
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            rel = os.path.relpath(os.path.join(dirpath, n), root)
+            if rel != MANIFEST:
+                out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(path: Path) -> None:
+    """``path/manifest.json``: {relative file: {"bytes", "sha256"}} of every other file in the checkpoint."""
+    files = {rel: {"bytes": (path / rel).stat().st_size, "sha256": _sha256(path / rel)} for rel in _files(path)}
+    _write_json_atomic(path / MANIFEST, {"files": files})
+
+
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Raise DamagedCheckpointError naming the first file that is missing, truncated or altered."""
+    path = Path(path)
+    manifest = path / MANIFEST
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+        if not isinstance(state, dict) or "step" not in state:
+            raise ValueError("no 'step' field")
+    except (OSError, ValueError) as e:
+        raise DamagedCheckpointError(f"{path / STATE_FILE} cannot be read ({e})") from None
+    if not manifest.is_file():
+        return  # written before manifests existed: nothing to check it against
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DamagedCheckpointError(f"{manifest} cannot be read ({e})") from None
+    for rel, want in files.items():
+        f = path / rel
+        if not f.is_file():
+            raise DamagedCheckpointError(f"{f} is missing (listed in {manifest})")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise DamagedCheckpointError(f"{f} has {size} bytes, the manifest says {want['bytes']}")
+        if _sha256(f) != want["sha256"]:
+            raise DamagedCheckpointError(f"{f} does not match its sha256 in {manifest}")
+
+
+def newest_good(candidates: list[Path], warn) -> Path | None:
+    """The newest candidate that passes verify_checkpoint; each damaged one is reported through ``warn``."""
+    damaged = []
+    for path in reversed(candidates):
+        try:
+            verify_checkpoint(path)
+            return path
+        except DamagedCheckpointError as e:
+            warn(f"warning: skipping damaged checkpoint {path.name}: {e}")
+            damaged.append(str(e))
+    if damaged:
+        raise DamagedCheckpointError("no intact checkpoint to resume from: " + "; ".join(damaged))
+    return None
+
+
+def resolve_resume(resume: str | None, out_dir: str | os.PathLike, warn=None) -> Path | None:
+    """None -> None; "auto" -> newest intact checkpoint of out_dir (or None); a path -> that checkpoint.
+
+    A path may name a checkpoint (``.../step_00000400``: an error if damaged) or a run directory (its
+    newest intact checkpoint). ``warn(text)`` receives one line per damaged checkpoint skipped.
     """
+    warn = warn or (lambda text: None)
     if resume is None or resume == "":
         return None
     if resume == "auto":
-        found = list_checkpoints(Path(out_dir) / CKPT_SUBDIR)
-        return found[-1] if found else None
+        return newest_good(list_checkpoints(Path(out_dir) / CKPT_SUBDIR), warn)
     path = Path(resume)
     if not path.exists():
         raise FileNotFoundError(f"resume={resume!r}: no such file or directory")
     if is_checkpoint(path):
+        verify_checkpoint(path)
         return path
     for root in (path / CKPT_SUBDIR, path):
         found = list_checkpoints(root)
         if found:
-            return found[-1]
+            return newest_good(found, warn)
     raise ValueError(
         f"resume={resume!r} is neither a checkpoint (step_*/ with {STATE_FILE}) nor a run directory holding one"
     )
 
 
 def read_state(path: str | os.PathLike) -> dict:
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    f = Path(path) / STATE_FILE
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise DamagedCheckpointError(f"{f} cannot be read ({e})") from None
+
+
+def run_id_of(path: Path) -> str | None:
+    try:
+        return read_state(path).get("run_id", "legacy")
+    except DamagedCheckpointError:
+        return None
 
 
 def check_compatible(state: dict, fingerprint: dict, world_size: int, path: Path) -> None:
@@ -118,6 +206,21 @@ def check_compatible(state: dict, fingerprint: dict, world_size: int, path: Path
             "DeepSpeed's ZeRO shards and the data order depend on it. Resume with the same world size, or export "
             "the weights (trainer.export) and start a new run from them"
         )
+
+
+def check_layout(state: dict, layout: str, engine_kind: str, path: Path) -> None:
+    """Raise ValueError if the checkpoint stores optimizer state in another layout than this run's."""
+    stage = int(state.get("zero_stage", 0))
+    saved = state.get("layout") or ("plain" if stage == 0 else f"zero{stage}")
+    if saved == layout:
+        return
+    writer = "the one-process torch loop" if state.get("engine") == "torch" else f"DeepSpeed ZeRO-{stage}"
+    hint = "--engine torch" if saved == "plain" else f"--engine deepspeed --zero-stage {stage}"
+    raise ValueError(
+        f"checkpoint {path} was written by {writer} (optimizer state layout {saved!r}), but this run uses "
+        f"{'the one-process torch loop' if engine_kind == 'torch' else 'DeepSpeed'} (layout {layout!r}): "
+        f"resume it with {hint}, or export its weights and start a new run from them"
+    )
 
 
 def capture_rng() -> dict:
@@ -171,6 +274,8 @@ def save_checkpoint(engine, root: Path, step: int, state: dict, rank: int, keep_
     root = Path(root)
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}"
+    if final.exists() and run_id_of(final) != state.get("run_id", "legacy"):
+        raise ValueError(f"not replacing {final}: it belongs to another run (its trainer_state.json has another run_id)")
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
@@ -182,6 +287,7 @@ def save_checkpoint(engine, root: Path, step: int, state: dict, rank: int, keep_
     barrier()
     if rank == 0:
         _write_json_atomic(tmp / STATE_FILE, state)
+        write_manifest(tmp)
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (resumed run): swap
             old = root / f".old-{step_name(step)}"
@@ -192,23 +298,39 @@ def save_checkpoint(engine, root: Path, step: int, state: dict, rank: int, keep_
         else:
             tmp.rename(final)
         _fsync_dir(root)
-        for stale in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(stale, ignore_errors=True)
+        prune(root, step, state.get("run_id", "legacy"), keep_last)
     barrier()
     return final
+
+
+def prune(root: Path, step: int, run_id: str, keep_last: int) -> None:
+    """Delete this run's checkpoints older than its ``keep_last`` newest up to ``step``; nothing else."""
+    ours = []
+    for p in list_checkpoints(root):
+        m = _STEP_RE.match(p.name)
+        if m and int(m.group(1)) <= step and run_id_of(p) == run_id:
+            ours.append(p)
+    for stale in ours[:-keep_last]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_checkpoint(engine, path: Path, rank: int) -> dict:
     """Load model/optimizer/scheduler into ``engine`` and this rank's RNG; returns trainer_state."""
     path = Path(path)
-    load_path, _ = engine.load_checkpoint(
-        str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    try:
+        load_path, _ = engine.load_checkpoint(
+            str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    except (OSError, RuntimeError, EOFError, KeyError, AssertionError) as e:
+        raise DamagedCheckpointError(f"checkpoint {path / DS_TAG} could not be loaded: {type(e).__name__}: {e}") from e
     if load_path is None:
         raise ValueError(f"DeepSpeed could not load the checkpoint in {path / DS_TAG}")
     rng = path / rng_file(rank)
     if not rng.is_file():
         raise FileNotFoundError(f"checkpoint {path} has no RNG state for rank {rank} ({rng.name})")
     state = read_state(path)
-    state["_rng"] = torch.load(rng, weights_only=False)
+    try:
+        state["_rng"] = torch.load(rng, weights_only=False)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise DamagedCheckpointError(f"{rng} could not be loaded: {e}") from e
     return state

@@ -1,19 +1,17 @@
-"""The typed training config, its command-line flags, and the DeepSpeed JSON made from it.
+"""The typed training config; its command-line flags are generated from the field metadata.
 
-The batch invariant DeepSpeed enforces is checked here, before anything is launched:
-    train_batch_size = train_micro_batch_size_per_gpu x gradient_accumulation_steps x world_size
-(global = micro x accumulation x world). The JSON is generated from TrainConfig so the three cannot
-drift; a user's own JSON (``--ds-config``) is merged over it and validated the same way.
+Each field is declared once, with its help text, its choices and its bound ("positive": > 0,
+"nonnegative": >= 0) next to it. ``TrainConfig.__post_init__`` checks the bounds for Python callers,
+and ``add_train_args`` turns the same metadata into argparse flags that reject a bad value at parse
+time (``--micro-batch 0`` -> "argument --micro-batch: must be a positive integer, got 0").
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 OPTIMIZERS = ("adamw", "lion")
@@ -22,6 +20,16 @@ PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("offline", "online", "disabled")
 PROGRESS_MODES = ("auto", "bar", "plain", "off")
 DEVICES = ("auto", "cpu", "cuda")
+ENGINES = ("auto", "torch", "deepspeed")
+
+
+def opt(default: Any, help: str | None = None, choices: tuple | None = None, bound: str | None = None,
+        cli: bool = True):
+    """A TrainConfig field with its command-line metadata."""
+    meta = {"help": help, "choices": choices, "bound": bound, "cli": cli}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -33,74 +41,73 @@ class TrainConfig:
     min_lr None means lr / 10. eval_every / ckpt_every 0 means only at the end of the run.
     """
 
-    out_dir: str = "runs/default"
-    steps: int = 1000
-    micro_batch: int = 8
-    grad_accum: int | None = None
-    global_batch: int | None = None
-    lr: float = 3e-4
-    min_lr: float | None = None
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    optimizer: str = "adamw"
-    grad_clip: float = 1.0
-    zero_stage: int = 1
-    offload_optimizer: bool = False
-    ds_config: str | None = None
-    precision: str = "auto"
-    eval_every: int = 0
-    eval_batches: int = 20
-    layerwise_every: int = 0  # >0: per-layer Rc / sparsity (crate_core.probes) at step 0 and every N steps
-    log_every: int = 10
-    ckpt_every: int = 0
-    keep_last: int = 3
-    resume: str | None = None
-    seed: int = 1337
-    deterministic: bool = False
-    wandb: str = "offline"
-    wandb_project: str = "crate"
-    run_name: str | None = None
-    max_nonfinite: int = 5
-    num_workers: int = 0
-    progress: str = "auto"
-    device: str = "auto"
-    extra: dict = field(default_factory=dict)  # free-form tool settings, saved with the run config
+    out_dir: str = opt("runs/default", "run directory: checkpoints, run_config.json, wandb")
+    steps: int = opt(1000, "optimizer steps", bound="positive")
+    micro_batch: int = opt(8, "samples per process per micro-step", bound="positive")
+    grad_accum: int | None = opt(None, "micro-steps per optimizer step", bound="positive")
+    global_batch: int | None = opt(
+        None, "samples per optimizer step over all processes (= micro x accum x world)", bound="positive"
+    )
+    lr: float = opt(3e-4, "peak learning rate", bound="positive")
+    min_lr: float | None = opt(None, "final learning rate (default lr/10)", bound="nonnegative")
+    warmup_steps: int = opt(100, "linear warm-up, then cosine", bound="nonnegative")
+    weight_decay: float = opt(0.05, bound="nonnegative")
+    betas: tuple[float, float] = opt((0.9, 0.95))
+    optimizer: str = opt("adamw", choices=OPTIMIZERS)
+    grad_clip: float = opt(1.0, "max global grad norm (0: off)", bound="nonnegative")
+    zero_stage: int = opt(
+        1, "DeepSpeed ZeRO stage (1 or 2 for models under ~1B parameters)", choices=ZERO_STAGES
+    )
+    offload_optimizer: bool = opt(False, "keep optimizer state on the CPU (ZeRO-Offload)")
+    ds_config: str | None = opt(None, "your own DeepSpeed JSON, merged over the generated one")
+    engine: str = opt(
+        "auto",
+        "auto: a plain torch loop for one process (no ZeRO, no collectives), DeepSpeed for several "
+        "processes, --ds-config or --offload-optimizer",
+        choices=ENGINES,
+    )
+    precision: str = opt("auto", "auto: bf16 on GPU, fp32 on CPU", choices=PRECISIONS)
+    eval_every: int = opt(0, "0: only at the end", bound="nonnegative")
+    layerwise_every: int = opt(
+        0,
+        "measure per-layer Rc and sparsity on a fixed batch at step 0 and every N steps "
+        "(wandb + OUT_DIR/layerwise.jsonl); 0: off",
+        bound="nonnegative",
+    )
+    eval_batches: int = opt(20, bound="positive")
+    log_every: int = opt(10, bound="positive")
+    ckpt_every: int = opt(0, "0: only at the end", bound="nonnegative")
+    ckpt_minutes: float = opt(
+        30.0, "also write a checkpoint every this many minutes of wall time (0: off)", bound="nonnegative"
+    )
+    keep_last: int = opt(3, "checkpoints of this run kept on disk", bound="positive")
+    resume: str | None = opt(None, "'auto' (newest good checkpoint in out-dir) or a path")
+    seed: int = opt(1337, "base seed; rank r uses seed + r")
+    deterministic: bool = opt(False)
+    wandb: str = opt("offline", choices=WANDB_MODES)
+    wandb_project: str = opt("crate")
+    run_name: str | None = opt(None)
+    max_nonfinite: int = opt(5, "stop after this many non-finite losses in a row", bound="positive")
+    num_workers: int = opt(0, "DataLoader workers", bound="nonnegative")
+    progress: str = opt(
+        "auto", "auto: a bar on a terminal, else one plain line per log interval", choices=PROGRESS_MODES
+    )
+    device: str = opt("auto", choices=DEVICES)
+    extra: dict = opt({}, cli=False)  # free-form tool settings, saved with the run config
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
-        positive = ("steps", "micro_batch", "keep_last", "max_nonfinite", "eval_batches", "log_every")
-        for name in positive:
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {name}={getattr(self, name)!r}")
-        for name in ("grad_accum", "global_batch"):
-            v = getattr(self, name)
-            if v is not None and int(v) <= 0:
-                raise ValueError(f"{name} must be a positive integer or None, got {name}={v!r}")
-        for name in ("warmup_steps", "eval_every", "ckpt_every", "num_workers", "layerwise_every"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got lr={self.lr!r}")
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+        for f in dataclasses.fields(self):
+            value, bound = getattr(self, f.name), f.metadata.get("bound")
+            if bound and not _within(value, bound):
+                raise ValueError(_bound_message(f, value))
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ValueError(f"unknown {f.name} {value!r}; choose one of {list(choices)}")
+        if self.min_lr is not None and not self.min_lr <= self.lr:
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got min_lr={self.min_lr!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got betas={self.betas!r}")
-        if self.grad_clip < 0:
-            raise ValueError(
-                f"grad_clip must be >= 0 (0 disables clipping), got grad_clip={self.grad_clip!r}"
-            )
-        choices = {
-            "optimizer": OPTIMIZERS,
-            "zero_stage": ZERO_STAGES,
-            "precision": PRECISIONS,
-            "wandb": WANDB_MODES,
-            "progress": PROGRESS_MODES,
-            "device": DEVICES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {list(allowed)}")
 
     @property
     def final_lr(self) -> float:
@@ -108,6 +115,53 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _within(value: Any, bound: str) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return value > 0 if bound == "positive" else value >= 0
+
+
+def _bound_message(f: dataclasses.Field, value: Any) -> str:
+    name, integer = f.name, "int" in str(f.type)
+    if f.name == "grad_clip":
+        return f"grad_clip must be >= 0 (0 disables clipping), got grad_clip={value!r}"
+    if f.name == "min_lr":
+        return f"min_lr must be in [0, lr], got min_lr={value!r}"
+    if f.metadata["bound"] == "positive":
+        what = "a positive integer" if integer else "> 0"
+        if "None" in str(f.type):
+            what += " or None"
+        return f"{name} must be {what}, got {name}={value!r}"
+    return f"{name} must be >= 0, got {name}={value!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# command-line flags
+
+
+def _parser_for(kind: str, bound: str | None, optional: bool):
+    """argparse ``type`` for one field: converts, accepts 'none' for optional fields, checks the bound."""
+    convert = int if kind == "int" else float if kind == "float" else str
+
+    def parse(text: str):
+        if optional and text.lower() in ("none", ""):
+            return None
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind == 'int' else 'a number'}, "
+                                             f"got {text!r}") from None
+        if bound and not _within(value, bound):
+            what = {"positive": "a positive integer" if kind == "int" else "> 0"}.get(bound, ">= 0")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = kind  # argparse names the type in its own messages
+    return parse
 
 
 def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
@@ -123,93 +177,23 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
             f"add_train_args got unknown default(s) {unknown}; TrainConfig fields are {sorted(fields)}"
         )
     base = TrainConfig()
-    d = {name: defaults.get(name, getattr(base, name)) for name in fields}
-
-    def opt_int(s: str) -> int | None:
-        return None if s.lower() in ("none", "") else int(s)
-
-    def opt_float(s: str) -> float | None:
-        return None if s.lower() in ("none", "") else float(s)
-
     g = parser.add_argument_group("training (crate_core.train)")
-    g.add_argument(
-        "--out-dir", default=d["out_dir"], help="run directory: checkpoints, run_config.json, wandb"
-    )
-    g.add_argument("--steps", type=int, default=d["steps"], help="optimizer steps")
-    g.add_argument(
-        "--micro-batch", type=int, default=d["micro_batch"], help="samples per process per micro-step"
-    )
-    g.add_argument(
-        "--grad-accum", type=opt_int, default=d["grad_accum"], help="micro-steps per optimizer step"
-    )
-    g.add_argument(
-        "--global-batch",
-        type=opt_int,
-        default=d["global_batch"],
-        help="samples per optimizer step over all processes (= micro x accum x world)",
-    )
-    g.add_argument("--lr", type=float, default=d["lr"], help="peak learning rate")
-    g.add_argument(
-        "--min-lr", type=opt_float, default=d["min_lr"], help="final learning rate (default lr/10)"
-    )
-    g.add_argument("--warmup-steps", type=int, default=d["warmup_steps"], help="linear warm-up, then cosine")
-    g.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    g.add_argument("--betas", type=float, nargs=2, default=d["betas"])
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d["optimizer"])
-    g.add_argument("--grad-clip", type=float, default=d["grad_clip"], help="max global grad norm (0: off)")
-    g.add_argument(
-        "--zero-stage",
-        type=int,
-        choices=ZERO_STAGES,
-        default=d["zero_stage"],
-        help="DeepSpeed ZeRO stage (1 or 2 for models under ~1B parameters)",
-    )
-    g.add_argument(
-        "--offload-optimizer",
-        action=argparse.BooleanOptionalAction,
-        default=d["offload_optimizer"],
-        help="keep optimizer state on the CPU (ZeRO-Offload)",
-    )
-    g.add_argument(
-        "--ds-config", default=d["ds_config"], help="your own DeepSpeed JSON, merged over the generated one"
-    )
-    g.add_argument(
-        "--precision", choices=PRECISIONS, default=d["precision"], help="auto: bf16 on GPU, fp32 on CPU"
-    )
-    g.add_argument("--eval-every", type=int, default=d["eval_every"], help="0: only at the end")
-    g.add_argument(
-        "--layerwise-every",
-        type=int,
-        default=d["layerwise_every"],
-        help="measure per-layer Rc and sparsity on a fixed batch at step 0 and every N steps "
-        "(wandb + OUT_DIR/layerwise.jsonl); 0: off",
-    )
-    g.add_argument("--eval-batches", type=int, default=d["eval_batches"])
-    g.add_argument("--log-every", type=int, default=d["log_every"])
-    g.add_argument("--ckpt-every", type=int, default=d["ckpt_every"], help="0: only at the end")
-    g.add_argument("--keep-last", type=int, default=d["keep_last"], help="checkpoints kept on disk")
-    g.add_argument(
-        "--resume", default=d["resume"], help="'auto' (newest complete checkpoint in out-dir) or a path"
-    )
-    g.add_argument("--seed", type=int, default=d["seed"], help="base seed; rank r uses seed + r")
-    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=d["deterministic"])
-    g.add_argument("--wandb", choices=WANDB_MODES, default=d["wandb"])
-    g.add_argument("--wandb-project", default=d["wandb_project"])
-    g.add_argument("--run-name", default=d["run_name"])
-    g.add_argument(
-        "--max-nonfinite",
-        type=int,
-        default=d["max_nonfinite"],
-        help="stop after this many non-finite losses in a row",
-    )
-    g.add_argument("--num-workers", type=int, default=d["num_workers"], help="DataLoader workers")
-    g.add_argument(
-        "--progress",
-        choices=PROGRESS_MODES,
-        default=d["progress"],
-        help="auto: a bar on a terminal, else one plain line per log interval",
-    )
-    g.add_argument("--device", choices=DEVICES, default=d["device"])
+    for name, f in fields.items():
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        kw: dict[str, Any] = {"default": defaults.get(name, getattr(base, name)), "help": meta.get("help")}
+        kind, optional = str(f.type).split(" |")[0], "None" in str(f.type)
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("tuple"):
+            kw.update(type=float, nargs=2)
+        else:
+            if kind in ("int", "float") or optional:
+                kw["type"] = _parser_for(kind, meta.get("bound"), optional)
+            if meta.get("choices"):
+                kw["choices"] = meta["choices"]
+        g.add_argument("--" + name.replace("_", "-"), **kw)
     # the deepspeed launcher passes --local_rank=N (older torch launchers --local-rank)
     g.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -217,161 +201,7 @@ def add_train_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse
 
 def train_config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """Build a TrainConfig from parsed flags (``add_train_args``); keywords override."""
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra"]
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
     values = {n: getattr(args, n) for n in names if hasattr(args, n)}
     values.update(overrides)
     return TrainConfig(**values)
-
-
-# ----------------------------------------------------------------------------------------------
-# DeepSpeed JSON
-
-
-def resolve_batch(
-    micro: int | None, accum: int | None, global_batch: int | None, world: int, source: str
-) -> tuple:
-    """Return (micro, accum, global) with global = micro x accum x world, or raise naming the numbers."""
-    if micro is None:
-        if global_batch is None or accum is None:
-            raise ValueError(
-                f"{source}: give train_micro_batch_size_per_gpu, or both the global batch and accumulation"
-            )
-        if global_batch % (accum * world):
-            raise ValueError(
-                f"{source}: global batch {global_batch} is not divisible by grad_accum {accum} x world_size {world}"
-            )
-        micro = global_batch // (accum * world)
-    if global_batch is None:
-        accum = 1 if accum is None else accum
-        return micro, accum, micro * accum * world
-    if accum is None:
-        if global_batch % (micro * world):
-            raise ValueError(
-                f"{source}: global batch {global_batch} is not divisible by micro batch {micro} x world_size {world} "
-                f"(= {micro * world}), so no whole number of accumulation steps gives it"
-            )
-        return micro, global_batch // (micro * world), global_batch
-    if micro * accum * world != global_batch:
-        raise ValueError(
-            f"{source}: global batch {global_batch} != micro batch {micro} x grad_accum {accum} x world_size {world} "
-            f"(= {micro * accum * world})"
-        )
-    return micro, accum, global_batch
-
-
-def build_ds_config(cfg: TrainConfig, world_size: int, device_type: str, bf16: bool) -> dict:
-    """The DeepSpeed JSON for ``cfg`` (merged with ``cfg.ds_config`` if given), validated."""
-    micro, accum, global_batch = resolve_batch(
-        cfg.micro_batch, cfg.grad_accum, cfg.global_batch, world_size, "config"
-    )
-    zero: dict[str, Any] = {"stage": cfg.zero_stage}
-    if cfg.offload_optimizer:
-        if cfg.zero_stage == 0:
-            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (got zero_stage=0)")
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device_type == "cuda"}
-    if cfg.zero_stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = False  # export consolidates from the checkpoint
-    ds: dict[str, Any] = {
-        "train_batch_size": global_batch,
-        "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": accum,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": zero,
-        "bf16": {"enabled": bool(bf16)},
-        "fp16": {"enabled": False},
-        "steps_per_print": 10**9,  # the trainer logs; keep DeepSpeed quiet
-        "wall_clock_breakdown": False,
-        "zero_allow_untested_optimizer": True,  # Lion is a client optimizer
-    }
-    if cfg.optimizer == "adamw":
-        params = {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8, "weight_decay": cfg.weight_decay}
-        if not cfg.offload_optimizer:
-            # torch.optim.AdamW inside DeepSpeed: no fused_adam JIT build (needs no nvcc, works on CPU);
-            # foreach (multi-tensor) updates: on the CPU torch would otherwise loop over parameters
-            params["torch_adam"] = True
-            params["foreach"] = True
-        ds["optimizer"] = {"type": "AdamW", "params": params}
-    elif cfg.offload_optimizer:
-        ds["zero_force_ds_cpu_optimizer"] = False  # a client optimizer (Lion) stepping on the CPU copy
-    if cfg.ds_config:
-        ds = merge_user_ds_config(ds, load_ds_config(cfg.ds_config), cfg, device_type)
-    return validate_ds_config(ds, world_size, source=cfg.ds_config or "generated DeepSpeed config")
-
-
-def load_ds_config(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ds_config={str(path)!r}: no such file")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"ds_config={str(path)!r} is not valid JSON: {e}") from e
-
-
-def merge_user_ds_config(generated: dict, user: dict, cfg: TrainConfig, device_type: str) -> dict:
-    """User keys win, except the batch keys, which must agree with each other (validated after)."""
-    if not isinstance(user, dict):
-        raise ValueError(f"ds_config={cfg.ds_config!r} must hold a JSON object")
-    if "scheduler" in user:
-        raise ValueError(
-            f"ds_config={cfg.ds_config!r} sets 'scheduler', but the trainer owns the LR schedule "
-            "(warm-up + cosine from --lr/--min-lr/--warmup-steps): remove it"
-        )
-    if "optimizer" in user and cfg.optimizer == "lion":
-        raise ValueError(f"ds_config={cfg.ds_config!r} sets 'optimizer' but optimizer='lion' was asked for")
-    merged = json.loads(json.dumps(generated))
-    batch_keys = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
-    if any(k in user for k in batch_keys):  # the user's batch keys replace ours as a set
-        for k in batch_keys:
-            merged.pop(k, None)
-    for key, value in user.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
-    opt = merged.get("optimizer")
-    if isinstance(opt, dict) and opt.get("type", "").lower() in ("adam", "adamw"):
-        params = opt.setdefault("params", {})
-        offload = (merged.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none")
-        user_params = (user.get("optimizer") or {}).get("params", {})
-        if offload not in (None, "none"):
-            if "torch_adam" not in user_params:  # offloaded state steps with DeepSpeedCPUAdam (cpu_adam op)
-                params.pop("torch_adam", None)
-                if "foreach" not in user_params:
-                    params.pop("foreach", None)
-        elif device_type == "cpu":
-            params.setdefault("torch_adam", True)
-            if params["torch_adam"]:
-                params.setdefault("foreach", True)
-    return merged
-
-
-def validate_ds_config(ds: dict, world_size: int, source: str) -> dict:
-    """Check the batch invariant and the ZeRO stage; fill in derived batch keys."""
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
-        v = ds.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            raise ValueError(f"{source}: {key} must be a positive integer, got {v!r}")
-    micro, accum, global_batch = resolve_batch(
-        ds.get("train_micro_batch_size_per_gpu"),
-        ds.get("gradient_accumulation_steps"),
-        ds.get("train_batch_size"),
-        world_size,
-        source,
-    )
-    ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"] = (
-        micro,
-        accum,
-        global_batch,
-    )
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if stage not in ZERO_STAGES:
-        raise ValueError(f"{source}: unknown ZeRO stage {stage!r}; choose one of {list(ZERO_STAGES)}")
-    if ds.get("fp16", {}).get("enabled") and ds.get("bf16", {}).get("enabled"):
-        raise ValueError(f"{source}: fp16 and bf16 are both enabled; choose one")
-    opt = ds.get("optimizer")
-    if opt is not None and opt.get("type", "").lower() not in ("adam", "adamw", "lion", "lamb", "adagrad"):
-        raise ValueError(f"{source}: unknown optimizer type {opt.get('type')!r}")
-    if not math.isfinite(float(ds.get("gradient_clipping", 0.0))):
-        raise ValueError(f"{source}: gradient_clipping must be finite")
-    return ds

@@ -8,6 +8,7 @@ The position (epoch, index within this rank's share) is all a checkpoint needs t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -143,3 +144,18 @@ def eval_batches(
         if i >= max_batches:
             break
         yield batch
+
+
+def to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
+    """Move tensors (also inside dicts, lists, tuples and named tuples) to ``device``; floats to ``float_dtype``."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=device.type == "cuda")
+        if float_dtype is not None and batch.is_floating_point():
+            batch = batch.to(float_dtype)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, float_dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [to_device(v, device, float_dtype) for v in batch]
+        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+    return batch

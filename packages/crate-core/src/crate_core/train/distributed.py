@@ -1,6 +1,7 @@
 """Process-group set-up for the three ways a tool is started.
 
-- plain ``python tool.py``: no RANK / WORLD_SIZE in the environment. We create a one-process group
+- plain ``python tool.py``: no RANK / WORLD_SIZE in the environment. The one-process torch loop needs
+  no process group at all (``detect_env``); for DeepSpeed (``--engine deepspeed``) we create a one-process group
   ourselves (rank 0, world size 1, rendezvous on 127.0.0.1 at a free port) before DeepSpeed looks;
   otherwise DeepSpeed falls back to MPI discovery and fails without mpi4py.
 - ``torchrun --nproc_per_node N tool.py`` and ``deepspeed --num_gpus N tool.py``: both export RANK,
@@ -65,18 +66,13 @@ def _skip_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
-    """Join (or create) the process group and DeepSpeed's comm layer; idempotent.
-
-    Without launcher variables the one-process group is created on ``tcp://127.0.0.1:<free port>``
-    with rank 0 / world size 1 given explicitly, so RANK / WORLD_SIZE / MASTER_* are not left in
-    os.environ where subprocesses (a launcher started from a notebook or a test) would inherit them.
-    Only LOCAL_RANK=0 is set, which DeepSpeed's engine reads.
-    """
+def detect_env(device: str = "auto") -> DistEnv:
+    """Rank, world size and device from the launcher's variables (or a plain process), creating nothing."""
     plain = "RANK" not in os.environ and "WORLD_SIZE" not in os.environ
-    if plain:
+    if dist.is_initialized():
+        rank, world, local_rank = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    elif plain:
         rank, world, local_rank = 0, 1, 0
-        os.environ.setdefault("LOCAL_RANK", "0")
     else:
         for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             if key not in os.environ:
@@ -85,13 +81,26 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
                 )
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        os.environ.setdefault("LOCAL_RANK", str(local_rank))
     dev = _pick_device(device, local_rank)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    return DistEnv(rank, local_rank, world, dev, backend, "none" if plain else "env")
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
+    """Join (or create) the process group and DeepSpeed's comm layer; idempotent.
+
+    Without launcher variables the one-process group is created on ``tcp://127.0.0.1:<free port>``
+    with rank 0 / world size 1 given explicitly, so RANK / WORLD_SIZE / MASTER_* are not left in
+    os.environ where subprocesses (a launcher started from a notebook or a test) would inherit them.
+    Only LOCAL_RANK is set, which DeepSpeed's engine reads.
+    """
+    env = detect_env(device)
+    dev, backend, plain = env.device, env.backend, env.launcher == "none"
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
     if dev.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed picks its accelerator
     else:
         torch.cuda.set_device(dev)
-    backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
         kwargs: dict = {"device_id": dev} if dev.type == "cuda" else {}
         if plain:
@@ -101,14 +110,21 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistEnv:
         raise ValueError(
             f"a {dist.get_backend()} process group already exists, but {backend} is needed for {dev}"
         )
-    else:
-        rank, world = dist.get_rank(), dist.get_world_size()
     import deepspeed
 
     if dev.type == "cpu":
         _skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
-    return DistEnv(rank, local_rank, world, dev, backend, "none" if plain else "env")
+    return detect_env(device)
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (itself without a process group)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=_comm_device())
+    return box[0]
 
 
 def _comm_device() -> torch.device:

@@ -1,128 +1,71 @@
-"""The training loop every tool shares: DeepSpeed ZeRO 0-3, exact resume, atomic checkpoints.
+"""The training loop every tool shares: exact resume, atomic checkpoints, one loop read top to bottom.
 
 One optimizer step = ``grad_accum`` micro-batches on each of ``world_size`` processes:
-    loss_i = loss_fn(model, batch_i)                  forward (bf16 weights on GPU, fp32 on CPU)
-    engine.backward(loss_i); engine.step()            DeepSpeed scales by 1/grad_accum, reduces,
+    loss_i = loss_fn(model, batch_i)                  forward (bf16 on GPU, fp32 on CPU)
+    engine.backward(loss_i); engine.step()            the engine scales by 1/grad_accum, reduces,
                                                       clips and steps at the accumulation boundary
-Learning rate at optimizer step s (0-based), W warm-up steps, S total steps:
-    lr_s = lr (s + 1) / W                                         s < W
-    lr_s = min_lr + (lr - min_lr) (1 + cos(pi (s - W) / (S - W))) / 2   otherwise
-A micro-batch whose loss is not finite on any rank (all ranks agree through an all-reduce) gets no
-backward pass and no optimizer step; the next micro-batch takes its place. ``max_nonfinite`` in a
-row stop the run with NonFiniteLossError, leaving the checkpoints on disk as they were.
+The learning rate follows schedule.WarmupCosine. A micro-batch whose loss is not finite on any rank
+(all ranks agree through an all-reduce) gets no backward pass and no optimizer step; the next
+micro-batch takes its place. ``max_nonfinite`` in a row stop the run with NonFiniteLossError, leaving
+the checkpoints on disk as they were.
+
+``fit`` is a loop over ``train_step`` followed by the table ``self.periodic`` of actions that run
+every N steps (evaluate, log, measure layers, checkpoint).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-import random
-import subprocess
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import Dataset
 
-from ..hub import save_pretrained
-from ..probes import LayerwiseProbe, flatten
 from . import checkpoint as ckpt
-from .config import TrainConfig, build_ds_config
-from .data import BatchStream, eval_batches
-from .distributed import all_reduce_scalar, all_reduce_vector, barrier, init_distributed
+from . import export as export_mod
+from . import runfolder
+from .config import TrainConfig
+from .data import BatchStream, to_device
+from .distributed import all_reduce_scalar, all_reduce_vector, barrier, detect_env, init_distributed
+from .ds_config import build_ds_config
+from .engine import TorchEngine, checkpoint_layout, choose_engine, deepspeed_engine
 from .flops import count_flops, peak_flops
+from .interrupt import SignalGuard, TrainingInterrupted
 from .logging import RunLogger
+from .measure import Interval, evaluate, measure_layers, split_loss
+from .runinfo import git_commit, model_fingerprint, seed_everything, write_run_config, write_train_result
+from .schedule import WarmupCosine
+
+__all__ = [
+    "NonFiniteLossError", "Trainer", "TrainingInterrupted", "WarmupCosine", "model_fingerprint", "seed_everything",
+]
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised after ``max_nonfinite`` non-finite losses in a row."""
 
 
-@dataclasses.dataclass
-class WarmupCosine:
-    """LambdaLR factor: linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor``."""
+@dataclass
+class Periodic:
+    """An action of ``fit``'s table: due every ``every`` steps (0: never), and at the last step if
+    ``at_last``; ``timed`` actions do not count towards the interval's training time."""
 
-    total: int
-    warmup: int
-    floor: float  # min_lr / lr
+    name: str
+    every: int
+    at_last: bool
+    run: Callable[[bool], None]
+    timed: bool = True
 
-    def __call__(self, s: int) -> float:
-        if s < self.warmup:
-            return (s + 1) / self.warmup
-        progress = min(1.0, (s - self.warmup) / max(1, self.total - self.warmup))
-        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def model_fingerprint(model: nn.Module) -> dict:
-    """What a checkpoint must match: model class, config and parameter shapes."""
-    config = getattr(model, "config", None)
-    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
-    return {
-        "class": f"{type(model).__module__}:{type(model).__qualname__}",
-        "config": json.loads(json.dumps(cfg, default=str)) if cfg is not None else None,
-        "param_shapes": {n: list(p.shape) for n, p in model.named_parameters()},
-    }
-
-
-def git_commit(cwd: str | None = None) -> dict:
-    """HEAD commit and whether the tree has local changes (None outside a git checkout)."""
-
-    def run(*args):
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-
-    try:
-        head = run("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {"commit": None, "dirty": None}
-        dirty = run("status", "--porcelain", "--untracked-files=no")
-        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def _to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=device.type == "cuda")
-        if float_dtype is not None and batch.is_floating_point():
-            batch = batch.to(float_dtype)
-        return batch
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device, float_dtype) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        moved = [_to_device(v, device, float_dtype) for v in batch]
-        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
-    return batch
-
-
-def _split(out: Any) -> tuple[torch.Tensor, dict]:
-    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
-        return out[0], out[1]
-    if isinstance(out, torch.Tensor):
-        return out, {}
-    raise ValueError(f"loss_fn must return a loss tensor or (loss, metrics dict), got {type(out).__name__}")
-
-
-def _as_float(v: Any) -> float:
-    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
-
-
-def _new_interval() -> dict:
-    return {"loss": 0.0, "n": 0, "tokens": 0.0, "steps": 0, "micro": 0, "metrics": {}}
+    def due(self, step: int, last: bool) -> bool:
+        if not self.every:
+            return False
+        return (self.at_last and last) or (step % self.every == 0 and (self.at_last or not last))
 
 
 def _default_loss(model, batch):
@@ -150,7 +93,10 @@ class Trainer:
         if not isinstance(cfg, TrainConfig):
             raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
         self.cfg = cfg
-        self.env = init_distributed(cfg.device)
+        self.env = detect_env(cfg.device)
+        self.engine_kind = choose_engine(cfg, self.env.world_size)
+        if self.engine_kind == "deepspeed":
+            self.env = init_distributed(cfg.device)
         self.rank, self.world_size, self.device = self.env.rank, self.env.world_size, self.env.device
         self.is_main = self.env.is_main
         self.out_dir = Path(cfg.out_dir)
@@ -166,22 +112,18 @@ class Trainer:
         self.micro_batch = self.ds_config["train_micro_batch_size_per_gpu"]
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         self.global_batch = self.ds_config["train_batch_size"]
-        if cfg.optimizer == "lion" and "optimizer" not in self.ds_config:
-            try:
-                from lion_pytorch import Lion  # noqa: F401
-            except ImportError as e:
-                raise ValueError(
-                    "optimizer='lion' needs the lion-pytorch package (pip install lion-pytorch)"
-                ) from e
+        self.layout = checkpoint_layout(self.engine_kind, self.zero_stage, self.bf16)
         self.fingerprint = model_fingerprint(model)
-        self.resume_path = ckpt.resolve_resume(cfg.resume, self.out_dir)
-        if self.resume_path is not None:
-            saved = ckpt.read_state(self.resume_path)
-            ckpt.check_compatible(saved, self.fingerprint, self.world_size, self.resume_path)
-            if int(saved["step"]) > cfg.steps:
-                raise ValueError(
-                    f"checkpoint {self.resume_path} is at step {saved['step']}, beyond steps={cfg.steps}"
-                )
+        runfolder.lock(self)
+        try:
+            self.resume_path = runfolder.resolve(self)
+            self._build(model, train_dataset, loss_fn, eval_dataset, eval_fn, collate_fn, callbacks)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, model, train_dataset, loss_fn, eval_dataset, eval_fn, collate_fn, callbacks) -> None:
+        cfg = self.cfg
         if eval_dataset is not None and len(eval_dataset) < self.world_size:
             raise ValueError(
                 f"eval_dataset has {len(eval_dataset)} samples, fewer than world_size {self.world_size}"
@@ -191,14 +133,8 @@ class Trainer:
         self.eval_fn, self.collate_fn = eval_fn, collate_fn
         self.callbacks = list(callbacks)
         self.stream = BatchStream(
-            train_dataset,
-            self.micro_batch,
-            self.rank,
-            self.world_size,
-            cfg.seed,
-            collate_fn,
-            cfg.num_workers,
-            pin_memory=self.device.type == "cuda",
+            train_dataset, self.micro_batch, self.rank, self.world_size, cfg.seed, collate_fn,
+            cfg.num_workers, pin_memory=self.device.type == "cuda",
         )
 
         # --- reproducibility ---
@@ -209,9 +145,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         seed_everything(cfg.seed + self.rank)
 
-        # --- DeepSpeed engine ---
+        # --- engine ---
         self.model = model
-        self.engine = self._init_engine(model)
+        if self.engine_kind == "torch":
+            self.engine = TorchEngine(model, cfg, self.ds_config, self.device, self.bf16)
+        else:
+            self.engine = deepspeed_engine(model, cfg, self.ds_config)
         self.step = 0
         self.nonfinite_total = 0
         self.last_checkpoint: Path | None = None
@@ -219,68 +158,109 @@ class Trainer:
         self._rng_to_restore = None
         self.git = git_commit()
         if self.resume_path is not None:
-            state = ckpt.load_checkpoint(self.engine, self.resume_path, self.rank)
-            self.step = int(state["step"])
-            self.nonfinite_total = int(state.get("nonfinite_total", 0))
-            self.stream.epoch, self.stream.index = state["data"]["epoch"], state["data"]["index"]
-            self._rng_to_restore = state["_rng"]
-            self.last_checkpoint, self._last_ckpt_step = self.resume_path, self.step
-        self._write_run_config()
-
-    # ------------------------------------------------------------------------------------------
-    def _init_engine(self, model: nn.Module):
-        import deepspeed
-
-        cfg = self.cfg
-        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-        groups = [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            runfolder.restore(self)
+        if self.is_main:
+            write_run_config(self)
+        self.periodic = [  # fit's table, in the order the actions run after a step
+            Periodic("eval", cfg.eval_every, at_last=False, run=self._periodic_eval),
+            Periodic("log", cfg.log_every, at_last=True, run=self._periodic_log, timed=False),
+            Periodic("layerwise", cfg.layerwise_every, at_last=True, run=lambda last: self.measure_layers(self.logger)),
+            Periodic("checkpoint", cfg.ckpt_every, at_last=False, run=lambda last: self.save_checkpoint()),
         ]
-        groups = [g for g in groups if g["params"]]
-        client_opt = None
-        if cfg.optimizer == "lion" and "optimizer" not in self.ds_config:
-            from lion_pytorch import Lion
-
-            client_opt = Lion(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        schedule = WarmupCosine(cfg.steps, cfg.warmup_steps, cfg.final_lr / cfg.lr)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            model_parameters=groups if client_opt is None else None,
-            optimizer=client_opt,
-            lr_scheduler=lambda opt: LambdaLR(opt, schedule),
-            config=self.ds_config,
-            dist_init_required=False,
-        )
-        return engine
-
-    def _write_run_config(self) -> None:
-        if not self.is_main:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        info = {
-            "train_config": self.cfg.to_dict(),
-            "ds_config": self.ds_config,
-            "model": {k: v for k, v in self.fingerprint.items() if k != "param_shapes"},
-            "parameters": sum(math.prod(s) for s in self.fingerprint["param_shapes"].values()),
-            "git": self.git,
-            "world_size": self.world_size,
-            "device": str(self.device),
-            "command": sys.argv,
-            "resumed_from": str(self.resume_path) if self.resume_path else None,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (self.out_dir / "run_config.json").write_text(json.dumps(info, indent=2, default=str))
 
     # ------------------------------------------------------------------------------------------
-    def _forward(self, batch) -> tuple[torch.Tensor, dict]:
-        batch = _to_device(batch, self.device, torch.bfloat16 if self.bf16 else None)
-        return _split(self.loss_fn(self.engine, batch))
+    # the loop
+
+    def fit(self) -> dict:
+        """Train from ``self.step`` to ``cfg.steps``; returns the final figures and the log history."""
+        t_start = time.perf_counter()
+        self._begin_fit()
+        with SignalGuard(self._announce) as signals:
+            try:
+                if self.cfg.layerwise_every and self.step == 0:
+                    self.measure_layers(self.logger)
+                while self.step < self.cfg.steps:
+                    self.train_step()
+                    last = self.step == self.cfg.steps
+                    for action in self.periodic:
+                        if action.due(self.step, last):
+                            t0 = time.perf_counter()
+                            action.run(last)
+                            if action.timed:
+                                self._paused += time.perf_counter() - t0  # throughput counts training time only
+                    self._between_steps(signals, last)
+                self._final_eval()
+                if self._last_ckpt_step != self.step:
+                    self.save_checkpoint()
+            finally:
+                self.logger.close()
+            barrier()
+            result = self._result(time.perf_counter() - t_start)
+            if signals.received is not None:
+                raise TrainingInterrupted(signals.received, self.step, self.last_checkpoint, self.out_dir)
+        return result
+
+    def _between_steps(self, signals: SignalGuard, last: bool) -> None:
+        """Stop on a signal (any rank's) after a checkpoint; write one when --ckpt-minutes have passed
+        (rank 0's clock). Several processes agree through one all-reduce per optimizer step."""
+        due = bool(self.cfg.ckpt_minutes) and time.monotonic() - self._saved_at >= 60 * self.cfg.ckpt_minutes
+        stop = signals.received is not None
+        if self.world_size > 1:
+            red = all_reduce_vector([float(stop), float(due and self.is_main)])
+            stop, due = red[0] > 0, red[1] > 0
+            if stop and signals.received is None:
+                signals.received = signal.SIGTERM  # another rank was signalled
+        if last or self._last_ckpt_step == self.step or not (stop or due):
+            return
+        t0 = time.perf_counter()
+        self.save_checkpoint()
+        self._paused += time.perf_counter() - t0
+        if stop:
+            raise TrainingInterrupted(signals.received, self.step, self.last_checkpoint, self.out_dir)
+
+    def _announce(self, text: str) -> None:
+        if self.is_main:
+            print(text, file=sys.stderr, flush=True)
+
+    def train_step(self) -> None:
+        """One optimizer step: ``grad_accum`` micro-batches, each with a finite loss on every rank."""
+        for _ in range(self.grad_accum):
+            loss, metrics = self._finite_micro_step()
+            self.interval.add(loss, metrics)
+        self.step += 1
+        self.interval.steps += 1
+
+    def _finite_micro_step(self) -> tuple[torch.Tensor, dict]:
+        """Draw micro-batches until one has a finite loss on every rank; its backward and step ran."""
+        while True:
+            batch = next(self.stream)
+            if self._count_mfu and self.flops_per_micro is None:
+                flops, (loss, metrics, bad) = count_flops(lambda b=batch: self._micro_step(b))
+                if not bad:
+                    self.flops_per_micro = flops
+            else:
+                loss, metrics, bad = self._micro_step(batch)
+            if not bad:
+                self._consecutive_bad = 0
+                return loss, metrics
+            self.nonfinite_total += 1
+            self._consecutive_bad += 1
+            self.logger.message(
+                f"step {self.step + 1}: non-finite loss on some rank; micro-batch skipped "
+                f"({self._consecutive_bad} in a row, {self.nonfinite_total} in total)"
+            )
+            if self._consecutive_bad >= self.cfg.max_nonfinite:
+                last = self.last_checkpoint or "none written yet"
+                raise NonFiniteLossError(
+                    f"the loss was non-finite for {self._consecutive_bad} micro-batches in a row "
+                    f"(max_nonfinite={self.cfg.max_nonfinite}) at step {self.step + 1}, data position "
+                    f"{self.stream.position}; stopping. The last good checkpoint is {last}; lower the "
+                    f"learning rate or check the data, then continue with --resume auto"
+                )
 
     def _micro_step(self, batch) -> tuple[torch.Tensor, dict, bool]:
         """Forward; if the loss is finite on every rank, backward and (at the boundary) step."""
-        loss, metrics = self._forward(batch)
+        loss, metrics = self.forward(batch)
         finite = bool(torch.isfinite(loss.detach()).all())
         if all_reduce_scalar(0.0 if finite else 1.0, "max"):
             return loss, metrics, True
@@ -288,69 +268,93 @@ class Trainer:
         self.engine.step()
         return loss, metrics, False
 
-    def evaluate(self) -> dict:
-        """Collective: eval_fn(model), or the mean loss_fn metrics over eval_batches batches."""
-        if self.eval_fn is None and self.eval_dataset is None:
-            return {}
-        self.engine.eval()
-        try:
-            with torch.no_grad():
-                if self.eval_fn is not None:
-                    out = self.eval_fn(self.engine)
-                    return {k if k.startswith("eval/") else f"eval/{k}": _as_float(v) for k, v in out.items()}
-                sums: dict[str, float] = {}
-                count = 0
-                for batch in eval_batches(
-                    self.eval_dataset,
-                    self.micro_batch,
-                    self.rank,
-                    self.world_size,
-                    self.cfg.eval_batches,
-                    self.collate_fn,
-                    self.cfg.num_workers,
-                ):
-                    loss, metrics = self._forward(batch)
-                    sums["loss"] = sums.get("loss", 0.0) + _as_float(loss)
-                    for k, v in metrics.items():
-                        if k != "tokens":
-                            sums[k] = sums.get(k, 0.0) + _as_float(v)
-                    count += 1
-                keys = sorted(sums)
-                totals = all_reduce_vector([sums[k] for k in keys] + [count])
-                n = max(totals[-1], 1)
-                return {f"eval/{k}": v / n for k, v in zip(keys, totals[:-1])}
-        finally:
-            self.engine.train()
+    def forward(self, batch) -> tuple[torch.Tensor, dict]:
+        batch = to_device(batch, self.device, torch.bfloat16 if self.bf16 else None)
+        return split_loss(self.loss_fn(self.engine, batch))
 
-    def measure_layers(self, logger: RunLogger | None = None) -> dict:
-        """Collective: per-layer Rc and sparsity (crate_core.probes) of every CRATE stack in the
-        model, from one loss_fn forward pass on a fixed batch (the first of the eval set, else of
-        the training set), in eval mode. The RNG state is restored afterwards, so measuring does
-        not change the training run. Rank 0 appends {"step", "layers"} to out_dir/layerwise.jsonl
-        (per group, measure and layer: [batch mean, batch std]) and logs the means to wandb."""
-        rng = ckpt.capture_rng()
-        source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
-        collate = self.collate_fn or torch.utils.data.default_collate
-        batch = collate([source[i] for i in range(min(self.micro_batch, len(source)))])
-        self.engine.eval()
-        try:
-            with torch.no_grad(), LayerwiseProbe(self.model) as probe:
-                self._forward(batch)
-            results = probe.results()
-        finally:
-            self.engine.train()
-            ckpt.restore_rng(rng)
-        summary = {
-            group: {k: [[float(v[l].mean()), float(v[l].std(unbiased=False))] for l in range(v.shape[0])]
-                    for k, v in measures.items()}
-            for group, measures in results.items()
+    # ------------------------------------------------------------------------------------------
+    # set-up, periodic actions and the end of fit
+
+    def _begin_fit(self) -> None:
+        cfg = self.cfg
+        if self._rng_to_restore is not None:  # last thing before the loop: continue the exact random stream
+            ckpt.restore_rng(self._rng_to_restore)
+            self._rng_to_restore = None
+        self.logger = RunLogger(
+            self.is_main, cfg.steps, self.step, self.out_dir, cfg.wandb, cfg.wandb_project, cfg.run_name,
+            {"train": cfg.to_dict(), "ds": self.ds_config}, cfg.progress,
+        )
+        if self.resume_path is not None:
+            self.logger.message(f"resumed from {self.resume_path} at step {self.step}")
+        self.history: list[dict] = []
+        self._count_mfu = self.device.type == "cuda"
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        self._peak = peak_flops(self.device, dtype) if self._count_mfu else None
+        self.flops_per_micro: int | None = None
+        self.interval, self._paused = Interval(), 0.0  # paused: eval / checkpoint time inside the interval
+        self._t_interval = time.perf_counter()
+        self._consecutive_bad = 0
+        self._eval_row: dict | None = None
+        self.last_eval: dict = {}
+        self.last_loss = float("nan")
+        self._saved_at = time.monotonic()
+        self.engine.train()
+
+    def _periodic_eval(self, last: bool) -> None:
+        self.last_eval = self.evaluate()
+        if self.step % self.cfg.log_every == 0:
+            self._eval_row = self.last_eval  # goes into this step's log row
+            return
+        self.history.append({"step": self.step, **self.last_eval})
+        self.logger.log(self.step, {"step": self.step, **self.last_eval})
+
+    def _periodic_log(self, last: bool) -> None:
+        dt = max(time.perf_counter() - self._t_interval - self._paused, 1e-9)
+        row = self.interval.row(self, dt, self.flops_per_micro, self._peak)
+        self.last_loss = row["loss"]
+        if self._eval_row is not None:
+            row.update(self._eval_row)
+            self._eval_row = None
+        self.history.append(row)
+        self.logger.log(self.step, row, advance=self.interval.steps)
+        for cb in self.callbacks:
+            cb(self, self.step, row)
+        self.interval, self._paused = Interval(), 0.0
+        self._t_interval = time.perf_counter()
+
+    def _final_eval(self) -> None:
+        final_eval = self.evaluate()
+        if final_eval:
+            self.last_eval = final_eval
+            if self.history and self.history[-1]["step"] == self.step:
+                self.history[-1].update(final_eval)
+            self.logger.log(self.step, {"step": self.step, **final_eval})
+
+    def _result(self, time_s: float) -> dict:
+        result = {
+            "steps": self.step,
+            "time_s": time_s,
+            "loss": self.last_loss,
+            **self.last_eval,
+            "history": self.history,
+            "nonfinite_skipped": self.nonfinite_total,
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "flops_per_micro_step": self.flops_per_micro,
         }
         if self.is_main:
-            with open(self.out_dir / "layerwise.jsonl", "a") as f:
-                f.write(json.dumps({"step": self.step, "layers": summary}) + "\n")
-            if logger is not None:
-                logger.log_quiet(self.step, flatten(results))
-        return summary
+            write_train_result(self.out_dir, result, self.model)
+        return result
+
+    def evaluate(self) -> dict:
+        """Collective: eval_fn(model), or the mean loss_fn metrics over eval_batches batches."""
+        return evaluate(self)
+
+    def measure_layers(self, logger: RunLogger | None = None) -> dict:
+        """Collective: per-layer Rc and sparsity on a fixed batch (see measure.measure_layers)."""
+        return measure_layers(self, logger)
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints and export
 
     def save_checkpoint(self) -> Path:
         """Collective: write an atomic checkpoint of the current step (every rank must call it)."""
@@ -358,211 +362,29 @@ class Trainer:
             "step": self.step,
             "data": self.stream.position,
             "nonfinite_total": self.nonfinite_total,
+            "run_id": self.run_id,
             "world_size": self.world_size,
             "zero_stage": self.zero_stage,
+            "engine": self.engine_kind,
+            "layout": self.layout,
             "model": self.fingerprint,
             "git": self.git,
             "train_config": self.cfg.to_dict(),
         }
-        path = ckpt.save_checkpoint(
-            self.engine, self.ckpt_root, self.step, state, self.rank, self.cfg.keep_last
-        )
+        path = ckpt.save_checkpoint(self.engine, self.ckpt_root, self.step, state, self.rank, self.cfg.keep_last)
         self.last_checkpoint, self._last_ckpt_step = path, self.step
+        self._saved_at = time.monotonic()
         return path
 
-    def _interval_row(self, iv: dict, dt: float, flops_per_micro: int | None, peak: float | None) -> dict:
-        """Collective: the log row of one interval, reduced over ranks (loss, metrics, tokens)."""
-        keys = sorted(iv["metrics"])
-        red = all_reduce_vector([iv["loss"], iv["n"], iv["tokens"]] + [iv["metrics"][k] for k in keys])
-        grad_norm = self.engine.get_global_grad_norm()
-        row = {
-            "step": self.step,
-            "loss": red[0] / red[1],
-            "lr": float(self.engine.get_lr()[0]),
-            "grad_norm": _as_float(grad_norm) if grad_norm is not None else None,
-            "samples_per_s": iv["steps"] * self.global_batch / dt,
-            "step_time_s": dt / iv["steps"],
-            "nonfinite_skipped": self.nonfinite_total,
-        }
-        if red[2] > 0:
-            row["tokens_per_s"] = red[2] / dt
-        for k, v in zip(keys, red[3:]):
-            row[f"train/{k}"] = v / red[1]
-        if peak and flops_per_micro:  # this rank's FLOPs / time / this rank's peak
-            row["mfu"] = flops_per_micro * iv["micro"] / dt / peak
-        return row
+    def close(self) -> None:
+        """Release the run folder's lock (also done when the process exits)."""
+        runfolder.unlock(self)
 
-    # ------------------------------------------------------------------------------------------
-    def fit(self) -> dict:
-        cfg = self.cfg
-        t_start = time.perf_counter()
-        if self._rng_to_restore is not None:  # last thing before the loop: continue the exact random stream
-            ckpt.restore_rng(self._rng_to_restore)
-            self._rng_to_restore = None
-        logger = RunLogger(
-            self.is_main,
-            cfg.steps,
-            self.step,
-            self.out_dir,
-            cfg.wandb,
-            cfg.wandb_project,
-            cfg.run_name,
-            {"train": cfg.to_dict(), "ds": self.ds_config},
-            cfg.progress,
-        )
-        if self.resume_path is not None:
-            logger.message(f"resumed from {self.resume_path} at step {self.step}")
-        history: list[dict] = []
-        count_mfu = self.device.type == "cuda"
-        peak = peak_flops(self.device, torch.bfloat16 if self.bf16 else torch.float32) if count_mfu else None
-        flops_per_micro: int | None = None
-        interval, paused = _new_interval(), 0.0  # paused: eval / checkpoint time inside the interval
-        t_interval = time.perf_counter()
-        consecutive_bad = 0
-        last_eval: dict = {}
-        last_loss = float("nan")
-        self.engine.train()
-        try:
-            if cfg.layerwise_every and self.step == 0:
-                self.measure_layers(logger)
-            while self.step < cfg.steps:
-                for _ in range(self.grad_accum):
-                    while True:  # until a micro-batch with a finite loss on every rank
-                        batch = next(self.stream)
-                        if count_mfu and flops_per_micro is None:
-                            flops, (loss, metrics, bad) = count_flops(lambda b=batch: self._micro_step(b))
-                            if not bad:
-                                flops_per_micro = flops
-                        else:
-                            loss, metrics, bad = self._micro_step(batch)
-                        if not bad:
-                            consecutive_bad = 0
-                            break
-                        self.nonfinite_total += 1
-                        consecutive_bad += 1
-                        logger.message(
-                            f"step {self.step + 1}: non-finite loss on some rank; micro-batch skipped "
-                            f"({consecutive_bad} in a row, {self.nonfinite_total} in total)"
-                        )
-                        if consecutive_bad >= cfg.max_nonfinite:
-                            last = self.last_checkpoint or "none written yet"
-                            raise NonFiniteLossError(
-                                f"the loss was non-finite for {consecutive_bad} micro-batches in a row "
-                                f"(max_nonfinite={cfg.max_nonfinite}) at step {self.step + 1}, data position "
-                                f"{self.stream.position}; stopping. The last good checkpoint is {last}; lower the "
-                                f"learning rate or check the data, then continue with --resume auto"
-                            )
-                    interval["loss"] += _as_float(loss)
-                    interval["n"] += 1
-                    interval["micro"] += 1
-                    for k, v in metrics.items():
-                        if k == "tokens":
-                            interval["tokens"] += _as_float(v)
-                        else:
-                            interval["metrics"][k] = interval["metrics"].get(k, 0.0) + _as_float(v)
-                self.step += 1
-                interval["steps"] += 1
-                last_step = self.step == cfg.steps
-
-                if self.step % cfg.log_every == 0 or last_step:
-                    dt = max(time.perf_counter() - t_interval - paused, 1e-9)
-                    row = self._interval_row(interval, dt, flops_per_micro, peak)
-                    last_loss = row["loss"]
-                    if cfg.eval_every and self.step % cfg.eval_every == 0 and not last_step:
-                        last_eval = self.evaluate()
-                        row.update(last_eval)
-                    history.append(row)
-                    logger.log(self.step, row, advance=interval["steps"])
-                    for cb in self.callbacks:
-                        cb(self, self.step, row)
-                    interval, paused = _new_interval(), 0.0
-                    t_interval = time.perf_counter()
-                elif cfg.eval_every and self.step % cfg.eval_every == 0 and not last_step:
-                    t0 = time.perf_counter()
-                    last_eval = self.evaluate()
-                    history.append({"step": self.step, **last_eval})
-                    logger.log(self.step, {"step": self.step, **last_eval})
-                    paused += time.perf_counter() - t0
-
-                if cfg.layerwise_every and (self.step % cfg.layerwise_every == 0 or last_step):
-                    t0 = time.perf_counter()
-                    self.measure_layers(logger)
-                    paused += time.perf_counter() - t0
-
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not last_step:
-                    t0 = time.perf_counter()
-                    self.save_checkpoint()
-                    paused += time.perf_counter() - t0  # throughput counts training time only
-
-            final_eval = self.evaluate()
-            if final_eval:
-                last_eval = final_eval
-                if history and history[-1]["step"] == self.step:
-                    history[-1].update(final_eval)
-                logger.log(self.step, {"step": self.step, **final_eval})
-            if self._last_ckpt_step != self.step:
-                self.save_checkpoint()
-        finally:
-            logger.close()
-        barrier()
-        result = {
-            "steps": self.step,
-            "time_s": time.perf_counter() - t_start,
-            "loss": last_loss,
-            **last_eval,
-            "history": history,
-            "nonfinite_skipped": self.nonfinite_total,
-            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
-            "flops_per_micro_step": flops_per_micro,
-        }
-        if self.is_main:  # the run's final figures next to its checkpoints (read by benchmarks/report.py)
-            summary = {k: v for k, v in result.items() if k != "history"}
-            summary["params"] = sum(p.numel() for p in self.model.parameters())
-            (self.out_dir / "train_result.json").write_text(json.dumps(summary, indent=2, default=str))
-        return result
-
-    # ------------------------------------------------------------------------------------------
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full fp32 weights on this process, without collectives (safe to call on rank 0 only).
-
-        ZeRO-3 (parameters partitioned) and bf16 with ZeRO 1/2 (fp32 masters partitioned) are read
-        from the checkpoint of the current step; otherwise the module's own weights are used.
-        """
-        from_checkpoint = self.zero_stage == 3 or (self.bf16 and self.zero_stage > 0)
-        if not from_checkpoint:
-            return {
-                k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
-                for k, v in self.model.state_dict().items()
-            }
-        if self._last_ckpt_step != self.step or self.last_checkpoint is None:
-            raise RuntimeError(
-                f"export of ZeRO-{self.zero_stage} weights reads the checkpoint of the current step {self.step}, "
-                f"but the last checkpoint is at step {self._last_ckpt_step}: call trainer.save_checkpoint() on "
-                "every rank first (fit() does it at the end)"
-            )
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(str(self.last_checkpoint), tag=ckpt.DS_TAG)
+        """Full fp32 weights on this process, without collectives (safe to call on rank 0 only)."""
+        return export_mod.consolidated_state_dict(self)
 
     def export(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
         """Write ``path/model.safetensors`` + ``config.json`` (crate_core.save_pretrained), loadable by
-        ``crate_core.from_pretrained`` without DeepSpeed. Needs no other rank."""
-        state = self.consolidated_state_dict()
-        with torch.random.fork_rng(devices=[]):
-            plain = type(self.model)(self.model.config)
-        missing, unexpected = plain.load_state_dict(state, strict=False)
-        aliases: dict[int, set] = {}
-        for name, p in plain.named_parameters(remove_duplicate=False):
-            aliases.setdefault(id(p), set()).add(name)
-        tied_ok = {n for names in aliases.values() if names & set(state) for n in names}
-        missing = [k for k in missing if k not in tied_ok]
-        if missing or unexpected:
-            raise ValueError(
-                f"consolidated weights do not fit {type(plain).__name__}: missing {missing}, "
-                f"unexpected {unexpected}"
-            )
-        meta = {
-            "trainer": {"step": self.step, "git": self.git, "zero_stage": self.zero_stage},
-            **(extra or {}),
-        }
-        return save_pretrained(plain, path, extra=meta)
+        ``crate_core.from_pretrained`` without DeepSpeed, with modes from the umask. Needs no other rank."""
+        return export_mod.export(self, path, extra)

@@ -1,0 +1,78 @@
+"""What a run records about itself: seeds, the model's fingerprint, the git commit, run_config.json
+and train_result.json (read by benchmarks/report.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_fingerprint(model: nn.Module) -> dict:
+    """What a checkpoint must match: model class, config and parameter shapes."""
+    config = getattr(model, "config", None)
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
+    return {
+        "class": f"{type(model).__module__}:{type(model).__qualname__}",
+        "config": json.loads(json.dumps(cfg, default=str)) if cfg is not None else None,
+        "param_shapes": {n: list(p.shape) for n, p in model.named_parameters()},
+    }
+
+
+def git_commit(cwd: str | None = None) -> dict:
+    """HEAD commit and whether the tree has local changes (None outside a git checkout)."""
+
+    def run(*args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = run("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def write_run_config(trainer) -> None:
+    """out_dir/run_config.json: the configuration, DeepSpeed JSON, model, commit and command line."""
+    out_dir: Path = trainer.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "train_config": trainer.cfg.to_dict(),
+        "ds_config": trainer.ds_config,
+        "engine": trainer.engine_kind,
+        "model": {k: v for k, v in trainer.fingerprint.items() if k != "param_shapes"},
+        "parameters": sum(math.prod(s) for s in trainer.fingerprint["param_shapes"].values()),
+        "git": trainer.git,
+        "world_size": trainer.world_size,
+        "device": str(trainer.device),
+        "command": sys.argv,
+        "resumed_from": str(trainer.resume_path) if trainer.resume_path else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out_dir / "run_config.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def write_train_result(out_dir: Path, result: dict, model: nn.Module) -> None:
+    """out_dir/train_result.json: the run's final figures next to its checkpoints (no history)."""
+    summary = {k: v for k, v in result.items() if k != "history"}
+    summary["params"] = sum(p.numel() for p in model.parameters())
+    (out_dir / "train_result.json").write_text(json.dumps(summary, indent=2, default=str))
