@@ -49,4 +49,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from crate_core.cli import run
+
+    run(main, name="eval_vision")

@@ -86,4 +86,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from crate_core.cli import run
+
+    run(main, name="linear_probe")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import crate_core
@@ -149,7 +148,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"neurons: error: {e}") from e
+    from crate_core.cli import run
+
+    run(main, name="neurons")

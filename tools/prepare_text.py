@@ -8,12 +8,10 @@
 Writes OUT/train.bin, OUT/val.bin and OUT/meta.json; an interrupted run resumes from its finished shards.
 """
 
-import sys
 
 from crate_text.prepare import main
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        raise SystemExit(f"prepare_text: error: {e}") from e
+    from crate_core.cli import run
+
+    run(main, name="prepare_text")

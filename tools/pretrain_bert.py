@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import crate_core
@@ -127,7 +126,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"pretrain_bert: error: {e}") from e
+    from crate_core.cli import run
+
+    run(main, name="pretrain_bert")

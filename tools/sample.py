@@ -78,7 +78,6 @@ def main(argv=None) -> list[str]:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"sample: error: {e}") from e
+    from crate_core.cli import run
+
+    run(main, name="sample")

@@ -175,4 +175,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from crate_core.cli import run
+
+    run(main, name="segment")

@@ -10,7 +10,6 @@ The model reserves pad/unk/bos/eos ids 0-3 and control pieces <mask>, <cls>, <se
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -78,4 +77,6 @@ def train(spm, files, out: Path, args) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from crate_core.cli import run
+
+    run(main, name="train_tokenizer")

@@ -117,4 +117,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from crate_core.cli import run
+
+    run(main, name="train_vision")
