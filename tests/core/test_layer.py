@@ -96,3 +96,29 @@ def test_bad_layer_arguments():
         CRATEStack(DIM, 0, HEADS)
     with pytest.raises(ValueError, match=r"dim=8.*heads=3"):
         CRATELayer(DIM, 3)
+
+
+@pytest.mark.parametrize("variant", ["square", "alpha", "lm"])
+def test_cached_incremental_decoding_equals_full_causal_forward(variant):
+    """Prefill, then one token at a time through the stack's w cache: the same Z^L as one causal
+    forward over the whole sequence (the cache holds w = U LN1(z) of each layer, nothing else)."""
+    stack = randomise(CRATEStack(DIM, 3, HEADS, ista=variant, causal=True))
+    z = torch.randn(2, 7, DIM, dtype=torch.float64)
+    cache = stack.new_cache()
+    with torch.no_grad():
+        full, outs = stack(z, return_intermediates=True)
+        pieces = [stack(z[:, :3], cache=cache)]
+        pieces += [stack(z[:, t : t + 1], cache=cache) for t in range(3, 7)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-10, atol=1e-10)
+    assert cache.length == 7 and len(cache.w) == 3
+    for w, o in zip(cache.w, outs):
+        torch.testing.assert_close(w, o.proj, rtol=1e-10, atol=1e-10)
+    assert cache.nbytes() == 3 * 2 * 7 * DIM * 8  # one (B, K, T, p) float64 tensor per layer
+
+
+def test_cache_errors():
+    stack = CRATEStack(DIM, 2, HEADS, causal=True)
+    with pytest.raises(ValueError, match="cache has 3 layers, the stack 2"):
+        stack(torch.randn(1, 2, DIM), cache=CRATEStack(DIM, 3, HEADS).new_cache())
+    with pytest.raises(ValueError, match="needs causal MSSA"):
+        CRATEStack(DIM, 2, HEADS)(torch.randn(1, 2, DIM), cache=stack.new_cache())

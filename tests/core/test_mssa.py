@@ -114,3 +114,34 @@ def test_mssa_gradcheck(causal, padded):
         return torch.func.functional_call(m, {"U.weight": Uw, "out.weight": Ow, "out.bias": Ob}, (x, keep))
 
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunks", [(N,), (1,) * N, (3, 1, 2)])
+def test_cached_decoding_equals_explicit_causal_softmax(chunks):
+    """Feeding the tokens in pieces through a PastW cache gives the full causal MSSA, row by row,
+    and the attention maps are the explicit softmax rows over every key seen so far."""
+    from crate_core import PastW
+
+    m, x = make(causal=True)
+    want, maps = reference(m, x)
+    cache, start, pieces = PastW(), 0, []
+    with torch.no_grad():
+        for t in chunks:
+            out, attn = m(x[:, start : start + t], cache=cache, return_attention=True)
+            torch.testing.assert_close(attn, maps[:, :, start : start + t, : start + t], rtol=1e-10, atol=1e-12)
+            pieces.append(out)
+            start += t
+    assert cache.length == N and cache.w.shape == (B, K, N, D // K)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(cache.w, m.project(x), rtol=1e-12, atol=1e-12)  # the cache holds w = x U
+
+
+def test_cache_needs_causal_mssa_and_no_mask():
+    from crate_core import PastW
+
+    m, x = make(causal=False)
+    with pytest.raises(ValueError, match="causal"):
+        m(x, cache=PastW())
+    m, x = make(causal=True)
+    with pytest.raises(ValueError, match="attn_mask cannot be combined"):
+        m(x, attn_mask=torch.ones(B, N, dtype=torch.bool), cache=PastW())

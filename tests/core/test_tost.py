@@ -313,24 +313,11 @@ def test_one_tssa_step_lowers_variational_compression():
 # ---------------------------------------------------------------- block and stack
 
 
-def test_tost_stack_through_build_stack_with_crate_options():
-    stack = crate_core.build_stack(
-        "tost",
-        16,
-        2,
-        4,
-        causal=True,
-        dropout=0.0,
-        ista="lm",
-        lambd=0.1,
-        step_size=0.1,
-        out_bias=False,
-        overcomplete=4,
-        ista_steps=2,
-        dim_head=4,
-        norm_eps=1e-6,
-        max_len=8,
-    ).double()
+def test_tost_stack_through_build_stack():
+    trunk = crate_core.TrunkConfig(
+        block="tost", dim=16, depth=2, heads=4, dropout=0.0, dim_head=4, norm_eps=1e-6
+    )
+    stack = crate_core.build_stack(trunk, causal=True, max_len=8).double()
     assert isinstance(stack, ToSTStack)
     assert stack.layers[0].norm1.eps == 1e-6
     assert stack.layers[1].tssa.position_bias.shape == (4, 8)

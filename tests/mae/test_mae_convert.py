@@ -196,3 +196,21 @@ def test_other_layouts_are_rejected(tmp_path):
         load_official(wrong_pos, heads=K)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_official(tmp_path / "missing.pth")
+
+
+def test_command_line(tmp_path, capsys):
+    import crate_core
+    from crate_mae.convert import main
+
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": official_state_dict(), "args": argparse.Namespace(model="mae_crate_base")}, path)
+    assert main([str(path), str(tmp_path / "out"), "--heads", str(K)]) == 0
+    back = crate_core.from_pretrained(tmp_path / "out")
+    direct = load_official(path, heads=K)
+    for (k1, v1), (k2, v2) in zip(back.state_dict().items(), direct.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    assert main([str(path), str(tmp_path / "o2")]) == 2  # width 32 is no official preset
+    assert capsys.readouterr().err.startswith("crate_mae.convert: error:")
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "--lambd" in capsys.readouterr().out

@@ -243,3 +243,92 @@ def test_unfitting_state_dict_lists_keys(tmp_path):
         load_official(tmp_path / "nope.pth")
     with pytest.raises(ValueError, match="variant"):
         load_official(sd, variant="vit")
+
+
+# ---------------------------------------------------------------------------------------------
+# the segmentation demo checkpoint: CRATE trunk at patch 8, mlp_head = LN + Linear(d -> d), extra head
+def official_demo_state(dim=48, depth=2, heads=4, patch=4, image=16, classes=11):
+    sd = official_crate_state(dim=dim, depth=depth, heads=heads, patch=patch, image=image, classes=dim)
+    r = _sampler(3)
+    sd["head.weight"], sd["head.bias"] = r(classes, dim), r(classes, scale=0.1)
+    return sd
+
+
+def official_demo_forward(sd, img, heads, patch):
+    """logits = head(mlp_head(x_cls)): the CRATE forward up to mlp_head (a d x d map here), then ``head``."""
+    return official_crate_forward(sd, img, heads, patch) @ sd["head.weight"].t() + sd["head.bias"]
+
+
+def test_demo_parity_and_export(tmp_path):
+    import crate_core
+    from crate_vision.official import CRATEDemoClassifier
+
+    sd = official_demo_state()
+    path = tmp_path / "crate-demo.pth"
+    torch.save({"model": sd}, path)  # the demo file keeps its weights under "model", no prefix
+    model = load_official(path, heads=4)
+    assert isinstance(model, CRATEDemoClassifier) and model.config.num_classes == 11
+    img = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ours = model(img)
+    ref = official_demo_forward(sd, img, heads=4, patch=4)
+    err = (ours - ref).abs().max().item()
+    print(f"crate-demo-21k: max |logit difference| = {err:.2e}")
+    assert err < 1e-4
+    assert convert_main([str(path), str(tmp_path / "out"), "--heads", "4"]) == 0
+    back = crate_core.from_pretrained(tmp_path / "out")
+    assert type(back) is CRATEDemoClassifier
+    with torch.no_grad():
+        assert (back(img) - ref).abs().max() < 1e-4
+        maps = back.cls_attention(torch.randn(1, 3, 24, 24))  # other image sizes: positions resampled
+    assert maps.shape == (1, 4, 6, 6)
+    back.reset_classifier(3)
+    assert back(img).shape == (2, 3)
+
+
+def test_demo_checkpoint_at_full_size():
+    """The released demo shapes: 768 wide, 12 layers, patch 8 at 224 px, 21,842 classes; 6 heads from the preset."""
+    sd = official_demo_state(dim=768, depth=12, heads=6, patch=8, image=224, classes=21842)
+    model = load_official({"model": sd})
+    c = model.config
+    assert (c.dim, c.depth, c.heads, c.dim_head, c.patch_size, c.image_size, c.num_classes) == (
+        768, 12, 6, 128, 8, 224, 21842)
+    img = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ours = model(img)
+        ref = official_demo_forward(sd, img, heads=6, patch=8)
+    err = (ours - ref).abs().max().item()
+    print(f"crate-demo-21k (full size): max |logit difference| = {err:.2e}")
+    assert ours.shape == (1, 21842) and err < 1e-4
+
+
+def test_one_line_errors_and_protected_destination(tmp_path, capsys):
+    sd = official_crate_state()
+    src = tmp_path / "ckpt.pth"
+    torch.save(wrap_official(sd), src)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    assert convert_main([str(text), str(tmp_path / "a"), "--heads", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crate_vision.convert: error:") and "notes.txt" in err and "weights_only" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+
+    import datetime
+
+    torch.save({"model": datetime.date(2024, 1, 1)}, tmp_path / "obj.pth")  # a pickle of another object
+    with pytest.raises(ValueError, match=r"obj\.pth: the pickle holds Python objects \(datetime\.date\)"):
+        load_official(tmp_path / "obj.pth")
+    with pytest.raises(ValueError, match="head count 5 does not divide the width 48"):
+        load_official(sd, heads=5)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("keep")
+    (dst / "sub").mkdir()
+    assert convert_main([str(src), str(dst), "--heads", "4"]) == 2
+    assert "holds other files" in capsys.readouterr().err and sorted(p.name for p in dst.iterdir()) == ["keep.txt", "sub"]
+    assert convert_main([str(src), str(dst), "--heads", "4", "--overwrite"]) == 0
+    assert (dst / "keep.txt").read_text() == "keep" and (dst / "sub").is_dir() and (dst / "model.safetensors").is_file()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert convert_main([str(src), str(a_file), "--heads", "4", "--overwrite"]) == 2
+    assert a_file.read_text() == "x"

@@ -3,12 +3,13 @@
 from . import rate
 from .hub import from_pretrained, push_to_hub, save_pretrained
 from .ista import ISTA, OvercompleteISTA
-from .layer import CRATELayer, CRATEStack, LayerOutputs
-from .mssa import MSSA
+from .layer import CRATELayer, CRATEStack, LayerOutputs, WCache
+from .mssa import MSSA, PastW
 from .official import load_official
 from .registry import UnknownModelError, create, get_config, list_models, register
 from .stacks import build_stack, register_stack
 from .tost import TSSA, ToSTStack
+from .trunk import TrunkConfig
 
 __all__ = [
     "MSSA",
@@ -17,6 +18,9 @@ __all__ = [
     "CRATELayer",
     "CRATEStack",
     "LayerOutputs",
+    "WCache",
+    "PastW",
+    "TrunkConfig",
     "rate",
     "register",
     "create",

@@ -63,7 +63,7 @@ def converter_main(
     except USER_ERRORS as e:
         if args.debug:
             raise
-        return _fail(parser.prog, e)
+        return _fail(prog, e)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out}: {type(model).__name__} ({layout}), {n / 1e6:.2f}M parameters")
     return 0

@@ -10,6 +10,10 @@ i.e. ordinary attention with q = k = v = w_k. It is (up to absorbed scalars) a g
 step on the coding rate of the tokens against the K subspaces, so
 z + MSSA(LN(z)) compresses z (Yu et al., "White-Box Transformers via Sparse Rate Reduction").
 The input is expected already normalised; the LayerNorm lives in the CRATE layer.
+
+Incremental (causal) decoding: because q = k = v = w, the past of a token is fully described by
+the w of earlier tokens, so a decoder keeps only those (``PastW``), half of a (k, v) cache. New
+tokens at positions S..S+T-1 attend to the S cached ones and causally among themselves.
 """
 
 from __future__ import annotations
@@ -57,6 +61,31 @@ def build_attention_mask(
             return attn_mask.masked_fill(~tri, float("-inf"))
         return attn_mask & tri
     return attn_mask
+
+
+def offset_causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor | None:
+    """(t, s) boolean mask for t new queries at the end of s keys: query a sees keys j <= s - t + a
+    (None when t == 1: the one new token sees every key)."""
+    if t == 1:
+        return None
+    return torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)
+
+
+class PastW:
+    """Decoding cache of one causal MSSA: the shared projection w of every token seen so far,
+    (B, K, S, p). Since q = k = v = w it is the whole key/value cache of the layer."""
+
+    def __init__(self) -> None:
+        self.w: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.w is None else self.w.shape[2]
+
+    def extend(self, w: torch.Tensor) -> torch.Tensor:
+        """Append the new tokens' w (B, K, T, p) and return all of them (B, K, S + T, p)."""
+        self.w = w if self.w is None else torch.cat([self.w, w], dim=2)
+        return self.w
 
 
 class SubspaceHeads(nn.Module):
@@ -108,25 +137,37 @@ class MSSA(SubspaceHeads):
         attn_mask: torch.Tensor | None = None,
         return_attention: bool = False,
         w: torch.Tensor | None = None,
+        cache: PastW | None = None,
     ):
         """x: (B, N, d) normalised tokens. attn_mask: (B, N) key padding (True = keep) or a
         mask broadcastable to (B, K, N, N). Returns (B, N, d), plus the softmax maps
-        (B, K, N, N) when return_attention. ``w`` may pass a precomputed ``project(x)``."""
+        (B, K, N, S) when return_attention. ``w`` may pass a precomputed ``project(x)``.
+
+        ``cache`` (causal MSSA only): x continues the sequence whose w the cache holds; the keys
+        are the cached w followed by the new ones (S = cached + N), and the new w are appended."""
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"MSSA expects x of shape (batch, tokens, {self.dim}), got {tuple(x.shape)}")
         b, n, _ = x.shape
         w = self.project(x) if w is None else w
-        mask = build_attention_mask(attn_mask, b, n, self.causal, x.device)
+        if cache is None:
+            keys, mask = w, build_attention_mask(attn_mask, b, n, self.causal, x.device)
+        else:
+            if not self.causal:
+                raise ValueError("a decoding cache needs causal MSSA (causal=True)")
+            if attn_mask is not None:
+                raise ValueError("attn_mask cannot be combined with a decoding cache (no padded decoding)")
+            keys = cache.extend(w)
+            mask = offset_causal_mask(n, keys.shape[2], x.device)
         p_drop = self.dropout if self.training else 0.0
         if return_attention:
-            scores = (w @ w.transpose(-2, -1)) / math.sqrt(self.dim_head)
+            scores = (w @ keys.transpose(-2, -1)) / math.sqrt(self.dim_head)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
             attn = scores.softmax(dim=-1)
-            o = F.dropout(attn, p_drop, self.training) @ w
-        elif self.causal and attn_mask is None:  # fused causal kernel: skips the masked half
+            o = F.dropout(attn, p_drop, self.training) @ keys
+        elif self.causal and attn_mask is None and cache is None:  # fused kernel skips the masked half
             o = F.scaled_dot_product_attention(w, w, w, dropout_p=p_drop, is_causal=True)
         else:
-            o = F.scaled_dot_product_attention(w, w, w, attn_mask=mask, dropout_p=p_drop)
+            o = F.scaled_dot_product_attention(w, keys, keys, attn_mask=mask, dropout_p=p_drop)
         out = self.out_drop(self.out(rearrange(o, "b k n p -> b n (k p)")))
         return (out, attn) if return_attention else out

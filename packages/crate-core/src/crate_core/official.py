@@ -80,16 +80,16 @@ def _load_file(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  torch raises many types for a bad file; name the file, not the advice
         text = str(e)
-        if "Weights only load failed" in text:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f" ({found.group(1)})" if found else ""
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
             raise CheckpointError(
-                f"{path}: the pickle holds Python objects{what} besides tensors, so it is not a plain checkpoint; "
-                "it was not executed. Save its state_dict (a dict of tensors) and convert that"
+                f"{path}: the pickle holds Python objects ({found.group(1)}) besides tensors, so it is not a plain "
+                "checkpoint; it was not executed. Save its state_dict (a dict of tensors) and convert that"
             ) from None
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+        first = detail.group(1).strip() if detail else (text.strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or another kind of file): {first[:200]}"
+            f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or another kind of file): {first[:160]}"
         ) from None
 
 
@@ -174,12 +174,22 @@ def _short(keys: list[str], n: int = 12) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
+TITLES = {  # how messages name the layouts
+    "crate": "CRATE",
+    "crate-demo-21k": "CRATE demo/21k",
+    "crate-alpha": "CRATE-alpha",
+    "crate-mae": "CRATE-MAE",
+    "crate-lm-overcomplete": "CRATE-LM overcomplete",
+    "crate-lm-square": "CRATE-LM square",
+}
+
+
 def layout_mismatch(ckpt: Checkpoint, layout: str, missing: list[str], unexpected: list[str]) -> CheckpointError:
     """The one message for a state dict that does not fit ``layout``: both key lists, plus the layout it fits, if any."""
     others = [lay.name for lay in identify(ckpt.state) if lay.name != layout]
     hint = f"; it looks like the {others[0]!r} layout (convert it with crate_core.load_official)" if others else ""
     return ckpt.error(
-        f"not an official {layout} checkpoint: missing keys [{_short(sorted(missing))}]; "
+        f"not an official {TITLES.get(layout, layout)} checkpoint: missing keys [{_short(sorted(missing))}]; "
         f"unexpected keys [{_short(sorted(unexpected))}]{hint}"
     )
 

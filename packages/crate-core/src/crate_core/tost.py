@@ -37,7 +37,6 @@ from torch import nn
 
 from .layer import LayerOutputs
 from .mssa import SubspaceHeads, check_heads
-from .stacks import register_stack
 
 
 def _tiny(t: torch.Tensor) -> float:
@@ -215,9 +214,10 @@ class ToSTBlock(nn.Module):
 class ToSTStack(nn.Module):
     """``depth`` ToST blocks, with the CRATEStack call signature.
 
-    Accepts (and ignores) the CRATE-only options of ``build_stack`` (ista, lambd, step_size,
-    out_bias, overcomplete, ista_steps, ...) so a config's ``block`` field alone swaps the
-    trunk; dim_head and norm_eps are used. qkv_bias defaults to True as in the ToST presets."""
+    Takes exactly the ToST block's options (see ToSTBlock); qkv_bias defaults to True as in the
+    ToST presets. Built from a ``crate_core.TrunkConfig`` by ``from_trunk``."""
+
+    supports_cache = False
 
     def __init__(
         self,
@@ -232,7 +232,6 @@ class ToSTStack(nn.Module):
         norm_eps: float = 1e-5,
         qkv_bias: bool = True,
         max_len: int | None = None,
-        **ignored_crate_options,
     ):
         super().__init__()
         if depth <= 0:
@@ -243,6 +242,24 @@ class ToSTStack(nn.Module):
                 dim, heads, causal, dim_head, qkv_bias, max_len, mlp_ratio, layerscale, dropout, norm_eps
             )
             for _ in range(depth)
+        )
+
+    @classmethod
+    def from_trunk(cls, trunk, causal: bool = False, max_len: int | None = None) -> ToSTStack:
+        """The stack a ``crate_core.TrunkConfig`` with block="tost" describes; ``max_len`` is the
+        longest sequence the model feeds (a causal stack learns a position bias up to it)."""
+        return cls(
+            trunk.dim,
+            trunk.depth,
+            trunk.heads,
+            causal=causal,
+            dropout=trunk.dropout,
+            mlp_ratio=trunk.mlp_ratio,
+            layerscale=trunk.layerscale,
+            dim_head=trunk.dim_head,
+            norm_eps=trunk.norm_eps,
+            qkv_bias=trunk.qkv_bias,
+            max_len=max_len,
         )
 
     def forward(
@@ -263,6 +280,3 @@ class ToSTStack(nn.Module):
             x, o = layer(x, attn_mask, return_intermediates=True)
             outs.append(o)
         return x, outs
-
-
-register_stack("tost", ToSTStack)

@@ -59,11 +59,22 @@ class CRATEDecoderLayer(nn.Module):
 class CRATEDecoder(nn.Module):
     """``depth`` decoder layers; ``forward(z, return_intermediates)`` like a CRATE stack."""
 
-    def __init__(self, dim: int, depth: int, heads: int, **layer_kwargs):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        dim_head: int | None = None,
+        norm_eps: float = 1e-5,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if depth <= 0:
             raise ValueError(f"decoder depth must be positive, got decoder_depth={depth}")
-        self.layers = nn.ModuleList(CRATEDecoderLayer(dim, heads, **layer_kwargs) for _ in range(depth))
+        self.layers = nn.ModuleList(
+            CRATEDecoderLayer(dim, heads, dim_head=dim_head, norm_eps=norm_eps, dropout=dropout)
+            for _ in range(depth)
+        )
 
     def forward(self, z: torch.Tensor, return_intermediates: bool = False):
         if not return_intermediates:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from crate_core import ISTA, build_stack
+from crate_core import ISTA, TrunkConfig, build_stack
 from crate_core.registry import register
 from torch import nn
 
@@ -38,22 +38,19 @@ from .pos_embed import sincos_2d
 
 
 @dataclass
-class CRATEMAEConfig:
+class CRATEMAEConfig(TrunkConfig):
+    """The encoder trunk's fields (``crate_core.TrunkConfig``: block, dim, depth, heads, lambd, ...;
+    norm_eps also serves the decoder's LayerNorms) plus the image, masking and decoder fields."""
+
+    lambd: float = 0.5  # ISTA threshold (official CRATE-MAE default)
     image_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
-    dim: int = 384
-    depth: int = 12
-    heads: int = 6
     decoder_depth: int = 12
     decoder_heads: int = 6
     mask_ratio: float = 0.75
     mask_mode: str = "token"  # "token": official (mask tokens encoded); "drop": MAE-style
-    block: str = "crate"  # encoder trunk kind, crate_core.build_stack
-    lambd: float = 0.5  # ISTA threshold (official CRATE-MAE default)
-    step_size: float = 0.1  # ISTA step eta
     norm_pix_loss: bool = False
-    norm_eps: float = 1e-5  # LayerNorms inside the layers (PyTorch default, as official)
     final_norm_eps: float = 1e-6  # encoder `norm` and `decoder_norm`
 
 
@@ -74,10 +71,7 @@ class CRATEMAE(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.dim))
         self.register_buffer("pos_embed", sincos_2d(c.dim, grid, cls_token=True)[None], persistent=False)
-        opts = {}
-        if c.block == "crate":
-            opts = dict(ista="square", lambd=c.lambd, step_size=c.step_size, norm_eps=c.norm_eps)
-        self.encoder = build_stack(c.block, c.dim, c.depth, c.heads, **opts)
+        self.encoder = build_stack(c)
         self.norm = nn.LayerNorm(c.dim, eps=c.final_norm_eps)
         self.decoder = CRATEDecoder(c.dim, c.decoder_depth, c.decoder_heads, norm_eps=c.norm_eps)
         self.decoder_norm = nn.LayerNorm(c.dim, eps=c.final_norm_eps)

@@ -18,27 +18,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gpt import check_ids, trunk_options
+from .gpt import check_ids
 
 
 @dataclass
-class CRATEBertConfig:
-    """vocab_size: embedding rows (tokenizer ids + BERT specials, padded to a multiple of 64).
+class CRATEBertConfig(crate_core.TrunkConfig):
+    """The trunk fields of ``crate_core.TrunkConfig`` (CRATE-BERT: bias-free MSSA output) plus:
+    vocab_size: embedding rows (tokenizer ids + BERT specials, padded to a multiple of 64).
     n_tokens: ordinary token ids (random replacements are drawn from [0, n_tokens))."""
 
-    vocab_size: int = 50304
-    n_tokens: int = 50257
-    max_positions: int = 512
     dim: int = 768
     depth: int = 12
     heads: int = 12
-    block: str = "crate"
-    ista: str = "square"
-    step_size: float = 0.1
-    lambd: float = 0.1
-    overcomplete: int = 4
-    ista_steps: int = 2
     dropout: float = 0.1
+    out_bias: bool = False
+    vocab_size: int = 50304
+    n_tokens: int = 50257
+    max_positions: int = 512
     num_labels: int = 2
     tokenizer: str = "gpt2"
 
@@ -53,10 +49,7 @@ class CRATEBertEncoder(nn.Module):
         self.wpe = nn.Embedding(c.max_positions, c.dim)
         self.ln_emb = nn.LayerNorm(c.dim)
         self.drop = nn.Dropout(c.dropout)
-        opts = trunk_options(c)
-        if c.block == "crate":
-            opts["out_bias"] = False
-        self.trunk = crate_core.build_stack(c.block, c.dim, c.depth, c.heads, causal=False, **opts)
+        self.trunk = crate_core.build_stack(c, causal=False, max_len=c.max_positions)
 
     def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)

@@ -1,32 +1,17 @@
 """Autoregressive sampling with a KV cache holding only CRATE's shared projection.
 
 In MSSA the query, key and value of a token are the same vector w = U LN1(z), so a decoder
-step needs the past w of each layer and nothing else: the cache is L tensors (B, K, T, p),
-half of GPT-2's 2 L (B, K, T, p) keys and values at the same width.
+step needs the past w of each layer and nothing else: the cache (``crate_core.WCache``, made by
+``model.new_cache()`` and filled by ``CRATEStack.forward(x, cache=...)``) is L tensors
+(B, K, T, p), half of GPT-2's 2 L (B, K, T, p) keys and values at the same width.
 """
 
 from __future__ import annotations
 
 import torch
+from crate_core import WCache
 
-
-class KVCache:
-    """Per-layer cache of the shared projection w, each (B, K, T, p)."""
-
-    def __init__(self, depth: int):
-        self.w: list[torch.Tensor | None] = [None] * depth
-
-    @property
-    def length(self) -> int:
-        return 0 if self.w[0] is None else self.w[0].shape[2]
-
-    def append(self, layer: int, w: torch.Tensor) -> torch.Tensor:
-        prev = self.w[layer]
-        self.w[layer] = w if prev is None else torch.cat([prev, w], dim=2)
-        return self.w[layer]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.w if t is not None)
+KVCache = WCache  # the name crate_text has exported for the per-layer w cache
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """CRATE-GPT: a causal CRATE language model in the GPT-2 layout.
 
     x_0 = wte[idx] + wpe[0..T-1]                       token + learned position embeddings
-    x_L = CRATE trunk(x_0), causal MSSA                (build_stack(config.block, ..., causal=True))
+    x_L = CRATE trunk(x_0), causal MSSA                (build_stack(config, causal=True))
     logits = LN_f(x_L) wte^T                           tied LM head
 
 Each layer is z_half = z + MSSA_causal(LN1 z); z_next = ISTA(LN2 z_half); ``ista="square"`` is the
@@ -24,27 +24,22 @@ from .generate import KVCache, generate
 
 
 @dataclass
-class CRATEGPTConfig:
-    """vocab_size: embedding rows (GPT-2's 50257 padded to 50304, a multiple of 64).
+class CRATEGPTConfig(crate_core.TrunkConfig):
+    """The trunk fields of ``crate_core.TrunkConfig`` (block, ista, step_size, ...) plus:
+    vocab_size: embedding rows (GPT-2's 50257 padded to 50304, a multiple of 64).
     n_tokens: ids a tokenizer can emit (50257); ids n_tokens..vocab_size-1 are never sampled."""
 
-    vocab_size: int = 50304
-    n_tokens: int = 50257
-    block_size: int = 1024
     dim: int = 768
     depth: int = 12
     heads: int = 12
-    block: str = "crate"
-    ista: str = "square"
-    step_size: float = 0.1
-    lambd: float = 0.1
-    overcomplete: int = 4
-    ista_steps: int = 2
-    dropout: float = 0.0
+    vocab_size: int = 50304
+    n_tokens: int = 50257
+    block_size: int = 1024
     final_norm: bool = True
     tokenizer: str = "gpt2"
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.n_tokens <= self.vocab_size:
             raise ValueError(
                 f"need 0 < n_tokens <= vocab_size, got n_tokens={self.n_tokens}, vocab_size={self.vocab_size}"
@@ -70,21 +65,6 @@ def check_ids(idx: torch.Tensor, vocab: int, block_size: int | None = None) -> N
         raise ValueError(f"token ids must lie in [0, {vocab}), got ids in [{lo}, {hi}]")
 
 
-def trunk_options(config) -> dict:
-    """The build_stack keyword options for a text config (CRATE or ToST block)."""
-    if config.block == "crate":
-        return dict(
-            ista=config.ista,
-            step_size=config.step_size,
-            lambd=config.lambd,
-            overcomplete=config.overcomplete,
-            ista_steps=config.ista_steps,
-            dropout=config.dropout,
-        )
-    max_len = getattr(config, "block_size", None) or getattr(config, "max_positions", None)
-    return dict(dropout=config.dropout, max_len=max_len)  # ToST: per-position causal bias
-
-
 class CRATEGPT(nn.Module):
     """Causal CRATE LM. ``forward(idx) -> logits (B, T, vocab)``; ``loss(idx, targets)``;
     ``generate(idx, max_new_tokens, ...)`` with a KV cache of the shared projection w."""
@@ -96,7 +76,7 @@ class CRATEGPT(nn.Module):
         self.wte = nn.Embedding(c.vocab_size, c.dim)
         self.wpe = nn.Embedding(c.block_size, c.dim)
         self.drop = nn.Dropout(c.dropout)
-        self.trunk = crate_core.build_stack(c.block, c.dim, c.depth, c.heads, causal=True, **trunk_options(c))
+        self.trunk = crate_core.build_stack(c, causal=True, max_len=c.block_size)
         self.ln_f = nn.LayerNorm(c.dim) if c.final_norm else nn.Identity()
         self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
@@ -139,16 +119,16 @@ class CRATEGPT(nn.Module):
     # --- incremental decoding ---------------------------------------------------------------
     @property
     def supports_cache(self) -> bool:
-        return self.config.block == "crate"
+        return self.trunk.supports_cache
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.config.depth)
+        return self.trunk.new_cache()
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits for ``idx`` (B, T) continuing the sequence held in ``cache``; appends to it.
 
-        Each CRATE layer only needs its shared projection w = U LN1(z) of past tokens, since
-        q = k = v = w: the cache stores w, half of GPT-2's (k, v) pair."""
+        The trunk keeps each layer's shared projection w = U LN1(z) of past tokens (q = k = v = w,
+        half of GPT-2's (k, v) pair): ``CRATEStack.forward(x, cache=...)``."""
         if not self.supports_cache:
             raise ValueError(f"the KV cache needs block='crate', this model has block={self.config.block!r}")
         start = cache.length
@@ -157,20 +137,7 @@ class CRATEGPT(nn.Module):
                 f"cached sequence of {start + idx.shape[1]} tokens exceeds block_size={self.config.block_size}"
             )
         check_ids(idx, self.config.vocab_size)
-        x = self.embed(idx, start)
-        for i, layer in enumerate(self.trunk.layers):
-            w = layer.mssa.project(layer.norm1(x))  # (B, K, T, p)
-            w_all = cache.append(i, w)
-            t, s = w.shape[2], w_all.shape[2]
-            # query at absolute position start+a sees keys j <= start+a
-            mask = None
-            if t > 1:
-                mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=s - t)
-            o = F.scaled_dot_product_attention(w, w_all, w_all, attn_mask=mask)
-            z_half = x + layer.mssa.out(o.transpose(1, 2).flatten(2))
-            out = layer.ista(layer.norm2(z_half))
-            x = z_half + out if layer.residual_ista else out
-        return self.lm_head(self.ln_f(x))
+        return self.lm_head(self.ln_f(self.trunk(self.embed(idx, start), cache=cache)))
 
     generate = generate
 

@@ -3,7 +3,7 @@
     patches   x (B, C, H, W) -> (B, N, P*P*C), flattened in (p1, p2, c) order (channel fastest)
     embed     "linear" (CRATE):  LN(P*P*C) -> Linear -> LN(d);   "conv" (CRATE-alpha): Conv2d(P, stride P)
     tokens    [cls; patches] + pos  (learned, N+1 rows; bicubically resized when the grid changes)
-    trunk     crate_core.build_stack(config.block, d, depth, heads, ...): L CRATE layers
+    trunk     crate_core.build_stack(config): L layers of config.block (the config is a TrunkConfig)
               z_half = z + MSSA(LN z);  z_next = ISTA(LN z_half)  (CRATE-alpha: z_half + D1 a)
     head      pool (cls token or mean of all tokens) -> LN -> Linear(d -> classes)
 
@@ -25,34 +25,24 @@ PATCH_EMBEDS = ("linear", "conv")
 
 
 @dataclass
-class CRATEClassifierConfig:
-    """Flat config of a CRATE image classifier (see the module docstring for the layout)."""
+class CRATEClassifierConfig(crate_core.TrunkConfig):
+    """Flat config of a CRATE image classifier: the trunk fields of ``crate_core.TrunkConfig``
+    (block, dim, depth, heads, ista, step_size, ...) plus the image, embedding and head fields.
+    CRATE-alpha sets patch_embed="conv", ista="alpha", out_bias=False, norm_eps=1e-6."""
 
     image_size: int = 224
     patch_size: int = 16
     in_channels: int = 3
     num_classes: int = 1000
-    dim: int = 384
-    depth: int = 12
-    heads: int = 6
-    dim_head: int | None = None  # default dim // heads
     pool: str = "cls"  # "cls" | "mean"
     patch_embed: str = "linear"  # "linear" (official CRATE) | "conv" (CRATE-alpha)
-    block: str = "crate"  # trunk kind for crate_core.build_stack ("crate" | "tost")
-    ista: str = "square"  # "square" (CRATE) | "alpha" (overcomplete, decoupled D1, residual)
-    out_bias: bool = True  # bias of the MSSA output projection (CRATE yes, CRATE-alpha no)
-    step_size: float = 0.1
-    lambd: float = 0.1
-    overcomplete: int = 4
-    ista_steps: int = 2
-    dropout: float = 0.0
     emb_dropout: float = 0.0
-    norm_eps: float = 1e-5  # trunk LayerNorms (CRATE-alpha: 1e-6)
     head_norm_eps: float = 1e-5
     pos_init_std: float = 1.0  # official: cls token and positions ~ N(0, 1)
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "in_channels", "dim", "depth", "heads"):
+        super().__post_init__()
+        for name in ("image_size", "patch_size", "in_channels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {name}={getattr(self, name)}")
         if self.num_classes < 0:
@@ -69,22 +59,6 @@ class CRATEClassifierConfig:
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
-
-    def stack_options(self) -> dict:
-        """Keyword options for build_stack: the CRATE layer's own, or the bare width for other blocks."""
-        if self.block != "crate":
-            return {} if self.dim_head is None else {"dim_head": self.dim_head}
-        return dict(
-            dim_head=self.dim_head,
-            out_bias=self.out_bias,
-            ista=self.ista,
-            step_size=self.step_size,
-            lambd=self.lambd,
-            overcomplete=self.overcomplete,
-            ista_steps=self.ista_steps,
-            dropout=self.dropout,
-            norm_eps=self.norm_eps,
-        )
 
 
 class LinearPatchEmbed(nn.Module):
@@ -138,7 +112,7 @@ class CRATEClassifier(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, c.dim) * c.pos_init_std)
         self.pos_embed = nn.Parameter(torch.randn(1, c.grid * c.grid + 1, c.dim) * c.pos_init_std)
         self.emb_drop = nn.Dropout(c.emb_dropout)
-        self.trunk = crate_core.build_stack(c.block, c.dim, c.depth, c.heads, **c.stack_options())
+        self.trunk = crate_core.build_stack(c)
         self.head_norm = nn.LayerNorm(c.dim, eps=c.head_norm_eps)
         self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.num_features = self.head_hidden_size = self.embed_dim = c.dim

@@ -1,0 +1,95 @@
+"""TrunkConfig: the one configuration of a model's token trunk (block kind and the block's fields).
+
+Every family config (vision, MAE, GPT, BERT) inherits it, so config.json stays flat and a setting
+reaches the layer through named calls, e.g. ``tools/train_vision.py --set step_size=0.2``:
+
+    crate_vision.training.parse_overrides          {"step_size": 0.2}
+    crate_core.create -> registry.get_config       dataclasses.replace(preset config, step_size=0.2)
+    TrunkConfig.__post_init__ -> check_trunk       the field exists and applies to the block
+    CRATEClassifier(config) -> build_stack(config) (crate_core.stacks)
+    CRATEStack.from_trunk -> CRATELayer            step_size=trunk.step_size
+    ISTA(dim, step_size, lambd)                    ReLU(u + eta (u D - u D^T D) - eta lambda)
+
+Each field's metadata names the blocks that read it (``blocks``; absent = every block) and, for
+the CRATE block, the ISTA variants (``ista``). A field that does not apply to the chosen block
+(or variant) must keep its default (the family config's default): anything else is an error
+naming the field, so ``step_size`` given to a ToST trunk is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .layer import ISTA_VARIANTS
+from .stacks import known_blocks
+
+_CRATE = {"blocks": ("crate",)}
+_OVERCOMPLETE = {"blocks": ("crate",), "ista": ("alpha", "lm")}
+_TOST = {"blocks": ("tost",)}
+
+
+@dataclass
+class TrunkConfig:
+    """The trunk's shape and its block's own fields (see the module docstring)."""
+
+    block: str = "crate"  # "crate" (MSSA + ISTA) | "tost" (TSSA + MLP), crate_core.build_stack
+    dim: int = 384  # token width d
+    depth: int = 12  # layers L
+    heads: int = 6  # subspaces K
+    dim_head: int | None = None  # subspace width p (default dim // heads)
+    dropout: float = 0.0
+    norm_eps: float = 1e-5  # the layers' LayerNorms
+    # CRATE block: z_half = z + MSSA(LN1 z); z_next = ISTA(LN2 z_half)
+    ista: str = field(default="square", metadata=_CRATE)  # "square" | "alpha" | "lm"
+    out_bias: bool = field(default=True, metadata=_CRATE)  # bias of the MSSA output projection
+    step_size: float = field(default=0.1, metadata=_CRATE)  # ISTA step eta
+    lambd: float = field(default=0.1, metadata=_CRATE)  # ISTA threshold lambda
+    overcomplete: int = field(default=4, metadata=_OVERCOMPLETE)  # dictionary width m / d
+    ista_steps: int = field(default=2, metadata=_OVERCOMPLETE)  # ISTA steps from a = 0
+    # ToST block: z_half = z + TSSA(LN1 z); z_next = z_half + MLP(LN2 z_half)
+    mlp_ratio: float = field(default=4.0, metadata=_TOST)
+    layerscale: float | None = field(default=None, metadata=_TOST)  # None = no per-channel gammas
+    qkv_bias: bool = field(default=True, metadata=_TOST)  # bias of the TSSA projection U
+
+    def __post_init__(self):
+        check_trunk(self)
+
+
+TRUNK_FIELDS = {f.name: f for f in dataclasses.fields(TrunkConfig)}
+
+
+def applies(name: str, block: str, ista: str) -> bool:
+    """Whether trunk field ``name`` is read by ``block`` (with ISTA variant ``ista``)."""
+    meta = TRUNK_FIELDS[name].metadata
+    return block in meta.get("blocks", (block,)) and ista in meta.get("ista", (ista,))
+
+
+def block_fields(block: str, ista: str = "square") -> list[str]:
+    """The trunk fields a block reads, in declaration order."""
+    return [name for name in TRUNK_FIELDS if name != "block" and applies(name, block, ista)]
+
+
+def check_trunk(config: TrunkConfig) -> None:
+    """Raise ValueError naming the first trunk field that is invalid or set (away from the
+    config class's default) for a block or ISTA variant that does not read it."""
+    blocks = known_blocks()
+    if config.block not in blocks:
+        raise ValueError(f"unknown block {config.block!r}; known blocks: {blocks}")
+    for name in ("dim", "depth", "heads"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {name}={getattr(config, name)}")
+    if config.block == "crate" and config.ista not in ISTA_VARIANTS:
+        raise ValueError(f"ista must be one of {ISTA_VARIANTS}, got ista={config.ista!r}")
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in TRUNK_FIELDS:
+        value = getattr(config, name)
+        if applies(name, config.block, config.ista) or value == defaults[name]:
+            continue
+        where = f"block={config.block!r}"
+        if config.block == "crate":
+            where += f" with ista={config.ista!r}"
+        raise ValueError(
+            f"{name}={value!r} does not apply to {where} (it reads {block_fields(config.block, config.ista)}); "
+            f"leave {name} at its default {defaults[name]!r}"
+        )
