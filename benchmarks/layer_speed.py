@@ -24,16 +24,16 @@ import argparse
 import json
 import math
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from crate_core import CRATELayer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import PeakMemory, device_name, interleaved, medians, pyplot  # noqa: E402
 
 DIM, HEADS = 576, 12
 REPORT_DIR = Path(__file__).resolve().parent / "reports" / "layer_speed"
@@ -67,11 +67,6 @@ def ours_mssa(layer: CRATELayer, z: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- timing
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def fwd_bwd(fn, layer, x) -> None:
     out = fn(layer, x)
     out.backward(torch.ones_like(out))
@@ -80,18 +75,13 @@ def fwd_bwd(fn, layer, x) -> None:
 def time_case(layer, x, repeats: int, warmup: int) -> dict[str, float]:
     """Median seconds of forward+backward for ours and naive, interleaved to share the noise."""
     fns = {"ours": lambda l, z: l(z), "naive": naive_layer}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(warmup + repeats):
-        for name, fn in fns.items():
-            layer.zero_grad(set_to_none=True)
-            x.grad = None
-            sync(x.device)
-            t0 = time.perf_counter()
-            fwd_bwd(fn, layer, x)
-            sync(x.device)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+
+    def clear_grads(_name) -> None:
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+
+    cases = {name: (lambda fn=fn: fwd_bwd(fn, layer, x)) for name, fn in fns.items()}
+    return medians(interleaved(cases, warmup, repeats, x.device, prepare=clear_grads))
 
 
 def check_equal(layer, x) -> float:
@@ -100,13 +90,6 @@ def check_equal(layer, x) -> float:
 
 
 # ----------------------------------------------------------------------------- memory
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_attention_memory(kind: str, n: int, device: str) -> int:
     """Peak extra bytes of one forward+backward of the attention part (LN1 + MSSA), batch 1."""
     dev = torch.device(device)
@@ -118,18 +101,11 @@ def measure_attention_memory(kind: str, n: int, device: str) -> int:
         fwd_bwd(fn, layer, x)  # warm-up (kernels, workspaces)
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+    else:  # grads of the parameters are allocated once so they do not count as attention memory
+        fwd_bwd(ours_mssa, layer, torch.randn(1, 8, DIM, requires_grad=True))
+    with PeakMemory(dev) as mem:
         fwd_bwd(fn, layer, x)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    # CPU: grads of the parameters are allocated once so they do not count as attention memory
-    fwd_bwd(ours_mssa, layer, torch.randn(1, 8, DIM, requires_grad=True))
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) of this process
-    base = _rss_kib("VmRSS")
-    fwd_bwd(fn, layer, x)
-    return (_rss_kib("VmHWM") - base) * 1024
+    return mem.bytes
 
 
 def attention_memory(kind: str, n: int, device: str) -> int:
@@ -150,11 +126,7 @@ def fmt_mib(b: int) -> str:
 
 
 def write_plot(speed_rows, mem_rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     labels = [r["case"] for r in speed_rows]
     ax1.bar(range(len(labels)), [r["speedup"] for r in speed_rows], 0.5, color="tab:blue")
@@ -238,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# CRATE layer: crate_core vs naive formulation",
         "",
-        f"Device: {device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+        f"Device: {device.type} ({device_name(device)}, {torch.get_num_threads()} threads), "
         f"torch {torch.__version__}; d={DIM}, heads={HEADS}; forward + backward; median of {args.repeats} "
         f"after {args.warmup} warm-up, ours and naive interleaved in one run; "
         f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the CPU).",

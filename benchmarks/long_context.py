@@ -20,13 +20,14 @@ import argparse
 import json
 import math
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import PeakMemory, device_name, interleaved, pyplot  # noqa: E402
 
 KINDS = {  # name -> (label, family, part)
     "mssa-layer": ("MSSA layer (CRATELayer, SDPA)", "mssa", "layer"),
@@ -38,25 +39,6 @@ REPORT_DIR = Path(__file__).resolve().parent / "reports" / "long_context"
 
 
 # ---------------------------------------------------------------- worker (one case per process)
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _status_kb("VmHWM") is not None
-    except OSError:
-        return False
 
 
 def build(kind: str, dim: int, heads: int, causal: bool):
@@ -98,23 +80,11 @@ def worker(args) -> None:
         x.grad = None
         module(x).sum().backward()
 
-    before_kb = _status_kb("VmRSS")
-    if before_kb is not None and _reset_peak():
+    cpu = torch.device("cpu")
+    with PeakMemory(cpu) as mem:
         step()
-        peak_mb, method = (_status_kb("VmHWM") - before_kb) / 1024, "VmHWM reset - VmRSS"
-    else:  # getrusage: peak over the process lifetime, so only the growth above the earlier peak shows
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        step()
-        peak_mb, method = (
-            (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
-            "ru_maxrss delta",
-        )
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    print(json.dumps({"times": times, "peak_mb": peak_mb, "memory_method": method}))
+    times = interleaved({"step": step}, 0, args.repeats, cpu)["step"]["wall"]
+    print(json.dumps({"times": times, "peak_mb": mem.bytes / 2**20, "memory_method": mem.method}))
 
 
 # ---------------------------------------------------------------- driver
@@ -147,16 +117,6 @@ def run_case(args, kind: str, n: int) -> dict:
     return res
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def crossover(sizes, t_mssa, t_tssa) -> str:
     """First N where TSSA becomes faster, interpolated on the log-log time ratio."""
     logr = [math.log(m / t) for m, t in zip(t_mssa, t_tssa)]
@@ -176,11 +136,7 @@ def loglog_slope(sizes, values) -> float:
 
 
 def plot(sizes, results, parts, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for part in parts:
         for fam, color in (("mssa", "tab:red"), ("tssa", "tab:blue")):
@@ -265,7 +221,7 @@ def main(argv=None) -> None:
         "# Long context: MSSA vs TSSA",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"Machine: {device_name(torch.device('cpu'))}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{args.threads} threads; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
         "(other jobs share this machine: timings are noisy).  ",
         f"Setting: batch {args.batch}, dim {args.dim}, {args.heads} heads, {'causal' if args.causal else 'bidirectional'}, "

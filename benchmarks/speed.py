@@ -4,9 +4,10 @@
     uv run benchmarks/speed.py --preset quick            # CRATE vs standard transformer, each family
     uv run benchmarks/speed.py --models crate-gpt-small gpt2-like-crate-gpt-small --amp bf16 --compile
 
-A model is a registry name (``crate_core.list_models()``) or ``gpt2-like-NAME`` / ``bert-like-NAME``:
-transformers' GPT2LMHeadModel / BertForMaskedLM, randomly initialised, with NAME's width, depth, heads,
-context and vocabulary (the standard-transformer baselines of the text family). Inputs are synthetic.
+A model is a registry name (``crate_core.list_models()``, ``bert-like-NAME`` among them) or
+``gpt2-like-NAME``: crate_text's baselines around transformers' GPT2LMHeadModel / BertForMaskedLM, randomly
+initialised, with NAME's width, depth, heads, context and vocabulary (the standard-transformer baselines of
+the text family); models are built by benchmarks/harness.py. Inputs are synthetic.
 Each figure is the median over ``--repeats`` timed runs after ``--warmup`` runs. Peak memory is
 torch.cuda.max_memory_allocated on CUDA; on the CPU each model runs in a fresh subprocess and reports its
 peak resident set size (ru_maxrss, which includes the Python/torch runtime: compare differences).
@@ -19,16 +20,24 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    autocast,
+    build_model,
+    count_params,
+    device_name,
+    process_peak_bytes,
+    resolve_device,
+    timed,
+)
 
 PRESETS = {
     "quick": [
@@ -64,47 +73,19 @@ class Result:
     compiled: bool
 
 
-def _hf_baseline(kind: str, name: str):
-    import crate_core
-    import transformers
-
-    c = crate_core.get_config(name)
-    if kind == "gpt2-like":
-        cfg = transformers.GPT2Config(
-            vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.dim, n_layer=c.depth, n_head=c.heads
-        )
-        return transformers.GPT2LMHeadModel(cfg), "gpt", c
-    cfg = transformers.BertConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.dim,
-        num_hidden_layers=c.depth,
-        num_attention_heads=c.heads,
-        intermediate_size=4 * c.dim,
-        max_position_embeddings=c.max_positions,
-    )
-    return transformers.BertForMaskedLM(cfg), "bert", c
-
-
 def build(name: str):
-    """(model, family, config) for a registry name or an HF baseline spec."""
+    """(model, family, config) for a registry name or ``gpt2-like-NAME`` / ``bert-like-NAME``."""
     import crate_core
 
-    for kind in ("gpt2-like", "bert-like"):  # gpt2-like-NAME is the name tools give the baseline
-        if name.startswith(kind + "-") and name not in crate_core.list_models():
-            name = kind + ":" + name[len(kind) + 1 :]
-    if ":" in name:
-        kind, _, base = name.partition(":")
-        if kind not in ("gpt2-like", "bert-like"):
-            raise ValueError(f"unknown baseline kind {kind!r} in {name!r}; use gpt2-like:NAME or bert-like:NAME")
-        return _hf_baseline(kind, base)
+    if name.startswith("gpt2-like-") and name not in crate_core.list_models():
+        model = build_model(name)
+        return model, "gpt", model.config
     entry = crate_core.registry.get_entry(name)
-    model = crate_core.create(name)
-    cfg = entry.config
     if entry.family == "text":
         family = "bert" if "bert" in name else "gpt"
     else:
         family = entry.family
-    return model, family, cfg
+    return build_model(name), family, entry.config
 
 
 def seq_len(cfg, family: str, override: int | None) -> int:
@@ -113,8 +94,7 @@ def seq_len(cfg, family: str, override: int | None) -> int:
 
 
 def make_case(model, family: str, cfg, batch: int, seq: int, device):
-    """(inputs, train_loss_fn, infer_fn, items_per_sample, unit) for synthetic data."""
-    hf = model.__class__.__module__.startswith("transformers")
+    """(train_loss_fn, infer_fn, items_per_sample, unit) for synthetic data."""
     if family in ("vision", "mae"):
         size = cfg.image_size
         chans = getattr(cfg, "in_channels", None) or getattr(cfg, "in_chans", 3)
@@ -126,40 +106,17 @@ def make_case(model, family: str, cfg, batch: int, seq: int, device):
     vocab = cfg.vocab_size
     idx = torch.randint(0, min(vocab, 50257), (batch, seq), device=device)
     if family == "gpt":
-        if hf:
-            return (lambda: model(idx, labels=idx).loss), (lambda: model(idx).logits), seq, "tok"
         return (lambda: model(idx, idx)[1]), (lambda: model(idx)), seq, "tok"
     labels = torch.where(torch.rand(idx.shape, device=device) < 0.15, idx, torch.full_like(idx, -100))
-    if hf:
-        return (lambda: model(idx, labels=labels).loss), (lambda: model(idx).logits), seq, "tok"
     return (lambda: model(idx, labels=labels)[1]), (lambda: model(idx)), seq, "tok"
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, warmup: int, repeats: int, device) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def run_case(name: str, args) -> Result:
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model, family, cfg = build(name)
     model.to(device)
-    params = sum(p.numel() for p in model.parameters())
-    amp_dtype = torch.bfloat16 if args.amp == "bf16" else None
+    params = count_params(model)
     batch = args.batch
     while True:
         try:
@@ -170,15 +127,12 @@ def run_case(name: str, args) -> Result:
             fwd = torch.compile(infer_fn) if args.compile else infer_fn
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-            def autocast():
-                return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-            def infer():
-                with torch.no_grad(), autocast():
+            def infer(fwd=fwd):  # bound now: the loop may rebuild them
+                with torch.no_grad(), autocast(device, args.amp):
                     fwd()
 
-            def train_step():
-                with autocast():
+            def train_step(loss_fn=loss_fn, opt=opt):
+                with autocast(device, args.amp):
                     loss = loss_fn()
                 loss.backward()
                 opt.step()
@@ -193,7 +147,7 @@ def run_case(name: str, args) -> Result:
                 from crate_core.train.flops import count_flops, peak_flops
 
                 flops, _ = count_flops(train_step)
-                peak = peak_flops(device, amp_dtype or torch.float32)
+                peak = peak_flops(device, torch.bfloat16 if args.amp == "bf16" else torch.float32)
                 mfu = flops / t_train / peak if peak else None
             break
         except torch.OutOfMemoryError:
@@ -203,14 +157,11 @@ def run_case(name: str, args) -> Result:
             print(f"{name}: out of memory, retrying with batch {batch}", file=sys.stderr)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = process_peak_bytes(device) / 2**20
     n = batch * per_sample
     return Result(
         name, family, params, batch, f"{unit}/s", n / t_inf, n / t_train, t_inf * 1e3, t_train * 1e3,
-        peak_mb, mfu, torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        peak_mb, mfu, device_name(device) if device.type == "cuda" else "cpu",
         args.amp, args.compile,
     )
 
@@ -250,7 +201,7 @@ def markdown(results: list[Result], pairs: list[tuple[str, str]] | None) -> str:
 
 def main(argv: list[str] | None = None) -> list[Result]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="*", default=[], help="registry names or gpt2-like:/bert-like: specs")
+    p.add_argument("--models", nargs="*", default=[], help="registry names or gpt2-like-NAME")
     p.add_argument("--preset", choices=sorted(PRESETS), help="CRATE vs baseline pairs for every family")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=None, help="text sequence length (default: model context)")

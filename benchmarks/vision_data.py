@@ -13,14 +13,17 @@ crop, horizontal flip, 90-degree rotations):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 from crate_vision.data.datasets import build_dataset
 from crate_vision.data.transforms import AugmentCollate
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import resolve_device, timed  # noqa: E402
 
 
 def v2_pipeline(image_size: int, pad: int) -> v2.Compose:
@@ -30,13 +33,9 @@ def v2_pipeline(image_size: int, pad: int) -> v2.Compose:
 
 
 def ms_per_batch(ds, batch: int, passes: int, collate=None) -> float:
+    """Median over ``passes`` full passes of the loader, per batch."""
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, collate_fn=collate)
-    times = []
-    for _ in range(passes):
-        t = time.perf_counter()
-        n = sum(1 for _ in loader)
-        times.append((time.perf_counter() - t) / n * 1e3)
-    return statistics.median(times)
+    return timed(lambda: sum(1 for _ in loader), 0, passes, resolve_device("cpu")) / len(loader) * 1e3
 
 
 def main(argv=None) -> dict:

@@ -13,36 +13,25 @@ not depend on how much of the CPU this process got; wall-clock figures are repor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
-import crate_core
 import crate_vision  # noqa: F401
-import timm
 import torch
 import torch.nn.functional as F
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def autocast(device: torch.device, amp: str):
-    if amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def build(name: str, image_size: int) -> torch.nn.Module:
-    """``timm:NAME`` from timm's registry (random init), else a crate_core preset."""
-    if name.startswith("timm:"):
-        return timm.create_model(name[5:], pretrained=False, num_classes=1000, img_size=image_size)
-    return crate_core.create(name, num_classes=1000, image_size=image_size)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    autocast,
+    build_model,
+    count_params,
+    device_name,
+    interleaved,
+    medians,
+    pyplot,
+    resolve_device,
+)
 
 
 def main(argv=None) -> dict:
@@ -59,17 +48,15 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
-    models = {n: build(n, args.image_size).to(device) for n in args.models}
+    models = {n: build_model(n, num_classes=1000, image_size=args.image_size).to(device) for n in args.models}
     opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
 
     def train_step(name):
         m, opt = models[name], opts[name]
-        m.train()
         with autocast(device, args.amp):
             loss = F.cross_entropy(m(x).float(), y)
         loss.backward()
@@ -78,36 +65,30 @@ def main(argv=None) -> dict:
 
     @torch.no_grad()
     def infer_step(name):
-        m = models[name].eval()
         with autocast(device, args.amp):
-            m(x)
+            models[name](x)
 
-    times = {n: {"train": [], "infer": [], "train_cpu": [], "infer_cpu": []} for n in models}
-    for kind, fn in (("train", train_step), ("infer", infer_step)):
-        for r in range(args.warmup + args.repeats):
-            for name in models:  # interleaved so that load changes hit every model alike
-                sync(device)
-                t, c = time.perf_counter(), time.process_time()
-                fn(name)
-                sync(device)
-                if r >= args.warmup:
-                    times[name][kind].append(time.perf_counter() - t)
-                    times[name][kind + "_cpu"].append(time.process_time() - c)
+    res = {}
+    for kind, fn, train in (("train", train_step, True), ("infer", infer_step, False)):
+        cases = {name: (lambda name=name, fn=fn: fn(name)) for name in models}  # interleaved: load hits all alike
+        res[kind] = interleaved(cases, args.warmup, args.repeats, device, lambda n, t=train: models[n].train(t))
+    wall = {kind: medians(r, "wall") for kind, r in res.items()}
+    cpu = {kind: medians(r, "cpu") for kind, r in res.items()}
     rows = {}
     for name, m in models.items():
         rows[name] = {
-            "params_M": sum(p.numel() for p in m.parameters()) / 1e6,
-            "train_img_s": args.batch / statistics.median(times[name]["train"]),
-            "infer_img_s": args.batch / statistics.median(times[name]["infer"]),
-            "train_img_cpu_s": args.batch / statistics.median(times[name]["train_cpu"]),
-            "infer_img_cpu_s": args.batch / statistics.median(times[name]["infer_cpu"]),
-            "times_s": times[name],
+            "params_M": count_params(m) / 1e6,
+            "train_img_s": args.batch / wall["train"][name],
+            "infer_img_s": args.batch / wall["infer"][name],
+            "train_img_cpu_s": args.batch / cpu["train"][name],
+            "infer_img_cpu_s": args.batch / cpu["infer"][name],
+            "times_s": {k + sfx: res[k][name][c] for k in res for sfx, c in (("", "wall"), ("_cpu", "cpu"))},
         }
     base = args.models[-1]
     lines = [
         f"# Vision throughput: {', '.join(args.models)}",
         "",
-        f"Device {device.type} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}, "
+        f"Device {device.type} ({device_name(device)}, "
         f"{torch.get_num_threads()} threads), batch {args.batch}, {args.image_size} px, amp {args.amp}, "
         f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. torch {torch.__version__}.",
         "",
@@ -131,11 +112,7 @@ def main(argv=None) -> dict:
     (out / f"report{suffix}.md").write_text(report)
     (out / f"results{suffix}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(6, 3))
         names = list(rows)
         w = 0.38

@@ -1,0 +1,202 @@
+"""What every benchmark shares: device and synchronisation, autocast, timing, peak memory, model building.
+
+Timing: a case is a callable; ``interleaved`` runs ``warmup`` untimed then ``repeats`` timed rounds, and in
+each round every case once, in order, so that load on a shared machine hits all cases alike. Each call is
+bracketed by ``sync`` (CUDA work is asynchronous) and timed twice: wall clock (perf_counter) and process CPU
+time summed over threads (process_time, the figure that does not depend on how much of a shared CPU the
+process got). Figures are medians over the repeats.
+
+Peak memory: on CUDA torch.cuda.max_memory_allocated above the allocation at the start; on the CPU the
+kernel's peak resident set size (VmHWM, reset through /proc/self/clear_refs) above the resident size at the
+start, or the growth of getrusage's lifetime peak where the reset is not available.
+
+Models: ``build_model(name)`` takes a registry name (``crate_core.list_models()``), ``timm:NAME`` (timm's
+registry, random init) or ``gpt2-like-NAME`` (transformers GPT-2 shaped like the CRATE-GPT preset NAME,
+used until the registry carries it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+AMP = ("none", "bf16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16 autocast on ``device`` for amp="bf16", nothing for amp="none"."""
+    if amp not in AMP:
+        raise ValueError(f"amp must be one of {AMP}, got {amp!r}")
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def interleaved(
+    cases: dict,
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+    prepare: Callable | None = None,
+) -> dict:
+    """{case: {"wall": [s, ...], "cpu": [s, ...]}} over ``repeats`` rounds after ``warmup`` rounds.
+
+    ``prepare(case)``, if given, runs untimed before each call (zeroing grads, switching train/eval).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    times = {k: {"wall": [], "cpu": []} for k in cases}
+    for r in range(warmup + repeats):
+        for key, fn in cases.items():
+            if prepare is not None:
+                prepare(key)
+            sync(device)
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            if r >= warmup:
+                times[key]["wall"].append(time.perf_counter() - t)
+                times[key]["cpu"].append(time.process_time() - c)
+    return times
+
+
+def medians(times: dict, clock: str = "wall") -> dict:
+    """{case: median seconds} of an ``interleaved`` result for clock "wall" or "cpu"."""
+    return {k: statistics.median(v[clock]) for k, v in times.items()}
+
+
+def timed(fn: Callable, warmup: int, repeats: int, device: torch.device, clock: str = "wall") -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    return medians(interleaved({0: fn}, warmup, repeats, device), clock)[0]
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Context manager: ``.bytes`` = peak memory inside the block above the memory at its start."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.bytes, self.method = device, 0, ""
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            self.method = "torch.cuda.max_memory_allocated"
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) of this process
+            self._base = _status_kib("VmRSS")
+        except OSError:
+            self._base = None
+        if self._base is not None and _status_kib("VmHWM") is not None:
+            self.method = "VmHWM reset - VmRSS"
+        else:  # lifetime peak: only the growth above the earlier peak shows
+            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.method = "ru_maxrss delta"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            sync(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+        elif self.method == "ru_maxrss delta":
+            self.bytes = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._base) * 1024
+        else:
+            self.bytes = (_status_kib("VmHWM") - self._base) * 1024
+
+
+def process_peak_bytes(device: torch.device) -> int:
+    """Peak memory of this process so far: CUDA allocations since the last reset, else the peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---------------------------------------------------------------------------------------------- models
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _gpt2_like(name: str, **overrides) -> nn.Module:
+    import crate_core
+    from crate_text.interp.baseline import GPT2Baseline, baseline_config_like
+
+    return GPT2Baseline(baseline_config_like(crate_core.get_config(name, **overrides)))
+
+
+def build_model(name: str, **overrides) -> nn.Module:
+    """A registry preset (config fields overridden by keyword), ``timm:NAME`` or ``gpt2-like-NAME``.
+
+    For timm models ``image_size`` is passed as timm's ``img_size``.
+    """
+    import crate_core
+
+    if name.startswith("timm:"):
+        import timm
+
+        if "image_size" in overrides:
+            overrides["img_size"] = overrides.pop("image_size")
+        return timm.create_model(name[5:], pretrained=False, **overrides)
+    if name.startswith("gpt2-like-") and name not in crate_core.list_models():
+        return _gpt2_like(name[len("gpt2-like-") :], **overrides)
+    return crate_core.create(name, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def batches(items: Iterator) -> Iterator:
+    """Yield from ``items`` forever, restarting it when it ends (an endless data stream)."""
+    while True:
+        yield from items
