@@ -14,12 +14,16 @@ w = U LN1(z) (``WCache``) runs through the same forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .ista import ISTA, OvercompleteISTA
 from .mssa import MSSA, PastW
+
+if TYPE_CHECKING:
+    from .trunk import TrunkConfig
 
 ISTA_VARIANTS = ("square", "alpha", "lm")
 
@@ -188,7 +192,7 @@ class CRATEStack(nn.Module):
         )
 
     @classmethod
-    def from_trunk(cls, trunk, causal: bool = False, max_len: int | None = None) -> CRATEStack:
+    def from_trunk(cls, trunk: TrunkConfig, causal: bool = False, max_len: int | None = None) -> CRATEStack:
         """The stack a ``crate_core.TrunkConfig`` with block="crate" describes (MSSA takes any
         length, so ``max_len`` is not needed)."""
         return cls(

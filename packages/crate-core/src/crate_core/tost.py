@@ -30,6 +30,8 @@ their outputs are zero before the output projection.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -37,6 +39,9 @@ from torch import nn
 
 from .layer import LayerOutputs
 from .mssa import SubspaceHeads, check_heads
+
+if TYPE_CHECKING:
+    from .trunk import TrunkConfig
 
 
 def _tiny(t: torch.Tensor) -> float:
@@ -245,7 +250,7 @@ class ToSTStack(nn.Module):
         )
 
     @classmethod
-    def from_trunk(cls, trunk, causal: bool = False, max_len: int | None = None) -> ToSTStack:
+    def from_trunk(cls, trunk: TrunkConfig, causal: bool = False, max_len: int | None = None) -> ToSTStack:
         """The stack a ``crate_core.TrunkConfig`` with block="tost" describes; ``max_len`` is the
         longest sequence the model feeds (a causal stack learns a position bias up to it)."""
         return cls(

@@ -3,12 +3,14 @@
 Every family config (vision, MAE, GPT, BERT) inherits it, so config.json stays flat and a setting
 reaches the layer through named calls, e.g. ``tools/train_vision.py --set step_size=0.2``:
 
-    crate_vision.training.parse_overrides          {"step_size": 0.2}
-    crate_core.create -> registry.get_config       dataclasses.replace(preset config, step_size=0.2)
-    TrunkConfig.__post_init__ -> check_trunk       the field exists and applies to the block
-    CRATEClassifier(config) -> build_stack(config) (crate_core.stacks)
-    CRATEStack.from_trunk -> CRATELayer            step_size=trunk.step_size
-    ISTA(dim, step_size, lambd)                    ReLU(u + eta (u D - u D^T D) - eta lambda)
+    crate_vision.training.parse_overrides           ["step_size=0.2"] -> {"step_size": 0.2}
+    crate_vision.training.build_model               crate_core.create(name, step_size=0.2)
+    crate_core.registry.get_config                  dataclasses.replace(preset config, step_size=0.2):
+      TrunkConfig.__post_init__ -> check_trunk      the field exists and applies to config.block
+    CRATEClassifier(config)                         crate_core.build_stack(config) (crate_core.stacks)
+    CRATEStack.from_trunk -> CRATEStack(...)        step_size=trunk.step_size
+      -> CRATELayer(..., step_size=...)             (crate_core.layer)
+      -> ISTA(dim, step_size=..., lambd=...)        ReLU(u + eta (u D - u D^T D) - eta lambda)
 
 Each field's metadata names the blocks that read it (``blocks``; absent = every block) and, for
 the CRATE block, the ISTA variants (``ista``). A field that does not apply to the chosen block

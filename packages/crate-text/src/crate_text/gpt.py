@@ -119,7 +119,7 @@ class CRATEGPT(nn.Module):
     # --- incremental decoding ---------------------------------------------------------------
     @property
     def supports_cache(self) -> bool:
-        return self.trunk.supports_cache
+        return getattr(self.trunk, "supports_cache", False)  # CRATEStack: True, ToSTStack: False
 
     def new_cache(self) -> KVCache:
         return self.trunk.new_cache()
