@@ -3,6 +3,8 @@
 Overlays (PNG per image: each head's cls attention at --layer, their mean, PCA of last-layer patches):
     uv run python tools/segment.py overlay --model-dir runs/vision/final --images a.jpg b.png \
         --skimage astronaut chelsea coffee --out-dir runs/segment
+The official CRATE demo checkpoint (base, 8x8 patches, ImageNet-21K head) directly, or converted:
+    uv run python tools/segment.py overlay --official crate-demo.pth --skimage astronaut chelsea --layer 10
 Measured version on the shapes set (thresholded cls attention vs the true masks):
     uv run python tools/segment.py miou --model-dir runs/vision/final --model-dir runs/vit/final
 Train a tiny CRATE and the same-size timm ViT the same way (same data, steps, seed), then compare:
@@ -55,8 +57,18 @@ def prepare(image: np.ndarray, size: int, mean, std) -> tuple[torch.Tensor, np.n
     return x, shown
 
 
+def load_model(args):
+    """The model to draw: an export folder (--model-dir), or an official checkpoint file (--official),
+    e.g. the CRATE demo checkpoint (crate-demo.pth: base, patch 8, 21,842 classes), converted in memory."""
+    if bool(args.model_dir) == bool(args.official):
+        raise ValueError("give exactly one of --model-dir (an export folder) or --official (a checkpoint file)")
+    if args.official:
+        return crate_core.load_official(args.official, family="vision", heads=args.heads).eval()
+    return crate_core.from_pretrained(args.model_dir[0]).eval()
+
+
 def overlay(args) -> None:
-    model = crate_core.from_pretrained(args.model_dir[0]).eval()
+    model = load_model(args)
     size = args.image_size or model.config.image_size
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +156,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     o = sub.add_parser("overlay", help="PNG overlays of cls attention and PCA for given images")
-    o.add_argument("--model-dir", action="append", required=True, help="exported model directory")
+    o.add_argument("--model-dir", action="append", default=[], help="exported model directory")
+    o.add_argument("--official", default=None, help="official checkpoint file (CRATE, demo/21k, CRATE-alpha)")
+    o.add_argument("--heads", type=int, default=None, help="heads of an --official file without a preset")
     o.add_argument("--images", nargs="*", default=[], help="image files")
     o.add_argument("--skimage", nargs="*", default=[], help=f"scikit-image sample photos, e.g. {' '.join(SKIMAGE_PHOTOS[:3])}")
     o.add_argument("--shapes", type=int, default=0, help="also draw this many shapes test images")

@@ -209,8 +209,15 @@ def test_command_line(tmp_path, capsys):
     direct = load_official(path, heads=K)
     for (k1, v1), (k2, v2) in zip(back.state_dict().items(), direct.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2)
-    assert main([str(path), str(tmp_path / "o2")]) == 2  # width 32 is no official preset
+    assert exit_code(main, [str(path), str(tmp_path / "o2")]) == 2  # width 32 is no official preset
     assert capsys.readouterr().err.startswith("crate_mae.convert: error:")
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "--lambd" in capsys.readouterr().out
+
+
+def exit_code(main, argv) -> int:
+    """The exit status of a converter's command line that fails (crate_core.cli: SystemExit(2))."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code

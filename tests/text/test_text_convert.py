@@ -174,10 +174,17 @@ def test_command_line(tmp_path, capsys):
     assert "crate-lm-overcomplete" in (tmp_path / "out" / "README.md").read_text()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    assert convert_main([str(src), str(tmp_path / "busy")]) == 2
+    assert exit_code(convert_main, [str(src), str(tmp_path / "busy")]) == 2
     assert "crate_text.convert: error:" in capsys.readouterr().err and not (tmp_path / "busy" / "config.json").exists()
     assert convert_main([str(src), str(tmp_path / "busy"), "--overwrite"]) == 0
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and (tmp_path / "busy" / "config.json").exists()
     with pytest.raises(SystemExit) as e:
         convert_main(["--help"])
     assert e.value.code == 0 and "CRATE-LM" in capsys.readouterr().out
+
+
+def exit_code(main, argv) -> int:
+    """The exit status of a converter's command line that fails (crate_core.cli: SystemExit(2))."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code

@@ -308,7 +308,7 @@ def test_one_line_errors_and_protected_destination(tmp_path, capsys):
     torch.save(wrap_official(sd), src)
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
-    assert convert_main([str(text), str(tmp_path / "a"), "--heads", "4"]) == 2
+    assert exit_code(convert_main, [str(text), str(tmp_path / "a"), "--heads", "4"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("crate_vision.convert: error:") and "notes.txt" in err and "weights_only" not in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
@@ -324,11 +324,42 @@ def test_one_line_errors_and_protected_destination(tmp_path, capsys):
     dst.mkdir()
     (dst / "keep.txt").write_text("keep")
     (dst / "sub").mkdir()
-    assert convert_main([str(src), str(dst), "--heads", "4"]) == 2
+    assert exit_code(convert_main, [str(src), str(dst), "--heads", "4"]) == 2
     assert "holds other files" in capsys.readouterr().err and sorted(p.name for p in dst.iterdir()) == ["keep.txt", "sub"]
     assert convert_main([str(src), str(dst), "--heads", "4", "--overwrite"]) == 0
     assert (dst / "keep.txt").read_text() == "keep" and (dst / "sub").is_dir() and (dst / "model.safetensors").is_file()
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    assert convert_main([str(src), str(a_file), "--heads", "4", "--overwrite"]) == 2
+    assert exit_code(convert_main, [str(src), str(a_file), "--heads", "4", "--overwrite"]) == 2
     assert a_file.read_text() == "x"
+
+
+def test_segment_overlay_accepts_the_demo_checkpoint(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("tool_segment", Path(__file__).parents[2] / "tools" / "segment.py")
+    seg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seg)
+    torch.save({"model": official_demo_state()}, tmp_path / "crate-demo.pth")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photo)
+    seg.main(["overlay", "--official", str(tmp_path / "crate-demo.pth"), "--heads", "4", "--images", str(photo),
+              "--out-dir", str(tmp_path / "a")])
+    assert (tmp_path / "a" / "photo_layer-1.png").stat().st_size > 0
+    assert convert_main([str(tmp_path / "crate-demo.pth"), str(tmp_path / "demo"), "--heads", "4"]) == 0
+    seg.main(["overlay", "--model-dir", str(tmp_path / "demo"), "--images", str(photo), "--layer", "0",
+              "--out-dir", str(tmp_path / "b")])
+    assert (tmp_path / "b" / "photo_layer0.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="exactly one of --model-dir"):
+        seg.main(["overlay", "--images", str(photo)])
+
+
+def exit_code(main, argv) -> int:
+    """The exit status of a converter's command line that fails (crate_core.cli: SystemExit(2))."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code

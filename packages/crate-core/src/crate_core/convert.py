@@ -5,21 +5,13 @@
 The layout (CRATE, CRATE demo/21k, CRATE-alpha, CRATE-MAE, CRATE-LM square/overcomplete) is read off
 the keys (crate_core.official). DST must be absent, empty or a previous export; a folder holding
 other files needs --overwrite, which writes the export next to them and deletes nothing else.
-Errors print one line ``PROG: error: ...`` and exit with status 2 (--debug shows the traceback).
+Errors print one line ``crate_core.convert: error: ...`` and exit with status 2 (--debug shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
-
-
-def _fail(prog: str, error: BaseException) -> int:
-    print(f"{prog}: error: {error}", file=sys.stderr)
-    return 2
 
 
 def export(model, dst, src, layout: str, overwrite: bool = False):
@@ -40,7 +32,10 @@ def converter_main(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     options: Callable[[argparse.Namespace], dict] | None = None,
 ) -> int:
-    """The command line every converter shares: SRC DST [--heads K] [--overwrite] [--debug] [family options]."""
+    """The command line every converter shares: SRC DST [--heads K] [--overwrite] [--debug] [family options].
+    Errors go through crate_core.cli.run: one line ``PROG: error: ...`` and SystemExit(2)."""
+    from .cli import run
+
     parser = argparse.ArgumentParser(
         prog=f"python -m {prog}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -51,21 +46,20 @@ def converter_main(
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     if add_arguments is not None:
         add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
+
+    def convert(args_list: list[str]) -> None:
         from .official import read_checkpoint
 
+        args = parser.parse_args(args_list)
         ckpt = read_checkpoint(args.src)
         kwargs = {"heads": args.heads, **(options(args) if options else {})}
         model = load(ckpt, **{k: v for k, v in kwargs.items() if v is not None})
         layout = getattr(model, "_official_layout", family)
         out = export(model, args.dst, args.src, layout, overwrite=args.overwrite)
-    except USER_ERRORS as e:
-        if args.debug:
-            raise
-        return _fail(prog, e)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out}: {type(model).__name__} ({layout}), {n / 1e6:.2f}M parameters")
+        n = sum(p.numel() for p in model.parameters())
+        print(f"wrote {out}: {type(model).__name__} ({layout}), {n / 1e6:.2f}M parameters")
+
+    run(convert, argv, name=prog)
     return 0
 
 

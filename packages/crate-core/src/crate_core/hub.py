@@ -88,15 +88,19 @@ def is_export(path: Path) -> bool:
         return False
 
 
+class DestinationError(FileExistsError, ValueError):
+    """The export destination holds something else (a user mistake: a ValueError for crate_core.cli)."""
+
+
 def check_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse a destination that is a file, or a folder holding something other than an export, unless overwrite."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path}: exists and is not a folder; choose another destination")
+        raise DestinationError(f"{path}: exists and is not a folder; choose another destination")
     if path.is_dir() and any(path.iterdir()) and not is_export(path) and not overwrite:
         others = sorted(p.name for p in path.iterdir())
         shown = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")
-        raise FileExistsError(
+        raise DestinationError(
             f"{path}: holds other files ({shown}); choose an empty folder, or pass overwrite=True (--overwrite) "
             "to write the export next to them (nothing else is deleted)"
         )
