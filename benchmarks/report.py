@@ -98,11 +98,7 @@ def plan(preset: dict, families: list[str], data: dict[str, str | None]) -> list
         runs.append(Run(fam, "crate", spec["crate"], TOOLS[fam], ["--model", spec["crate"], *common]))
         if spec["baseline"] is None:  # no standard-transformer trainer for this family yet (see README)
             continue
-        if fam == "gpt":  # GPT-2 of the same shape, trained by pretrain_gpt.py itself
-            runs.append(Run(fam, "baseline", spec["baseline"], "tools/train_gpt2_baseline.py",
-                            ["--like", spec["crate"], *common]))
-        else:
-            runs.append(Run(fam, "baseline", spec["baseline"], TOOLS[fam], ["--model", spec["baseline"], *common]))
+        runs.append(Run(fam, "baseline", spec["baseline"], TOOLS[fam], ["--model", spec["baseline"], *common]))
     return runs
 
 

@@ -7,8 +7,8 @@
 
 --model / --baseline: an exported model directory (config.json + model.safetensors) or a registered
 preset name (random init). CRATE-GPT neurons are the ISTA codes (4d for the CRATE-LM overcomplete
-block, d for the square block); tools/train_gpt2_baseline.py trains the matching GPT-2, whose
-neurons are GELU(c_fc x) (4d). --data must be a token file of the model's tokenizer.
+block, d for the square block); tools/pretrain_gpt.py --model gpt2-like-<preset> trains the matching
+GPT-2, whose neurons are GELU(c_fc x) (4d). --data must be a token file of the model's tokenizer.
 """
 
 from __future__ import annotations

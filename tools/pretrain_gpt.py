@@ -3,6 +3,10 @@
     uv run python tools/pretrain_gpt.py                                    # crate-gpt-nano, offline Shakespeare, CPU
     deepspeed tools/pretrain_gpt.py --model crate-gpt-base --data data/owt --micro-batch 12 --grad-accum 40
     torchrun --nproc-per-node 2 tools/pretrain_gpt.py --zero-stage 2
+    uv run python tools/pretrain_gpt.py --model gpt2-like-crate-lm-gpt-nano   # the same-shape GPT-2 baseline
+
+--model takes any registered causal-LM preset (task "causal-lm" in crate_core's registry), CRATE-GPT or
+its GPT-2 baseline gpt2-like-<preset>; both train with the same data, loss, optimizer and schedule.
 
 Data: a directory holding train.bin / val.bin from tools/prepare_text.py. The default directory
 (data/shakespeare-gpt2) is prepared automatically from the Shakespeare plays shipped in the
@@ -19,8 +23,10 @@ from pathlib import Path
 import crate_core
 import torch
 from crate_core.train import Trainer, add_train_args, train_config_from_args
-from crate_text import TokenDataset, get_tokenizer
+from crate_text import LOSSES, get_tokenizer, lm_datasets, vocab_overrides
 from crate_text.prepare import DEFAULT_OUT, ensure_prepared
+
+TASK = "causal-lm"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,11 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_overrides(args, tok) -> dict:
-    """Fit the embedding to the tokenizer (GPT-2's 50257 ids stay padded to 50304)."""
-    over = {}
-    base = crate_core.get_config(args.model)
-    if tok.n_ids > base.vocab_size or tok.name != getattr(base, "tokenizer", "gpt2"):
-        over.update(vocab_size=64 * math.ceil(tok.n_ids / 64), n_tokens=tok.vocab_size, tokenizer=tok.name)
+    """Fit the embedding to the tokenizer, then the context, ISTA block and dropout flags."""
+    over = vocab_overrides(crate_core.get_config(args.model), tok)
     if args.block_size is not None:
         over["block_size"] = args.block_size
     if args.ista is not None:
@@ -66,14 +69,9 @@ def model_overrides(args, tok) -> dict:
     return over
 
 
-def lm_loss(model, batch):
-    x, y = batch
-    _, loss = model(x, y)
-    return loss, {"tokens": x.numel()}
-
-
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    crate_core.registry.resolve_for_task(args.model, TASK)  # a wrong model fails before any process group
     cfg = train_config_from_args(args)
     tok = get_tokenizer(args.tokenizer)
     data = Path(args.data)
@@ -81,9 +79,8 @@ def main(argv=None) -> dict:
         ensure_prepared(data)
     model = crate_core.create(args.model, **model_overrides(args, tok))
     block = model.config.block_size
-    train = TokenDataset(data / "train.bin", block, tokenizer=tok, max_vocab=model.config.vocab_size)
-    val = TokenDataset(data / "val.bin", block, tokenizer=tok, max_vocab=model.config.vocab_size)
-    trainer = Trainer(cfg, model, train, loss_fn=lm_loss, eval_dataset=val)
+    train, val = lm_datasets(TASK, data, tok, model.config)
+    trainer = Trainer(cfg, model, train, loss_fn=LOSSES[TASK], eval_dataset=val)
     if trainer.is_main:
         print(
             f"{args.model}: {model.num_params() / 1e6:.2f}M parameters (non-embedding "

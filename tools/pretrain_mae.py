@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    crate_core.registry.resolve_for_task(args.model, "mae")  # a wrong model fails before any process group
     overrides = {
         k: v
         for k, v in {

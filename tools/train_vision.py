@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     g = p.add_argument_group("vision")
     g.add_argument(
-        "--model", default="crate-mini-shapes", help="registered preset (crate_core.list_models())"
+        "--model", default="crate-mini-shapes", help="registered preset (crate_core.list_models(task='classify'))"
     )
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     g.add_argument(
@@ -68,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if not args.finetune:  # a model of another task fails here, before any process group starts
+        crate_core.registry.resolve_for_task(args.model, "classify")
     cfg = train_config_from_args(args)
     base = load_weights(args.finetune) if args.finetune else None
     preset_size = base.config.image_size if base is not None else crate_core.get_config(args.model).image_size

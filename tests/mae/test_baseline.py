@@ -40,3 +40,29 @@ def test_crate_mae_has_about_a_quarter_of_the_parameters():
         crate = _count(crate_core.create(f"crate-mae-{size}"))
         vit = _count(crate_core.create(f"vit-mae-{size}"))
         assert 0.2 < crate / vit < 0.35, (size, crate, vit)
+
+
+def test_both_maes_share_one_skeleton_and_vision_patch_embedding():
+    """forward / features / mask_for / from_pretrained are written once (MaskedAutoencoder); the patch
+    embedding is crate_vision's Conv2d embedding, its output the conv formula in row-major patch order."""
+    import pytest
+    import torch.nn.functional as F
+    from crate_mae import CRATEMAE, MaskedAutoencoder, ViTMAE
+    from crate_vision.models import ConvPatchEmbed
+
+    for cls in (CRATEMAE, ViTMAE):
+        assert issubclass(cls, MaskedAutoencoder)
+        assert not {"forward", "features", "mask_for", "from_pretrained"} & set(vars(cls)), cls
+    torch.manual_seed(0)
+    imgs = torch.randn(2, 3, 32, 32)
+    for name in ("crate-mae-tiny-test", "vit-mae-tiny-test"):
+        model = crate_core.create(name).eval()
+        assert type(model.patch_embed) is ConvPatchEmbed
+        w, b = model.patch_embed.proj.weight, model.patch_embed.proj.bias
+        torch.testing.assert_close(model.patch_tokens(imgs), F.conv2d(imgs, w, b, stride=4).flatten(2).mT)
+        z = model.encode(imgs)
+        torch.testing.assert_close(model.features(imgs, "mean"), z[:, 1:].mean(1))
+        with pytest.raises(ValueError, match="expects 32x32"):
+            model.features(torch.randn(1, 3, 64, 64))
+        with pytest.raises(ValueError, match="pool must be one of"):
+            model.features(imgs, "max")

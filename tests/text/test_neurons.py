@@ -243,8 +243,8 @@ def test_viewer_renders_in_chromium(tmp_path, token_file, tool):
 
 @pytest.mark.slow
 def test_gpt2_baseline_trained_like_crate(tool, token_file, tmp_path, monkeypatch):
-    """tools/train_gpt2_baseline.py runs pretrain_gpt.py with only the model swapped: the trainer and
-    DeepSpeed configs of the two runs are equal, and the export loads back as a GPT2Baseline."""
+    """pretrain_gpt.py --model gpt2-like-P trains P's GPT-2 baseline with only the model swapped: the
+    trainer and DeepSpeed configs of the two runs are equal, and the export loads back as a GPT2Baseline."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
     path, _ = token_file
     data = tmp_path / "data"
@@ -265,8 +265,8 @@ def test_gpt2_baseline_trained_like_crate(tool, token_file, tmp_path, monkeypatc
     ]
     common += ["--wandb", "disabled", "--progress", "off", "--sample-tokens", "2", "--seed", "3"]
     tool("pretrain_gpt").main([*common, "--model", "crate-lm-gpt-nano", "--out-dir", str(tmp_path / "crate")])
-    res = tool("train_gpt2_baseline").main(
-        [*common, "--like", "crate-lm-gpt-nano", "--out-dir", str(tmp_path / "g")]
+    res = tool("pretrain_gpt").main(
+        [*common, "--model", "gpt2-like-crate-lm-gpt-nano", "--out-dir", str(tmp_path / "g")]
     )
     assert res["steps"] == 3
     runs = [__import__("json").loads((tmp_path / d / "run_config.json").read_text()) for d in ("crate", "g")]
@@ -283,5 +283,5 @@ def test_gpt2_baseline_trained_like_crate(tool, token_file, tmp_path, monkeypatc
         c["block_size"],
         c["vocab_size"],
     )
-    with pytest.raises(ValueError, match="--like"):
-        tool("train_gpt2_baseline").main(["--model", "x"])
+    with pytest.raises(ValueError, match="'bert-like-crate-bert-nano' has task 'masked-lm'"):
+        tool("pretrain_gpt").main(["--model", "bert-like-crate-bert-nano"])

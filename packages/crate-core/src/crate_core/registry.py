@@ -4,6 +4,9 @@ A registered name maps to a typed dataclass config and a builder (usually the mo
 called as ``builder(config)``). Packages register their presets on import; the registry
 imports installed packages advertised under the ``crate.models`` entry point on a miss, so
 ``create("crate-gpt-nano")`` works without importing crate_text first.
+
+Every preset declares its ``task`` (one of ``TASKS``), so a tool picks its loss and data from the
+registry and refuses a model of another task up front (``resolve_for_task``).
 """
 
 from __future__ import annotations
@@ -18,9 +21,17 @@ from typing import Any
 
 from torch import nn
 
+TASKS = ("classify", "text-classify", "mae", "causal-lm", "masked-lm")
+"""classify: images -> class logits; text-classify: token ids -> sequence labels; mae: masked image
+reconstruction; causal-lm: next-token prediction; masked-lm: masked-token prediction."""
+
 
 class UnknownModelError(ValueError):
     """Raised for a model name that is not registered; the message lists close matches."""
+
+
+class WrongTaskError(ValueError):
+    """Raised when a tool is given a registered model of another task."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class ModelEntry:
     config: Any
     family: str = ""
     description: str = ""
+    task: str | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -43,13 +55,17 @@ def register(
     family: str = "",
     description: str = "",
     overwrite: bool = False,
+    task: str | None = None,
 ) -> ModelEntry:
-    """Register preset ``name``: ``create(name)`` returns ``builder(config)``."""
+    """Register preset ``name``: ``create(name)`` returns ``builder(config)``; ``task`` is one of TASKS."""
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise ValueError(f"config for {name!r} must be a dataclass instance, got {type(config).__name__}")
-    if name in _REGISTRY and not overwrite and _REGISTRY[name].config != config:
-        raise ValueError(f"model name {name!r} is already registered (family {_REGISTRY[name].family!r})")
-    entry = ModelEntry(name, builder, config, family, description)
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task for {name!r} must be one of {TASKS}, got task={task!r}")
+    old = _REGISTRY.get(name)
+    if old is not None and not overwrite and (old.config != config or old.task != task):
+        raise ValueError(f"model name {name!r} is already registered (family {old.family!r}, task {old.task!r})")
+    entry = ModelEntry(name, builder, config, family, description, task)
     _REGISTRY[name] = entry
     return entry
 
@@ -76,6 +92,23 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+def resolve_for_task(name: str, *tasks: str) -> ModelEntry:
+    """The entry of ``name`` if its task is one of ``tasks``; else a WrongTaskError naming the model,
+    its task and the expected ones (unknown names raise UnknownModelError)."""
+    bad = [t for t in tasks if t not in TASKS]
+    if not tasks or bad:
+        raise ValueError(f"expected tasks must be among {TASKS}, got {tasks}")
+    entry = get_entry(name)
+    if entry.task not in tasks:
+        want = " or ".join(repr(t) for t in tasks)
+        examples = [n for t in tasks for n in list_models(task=t)][:3]
+        hint = f" (e.g. {', '.join(examples)})" if examples else ""
+        raise WrongTaskError(
+            f"model {name!r} has task {entry.task!r}, this tool needs a model of task {want}{hint}"
+        )
+    return entry
+
+
 def get_config(name: str, **overrides: Any) -> Any:
     """The preset's config, with fields replaced by ``overrides`` (unknown fields are an error)."""
     config = get_entry(name).config
@@ -94,9 +127,16 @@ def create(name: str, **overrides: Any) -> nn.Module:
     return entry.builder(get_config(name, **overrides))
 
 
-def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Registered names matching a glob ``pattern`` (and ``family`` if given), sorted."""
+def list_models(pattern: str = "*", family: str | None = None, task: str | None = None) -> list[str]:
+    """Registered names matching a glob ``pattern`` (and ``family`` / ``task`` if given), sorted."""
     _load_plugins()
-    return sorted(
-        n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
-    )
+    return sorted(n for n, e in entries(family, task).items() if fnmatch.fnmatch(n, pattern))
+
+
+def entries(family: str | None = None, task: str | None = None) -> dict[str, ModelEntry]:
+    """The entries registered so far (no plugin loading), filtered by ``family`` and ``task``."""
+    return {
+        n: e
+        for n, e in _REGISTRY.items()
+        if (family is None or e.family == family) and (task is None or e.task == task)
+    }

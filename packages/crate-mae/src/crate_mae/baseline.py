@@ -4,6 +4,9 @@ CRATE-MAE, so that the side-by-side comparison differs only in the layers:
 
     encoder: [cls; keep(PatchEmbed(x) + pos)] -> Blocks -> LN          (masked patches dropped)
     decoder: Linear(d -> d_dec), mask tokens re-inserted, + pos -> Blocks -> LN -> Linear(-> P*P*C)
+
+Only ``encode`` and ``decode`` are its own; the rest is ``common.MaskedAutoencoder``. Importing the
+module registers vit-mae-{tiny,small,base,large,tiny-test,nano} (task mae).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import torch
 from crate_core.registry import register
 from torch import nn
 
-from .common import MAEOutput, PatchEmbed, check_geometry, check_pool, mae_init, reconstruction_loss
-from .masking import Masking, check_image, fill_masked, keep_tokens, random_masking
+from .common import MaskedAutoencoder, check_geometry, mae_init
+from .masking import Masking, fill_masked, keep_tokens
 from .pos_embed import sincos_2d
 
 
@@ -45,8 +48,8 @@ def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList
     )
 
 
-class ViTMAE(nn.Module):
-    """MAE with ViT blocks; same interface as CRATEMAE (forward -> MAEOutput, features)."""
+class ViTMAE(MaskedAutoencoder):
+    """MAE with ViT blocks; the skeleton (forward -> MAEOutput, features, mask_for) is CRATE-MAE's."""
 
     def __init__(self, config: ViTMAEConfig):
         super().__init__()
@@ -55,7 +58,7 @@ class ViTMAE(nn.Module):
         check_geometry(c.image_size, c.patch_size, c.in_chans, c.decoder_dim, c.decoder_heads, c.mask_ratio)
         self.config = config
         self.num_patches = grid * grid
-        self.patch_embed = PatchEmbed(c.image_size, c.patch_size, c.in_chans, c.dim)
+        self.patch_embed = self.make_patch_embed(c, c.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
         self.register_buffer("pos_embed", sincos_2d(c.dim, grid, cls_token=True)[None], persistent=False)
         self.blocks = _blocks(c.dim, c.depth, c.heads, c.mlp_ratio)
@@ -69,24 +72,16 @@ class ViTMAE(nn.Module):
         self.decoder_norm = nn.LayerNorm(c.decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(c.decoder_dim, c.patch_size**2 * c.in_chans)
         self.apply(mae_init)
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
-
-    def mask_for(self, images, mask_ratio=None, noise=None, generator=None) -> Masking:
-        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        return random_masking(images.shape[0], self.num_patches, ratio, images.device, generator, noise)
+        self.init_embedding()
 
     def encode(
         self, images: torch.Tensor, masking: Masking | None = None, return_intermediates: bool = False
     ):
         """LN of the encoder output: (B, N+1, d) without masking, (B, len_keep+1, d) with it."""
-        x = self.patch_embed(images) + self.pos_embed[:, 1:].to(images.dtype)
+        x = self.patch_tokens(images) + self.pos_embed[:, 1:].to(images.dtype)
         if masking is not None:
             x = keep_tokens(x, masking.ids_keep)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = self.with_cls(x)
         layers = []
         for blk in self.blocks:
             x = blk(x)
@@ -105,31 +100,6 @@ class ViTMAE(nn.Module):
         pred = self.decoder_pred(self.decoder_norm(z))[:, 1:]
         return (pred, layers) if return_intermediates else pred
 
-    def forward(
-        self, images, mask_ratio=None, noise=None, generator=None, return_intermediates=False
-    ) -> MAEOutput:
-        c = self.config
-        check_image(images, c.patch_size, c.image_size, c.in_chans)
-        masking = self.mask_for(images, mask_ratio, noise, generator)
-        enc = self.encode(images, masking, return_intermediates)
-        latent, enc_layers = enc if return_intermediates else (enc, None)
-        dec = self.decode(latent, masking, return_intermediates)
-        pred, dec_layers = dec if return_intermediates else (dec, None)
-        loss, target = reconstruction_loss(images, pred, masking.mask, c.patch_size, c.norm_pix_loss)
-        return MAEOutput(loss, pred, target, masking.mask, masking.ids_restore, enc_layers, dec_layers)
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        check_pool(pool)
-        z = self.encode(images)
-        return z[:, 0] if pool == "cls" else z[:, 1:].mean(dim=1)
-
-    @classmethod
-    def from_pretrained(cls, path, map_location="cpu") -> ViTMAE:
-        from crate_core import from_pretrained
-
-        return from_pretrained(path, map_location, expected=cls)
-
 
 def _same_as_crate(name: str, dim: int, heads: int, depth: int, **geometry) -> None:
     config = ViTMAEConfig(
@@ -146,6 +116,7 @@ def _same_as_crate(name: str, dim: int, heads: int, depth: int, **geometry) -> N
         ViTMAE,
         config,
         family="mae",
+        task="mae",
         description=f"ViT-MAE baseline with the width/depth of crate-{name[4:]}: {dim} wide, {depth}+{depth} layers",
     )
 

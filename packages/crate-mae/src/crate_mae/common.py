@@ -1,17 +1,32 @@
-"""Pieces shared by CRATE-MAE and the ViT-MAE baseline: config checks, patch embedding,
-the masked-reconstruction loss and the output record."""
+"""The masked-autoencoder skeleton shared by CRATE-MAE and the ViT-MAE baseline, config checks,
+the masked-reconstruction loss and the output record. The patch embedding (Conv2d, kernel = stride
+= P) and the pooling names are crate_vision's.
+
+    masking = random_masking(B, N, r)                         (mask_for)
+    latent  = encode(images, masking)                         (subclass: its encoder)
+    pred    = decode(latent, masking)                         (subclass: its decoder), (B, N, P*P*C)
+    loss    = mean over removed patches of the per-patch MSE  (reconstruction_loss)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from crate_vision.models import POOLS, ConvPatchEmbed
 from torch import nn
 
-from .masking import check_image, check_mask_ratio, masked_mse, normalize_patches, patchify
+from .masking import (
+    Masking,
+    check_image,
+    check_mask_ratio,
+    masked_mse,
+    normalize_patches,
+    patchify,
+    random_masking,
+)
 
 MASK_MODES = ("token", "drop")
-POOLS = ("cls", "mean")
 
 
 @dataclass
@@ -53,19 +68,6 @@ def check_pool(pool: str) -> str:
     return pool
 
 
-class PatchEmbed(nn.Module):
-    """Conv2d(C -> d, kernel = stride = P): (B, C, H, W) -> (B, N, d), patches row-major."""
-
-    def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int):
-        super().__init__()
-        self.image_size, self.patch_size, self.in_chans = image_size, patch_size, in_chans
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        check_image(images, self.patch_size, self.image_size, self.in_chans)
-        return self.proj(images).flatten(2).transpose(1, 2)
-
-
 def reconstruction_loss(
     images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int, norm_pix: bool
 ):
@@ -85,3 +87,71 @@ def mae_init(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+class MaskedAutoencoder(nn.Module):
+    """Mask -> encode -> decode -> masked MSE, and frozen features for probing. A subclass sets
+    ``config`` (image_size, patch_size, in_chans, mask_ratio, norm_pix_loss), ``num_patches``,
+    ``patch_embed`` (``make_patch_embed``), ``cls_token`` and ``mask_token``, and defines
+    ``encode(images, masking=None, return_intermediates=False)`` -> LN'd tokens, cls first, and
+    ``decode(latent, masking, return_intermediates=False)`` -> patch predictions."""
+
+    @staticmethod
+    def make_patch_embed(config, dim: int) -> ConvPatchEmbed:
+        return ConvPatchEmbed(config.patch_size, config.in_chans, dim)
+
+    def init_embedding(self) -> None:
+        """MAE init of the patch projection (xavier-uniform as a Linear, zero bias) and N(0, 0.02) tokens."""
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Checked images (B, C, H, W) -> patch tokens (B, N, d), row-major."""
+        c = self.config
+        check_image(images, c.patch_size, c.image_size, c.in_chans)
+        return self.patch_embed(images)
+
+    def with_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the cls token: (B, n, d) -> (B, 1 + n, d)."""
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+
+    def mask_for(self, images: torch.Tensor, mask_ratio=None, noise=None, generator=None) -> Masking:
+        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        return random_masking(images.shape[0], self.num_patches, ratio, images.device, generator, noise)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        mask_ratio: float | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_intermediates: bool = False,
+    ) -> MAEOutput:
+        """Mask, encode, decode; the loss is the MSE on removed patches. ``noise`` (B, N) fixes
+        the masking (argsort order); ``return_intermediates`` fills the per-layer records."""
+        c = self.config
+        check_image(images, c.patch_size, c.image_size, c.in_chans)
+        masking = self.mask_for(images, mask_ratio, noise, generator)
+        enc = self.encode(images, masking, return_intermediates)
+        latent, enc_layers = enc if return_intermediates else (enc, None)
+        dec = self.decode(latent, masking, return_intermediates)
+        pred, dec_layers = dec if return_intermediates else (dec, None)
+        loss, target = reconstruction_loss(images, pred, masking.mask, c.patch_size, c.norm_pix_loss)
+        return MAEOutput(loss, pred, target, masking.mask, masking.ids_restore, enc_layers, dec_layers)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """Frozen features of unmasked images for probing: the cls token or the mean patch token."""
+        check_pool(pool)
+        z = self.encode(images)
+        return z[:, 0] if pool == "cls" else z[:, 1:].mean(dim=1)
+
+    @classmethod
+    def from_pretrained(cls, path, map_location="cpu"):
+        """Load an export (crate_core.save_pretrained); it must hold a ``cls``."""
+        from crate_core import from_pretrained
+
+        return from_pretrained(path, map_location, expected=cls)

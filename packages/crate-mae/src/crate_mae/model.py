@@ -1,7 +1,7 @@
 """CRATE-MAE: a CRATE encoder (structured denoising) and its inverse decoder (structured
 diffusion) trained by masked autoencoding (Pai et al., ICLR 2024).
 
-    x       = PatchEmbed(image)                                   (B, N, d)
+    x       = PatchEmbed(image)                                   (B, N, d), Conv2d as crate_vision's
     x_n     = mask_token if patch n is removed else x_n           mask_mode="token" (official)
     z^0     = [cls; x] + pos                                       fixed 2-D sin-cos, cls slot 0
     z^L     = CRATE layers (z_half = z + MSSA(LN z); z' = ISTA(LN z_half), lambda 0.5, eta 0.1)
@@ -23,17 +23,9 @@ from crate_core import ISTA, TrunkConfig, build_stack
 from crate_core.registry import register
 from torch import nn
 
-from .common import (
-    MASK_MODES,
-    MAEOutput,
-    PatchEmbed,
-    check_geometry,
-    check_pool,
-    mae_init,
-    reconstruction_loss,
-)
+from .common import MASK_MODES, MaskedAutoencoder, check_geometry, mae_init
 from .decoder import CRATEDecoder
-from .masking import Masking, check_image, fill_masked, keep_tokens, random_masking
+from .masking import Masking, fill_masked, keep_tokens
 from .pos_embed import sincos_2d
 
 
@@ -54,7 +46,7 @@ class CRATEMAEConfig(TrunkConfig):
     final_norm_eps: float = 1e-6  # encoder `norm` and `decoder_norm`
 
 
-class CRATEMAE(nn.Module):
+class CRATEMAE(MaskedAutoencoder):
     """CRATE-MAE masked autoencoder; ``model(images)`` returns an MAEOutput with the loss."""
 
     def __init__(self, config: CRATEMAEConfig):
@@ -67,7 +59,7 @@ class CRATEMAE(nn.Module):
             raise ValueError(f"dim={c.dim} is not divisible by decoder_heads={c.decoder_heads}")
         self.config = config
         self.num_patches = grid * grid
-        self.patch_embed = PatchEmbed(c.image_size, c.patch_size, c.in_chans, c.dim)
+        self.patch_embed = self.make_patch_embed(c, c.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.dim))
         self.register_buffer("pos_embed", sincos_2d(c.dim, grid, cls_token=True)[None], persistent=False)
@@ -82,28 +74,14 @@ class CRATEMAE(nn.Module):
         """Official CRATE-MAE init: MAE style for Linear / LayerNorm / patch conv / tokens;
         the dictionaries (ISTA D, decoder E) Kaiming-uniform."""
         self.apply(mae_init)
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.patch_embed.proj.bias)
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
+        self.init_embedding()
         for m in self.modules():
             if isinstance(m, ISTA):
                 nn.init.kaiming_uniform_(m.D)
         for layer in self.decoder.layers:
             nn.init.kaiming_uniform_(layer.E)
 
-    # ----------------------------------------------------------------------------------
-    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        return self.patch_embed(images)
-
-    def mask_for(self, images: torch.Tensor, mask_ratio=None, noise=None, generator=None) -> Masking:
-        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        return random_masking(images.shape[0], self.num_patches, ratio, images.device, generator, noise)
-
-    def _with_cls(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-
+    # -- forward, features, mask_for and from_pretrained: common.MaskedAutoencoder -----------
     def encode(
         self, images: torch.Tensor, masking: Masking | None = None, return_intermediates: bool = False
     ):
@@ -112,12 +90,12 @@ class CRATEMAE(nn.Module):
         x = self.patch_tokens(images)
         pos = self.pos_embed.to(x.dtype)
         if masking is None:
-            z = self._with_cls(x) + pos
+            z = self.with_cls(x) + pos
         elif self.config.mask_mode == "token":
             x = torch.where(masking.mask[..., None].bool(), self.mask_token.to(x.dtype), x)
-            z = self._with_cls(x) + pos
+            z = self.with_cls(x) + pos
         else:
-            z = self._with_cls(keep_tokens(x + pos[:, 1:], masking.ids_keep))  # cls slot of pos is 0
+            z = self.with_cls(keep_tokens(x + pos[:, 1:], masking.ids_keep))  # cls slot of pos is 0
         out = self.encoder(z, return_intermediates=return_intermediates)
         if return_intermediates:
             z, layers = out
@@ -135,42 +113,9 @@ class CRATEMAE(nn.Module):
         pred = self.decoder_pred(self.decoder_norm(z))[:, 1:]
         return (pred, layers) if return_intermediates else pred
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        mask_ratio: float | None = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        return_intermediates: bool = False,
-    ) -> MAEOutput:
-        """Mask, encode, decode; the loss is the MSE on removed patches. ``noise`` (B, N) fixes
-        the masking (argsort order); ``return_intermediates`` fills the per-layer records."""
-        c = self.config
-        check_image(images, c.patch_size, c.image_size, c.in_chans)
-        masking = self.mask_for(images, mask_ratio, noise, generator)
-        enc = self.encode(images, masking, return_intermediates)
-        latent, enc_layers = enc if return_intermediates else (enc, None)
-        dec = self.decode(latent, masking, return_intermediates)
-        pred, dec_layers = dec if return_intermediates else (dec, None)
-        loss, target = reconstruction_loss(images, pred, masking.mask, c.patch_size, c.norm_pix_loss)
-        return MAEOutput(loss, pred, target, masking.mask, masking.ids_restore, enc_layers, dec_layers)
-
-    @torch.no_grad()
-    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """Frozen features of unmasked images for probing: the cls token or the mean patch token."""
-        check_pool(pool)
-        z = self.encode(images)
-        return z[:, 0] if pool == "cls" else z[:, 1:].mean(dim=1)
-
-    @classmethod
-    def from_pretrained(cls, path, map_location="cpu") -> CRATEMAE:
-        from crate_core import from_pretrained
-
-        return from_pretrained(path, map_location, expected=cls)
-
 
 def _preset(name: str, description: str, **fields) -> None:
-    register(name, CRATEMAE, CRATEMAEConfig(**fields), family="mae", description=description)
+    register(name, CRATEMAE, CRATEMAEConfig(**fields), family="mae", task="mae", description=description)
 
 
 _preset("crate-mae-tiny", "CRATE-MAE tiny: 384 wide, 6 heads, 12+12 layers, patch 16, 224 px")

@@ -1,7 +1,8 @@
 """crate_text: CRATE-GPT (causal) and CRATE-BERT (masked) language models, offline tokenizers,
-token files and generation. Importing it registers the text presets with crate_core
-(``crate_core.create("crate-gpt-nano")``)."""
+token files, losses and generation. Importing it registers the text presets with crate_core
+(``crate_core.create("crate-gpt-nano")``) and their baselines (``gpt2-like-*``, ``bert-like-*``)."""
 
+from .baselines import BertBaseline, GPT2Baseline  # importing registers gpt2-like-* and bert-like-*
 from .bert import (
     CRATEBertConfig,
     CRATEBertEncoder,
@@ -10,13 +11,21 @@ from .bert import (
     mask_tokens,
 )
 from .convert import load_official
-from .data import TokenDataset, TokenFileWriter, load_tokens, read_header, shakespeare_plays, write_tokens
+from .data import (
+    MLMDataset,
+    TokenDataset,
+    TokenFileWriter,
+    lm_datasets,
+    load_tokens,
+    read_header,
+    shakespeare_plays,
+    vocab_overrides,
+    write_tokens,
+)
 from .generate import KVCache, filter_logits
 from .gpt import CRATEGPT, CRATEGPTConfig
-from .interp.baseline import register_bert_baselines
+from .losses import LOSSES, causal_lm_loss, masked_lm_loss
 from .tokenizers import Tokenizer, get_tokenizer
-
-register_bert_baselines()  # bert-like-crate-bert-{nano,base}: the standard masked-LM baselines
 
 __all__ = [
     "CRATEGPT",
@@ -27,11 +36,19 @@ __all__ = [
     "CRATEBertForMaskedLM",
     "CRATEBertForSequenceClassification",
     "mask_tokens",
+    "GPT2Baseline",
+    "BertBaseline",
     "KVCache",
     "filter_logits",
     "Tokenizer",
     "get_tokenizer",
     "TokenDataset",
+    "MLMDataset",
+    "lm_datasets",
+    "vocab_overrides",
+    "LOSSES",
+    "causal_lm_loss",
+    "masked_lm_loss",
     "TokenFileWriter",
     "load_tokens",
     "read_header",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gpt import check_ids
+from .losses import masked_lm_cross_entropy
 
 
 @dataclass
@@ -94,8 +95,7 @@ class CRATEBertForMaskedLM(nn.Module):
         logits = F.linear(h, self.encoder.wte.weight, self.decoder_bias)
         if labels is None:
             return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        return logits, loss
+        return logits, masked_lm_cross_entropy(logits, labels)
 
 
 class CRATEBertForSequenceClassification(nn.Module):
@@ -165,7 +165,8 @@ def mask_tokens(
 
 def _register() -> None:
     def preset(name, cls, description, **kw):
-        crate_core.register(name, cls, CRATEBertConfig(**kw), family="text", description=description)
+        task = "masked-lm" if cls is CRATEBertForMaskedLM else "text-classify"
+        crate_core.register(name, cls, CRATEBertConfig(**kw), family="text", task=task, description=description)
 
     nano = dict(dim=128, depth=4, heads=4, max_positions=128)
     preset(

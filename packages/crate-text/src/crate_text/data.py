@@ -1,5 +1,5 @@
-"""Token files (a flat array of ids after a small header), memory-mapped datasets, and the
-offline Shakespeare corpus.
+"""Token files (a flat array of ids after a small header), memory-mapped datasets (next-token
+windows, masked-LM examples), and the offline Shakespeare corpus.
 
 Token file layout (little endian), 256-byte header then the ids:
     magic  8s  b"CRATETOK"
@@ -183,6 +183,62 @@ class TokenDataset(Dataset):
         s = i * self.stride
         chunk = torch.from_numpy(self.ids[s : s + self.block_size + 1].astype(np.int64))
         return chunk[:-1], chunk[1:]
+
+
+class MLMDataset(Dataset):
+    """Masked-LM examples: window i of ``tokens`` wrapped as [cls] + ids + [sep], then BERT-masked
+    (``crate_text.bert.mask_tokens``: 15% of the ordinary ids chosen, 80% mask / 10% random / 10% kept;
+    specials never chosen). Item: (inputs, labels), labels -100 where no token was chosen. With
+    ``fixed_seed`` the masking of item i is seeded by (fixed_seed, i), so evaluation is repeatable."""
+
+    def __init__(
+        self, tokens: TokenDataset, tok, n_tokens: int, prob: float = 0.15, fixed_seed: int | None = None
+    ):
+        self.tokens, self.tok, self.n_tokens, self.prob, self.fixed_seed = tokens, tok, n_tokens, prob, fixed_seed
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int):
+        from .bert import mask_tokens
+
+        x, _ = self.tokens[i]
+        t = self.tok
+        ids = torch.cat([torch.tensor([t.cls_token]), x, torch.tensor([t.sep_token])])
+        g = None if self.fixed_seed is None else torch.Generator().manual_seed(self.fixed_seed * 1_000_003 + i)
+        specials = (t.cls_token, t.sep_token, t.eot_token, t.pad_token, t.mask_token)
+        inputs, labels = mask_tokens(ids[None], t.mask_token, self.n_tokens, specials, prob=self.prob, generator=g)
+        return inputs[0], labels[0]
+
+
+def vocab_overrides(config, tok) -> dict:
+    """Config fields that fit a preset's embedding to tokenizer ``tok``: nothing when the preset
+    already uses it (GPT-2's 50257 ids stay padded to 50304), else n_ids rounded up to 64 rows."""
+    if tok.n_ids <= config.vocab_size and tok.name == getattr(config, "tokenizer", "gpt2"):
+        return {}
+    return {"vocab_size": 64 * -(-tok.n_ids // 64), "n_tokens": tok.vocab_size, "tokenizer": tok.name}
+
+
+def lm_datasets(task: str, data_dir, tok, config, mask_prob: float = 0.15, seed: int = 0) -> tuple:
+    """(train, val) for a language-model task from DATA_DIR/{train,val}.bin. causal-lm: windows of
+    ``config.block_size`` (x, y = ids shifted by one); masked-lm: MLMDataset over windows of
+    ``config.max_positions - 2`` (room for cls/sep), the validation masking fixed by ``seed``."""
+    data_dir = Path(data_dir)
+    if task == "causal-lm":
+        return tuple(
+            TokenDataset(data_dir / f"{s}.bin", config.block_size, tokenizer=tok, max_vocab=config.vocab_size)
+            for s in ("train", "val")
+        )
+    if task == "masked-lm":
+        windows = [
+            TokenDataset(data_dir / f"{s}.bin", config.max_positions - 2, tokenizer=tok, max_vocab=config.vocab_size)
+            for s in ("train", "val")
+        ]
+        return (
+            MLMDataset(windows[0], tok, config.n_tokens, mask_prob),
+            MLMDataset(windows[1], tok, config.n_tokens, mask_prob, fixed_seed=seed),
+        )
+    raise ValueError(f"no language-model data for task {task!r}; expected 'causal-lm' or 'masked-lm'")
 
 
 # ---- the offline corpus ------------------------------------------------------------------------

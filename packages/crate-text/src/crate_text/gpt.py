@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import crate_core
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .generate import KVCache, generate
+from .losses import causal_lm_cross_entropy
 
 
 @dataclass
@@ -110,8 +110,7 @@ class CRATEGPT(nn.Module):
         logits = self.lm_head(self.ln_f(self.trunk(self.embed(idx))))
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
-        return logits, loss
+        return logits, causal_lm_cross_entropy(logits, targets)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self(idx, targets)[1]
@@ -144,7 +143,9 @@ class CRATEGPT(nn.Module):
 
 def _register() -> None:
     def preset(name, description, **kw):
-        crate_core.register(name, CRATEGPT, CRATEGPTConfig(**kw), family="text", description=description)
+        crate_core.register(
+            name, CRATEGPT, CRATEGPTConfig(**kw), family="text", task="causal-lm", description=description
+        )
 
     nano = dict(dim=128, depth=4, heads=4, block_size=128)
     preset("crate-gpt-nano", "CRATE-GPT for CPU runs: 4 layers, 4 heads, d 128, context 128", **nano)

@@ -1,5 +1,6 @@
 """A plain ViT baseline (timm's VisionTransformer, built through its public constructor) with the
 same config fields and helpers as CRATEClassifier, so tools train, export and probe both alike.
+Importing the module registers vit-mini-shapes, vit-mini-shapes-p4 and vit-tiny-test (task classify).
 
     ViT block: z_half = z + MHSA(LN z) (separate q, k, v);  z_next = z_half + MLP(LN z_half)
 """
@@ -103,6 +104,7 @@ class ViTClassifier(nn.Module):
 
 
 def register_baselines() -> None:
+    """A ViT classifier (task classify) at the size of each small CRATE vision preset."""
     presets = {
         "vit-mini-shapes": (ViTClassifierConfig(32, 8, 3, 6, 128, 4, 4), "ViT baseline at the size of crate-mini-shapes"),
         "vit-mini-shapes-p4": (
@@ -111,4 +113,7 @@ def register_baselines() -> None:
         "vit-tiny-test": (ViTClassifierConfig(32, 8, 3, 10, 64, 2, 4), "ViT baseline at the size of crate-tiny-test"),
     }
     for name, (config, description) in presets.items():
-        crate_core.register(name, ViTClassifier, config, family="vision", description=description)
+        crate_core.register(name, ViTClassifier, config, family="vision", task="classify", description=description)
+
+
+register_baselines()

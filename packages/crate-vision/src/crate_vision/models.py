@@ -263,4 +263,9 @@ def preset_configs() -> dict[str, tuple[CRATEClassifierConfig, str]]:
 
 def register_presets() -> None:
     for name, (config, description) in preset_configs().items():
-        crate_core.register(name, CRATEClassifier, config, family="vision", description=description)
+        crate_core.register(
+            name, CRATEClassifier, config, family="vision", task="classify", description=description
+        )
+
+
+register_presets()

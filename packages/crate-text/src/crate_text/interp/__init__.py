@@ -1,6 +1,6 @@
 """Neuron-level interpretability for causal LMs: streaming collection of per-neuron top-k contexts
-and statistics (``neurons``), a static HTML viewer and JSON export (``viewer``), and the same-shape
-GPT-2 baseline (``baseline``, needs transformers)."""
+and statistics (``neurons``) and a static HTML viewer and JSON export (``viewer``). The same-shape
+GPT-2 baseline they compare against is ``crate_text.baselines.GPT2Baseline`` (needs transformers)."""
 
 from .neurons import (
     LayerRecorder,

@@ -130,7 +130,7 @@ SOURCES = ("auto", "ista", "mlp")
 
 def _kind(model: nn.Module) -> str | None:
     """'ista' for a CRATE trunk with sparse codes, 'mlp' for the GPT-2 baseline, else None."""
-    from .baseline import GPT2Baseline
+    from ..baselines import GPT2Baseline
 
     if isinstance(model, GPT2Baseline):
         return "mlp"
