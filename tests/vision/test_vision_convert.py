@@ -358,6 +358,31 @@ def test_segment_overlay_accepts_the_demo_checkpoint(tmp_path):
         seg.main(["overlay", "--images", str(photo)])
 
 
+def test_timm_pretrained_loads_an_official_file_through_the_converter(tmp_path):
+    import timm
+
+    sd = official_alpha_state(dim=64, depth=2, heads=4, patch=8, image=32, classes=10)  # crate_alpha_tiny_test
+    torch.save(sd, tmp_path / "alpha.pth")
+    m = timm.create_model("crate_alpha_tiny_test", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "alpha.pth")))
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (m.eval()(img) - official_alpha_forward(sd, img, heads=4, patch=8)).abs().max() < 1e-4
+    assert m.pretrained_cfg["file"] == str(tmp_path / "alpha.pth")
+    other = timm.create_model("crate_alpha_tiny_test", pretrained=True, num_classes=3, img_size=48,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "alpha.pth")))
+    assert other.head.out_features == 3 and other.pos_embed.shape == (1, 37, 64)  # fresh head, positions resampled
+    assert torch.equal(other.trunk.layers[1].ista.D1, m.trunk.layers[1].ista.D1)
+    with pytest.raises(ValueError, match=r"does not fit crate_tiny_test"):  # an alpha file for a CRATE name
+        timm.create_model("crate_tiny_test", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "alpha.pth")))
+    cfg = timm.models.get_pretrained_cfg("crate_alpha_base_patch16_224")
+    assert cfg.url.endswith("UCSC-VLAA/CRATE-alpha/resolve/main/torch/crate_alpha_B16.pth") and cfg.crop_pct == 1.0
+    assert timm.models.get_pretrained_cfg("crate_alpha_large_patch14_224").hf_hub_filename == "torch/crate_alpha_L14.pth"
+    base = timm.models.get_pretrained_cfg("crate_base_patch16_224")
+    assert base.input_size == (3, 224, 224) and base.crop_pct == 0.875 and base.mean == (0.485, 0.456, 0.406)
+    with pytest.raises(ValueError, match="official weights: https://huggingface.co/UCSC-VLAA"):
+        timm.create_model("crate_alpha_base_patch16_224", pretrained=True)
+
+
 def exit_code(main, argv) -> int:
     """The exit status of a converter's command line that fails (crate_core.cli: SystemExit(2))."""
     with pytest.raises(SystemExit) as e:

@@ -1,0 +1,146 @@
+"""crate_core.hub on huggingface_hub: Hub repo ids read from the local Hugging Face cache (offline by
+default, HF_HUB_OFFLINE respected), revisions, push_to_hub, the generated model card, protected destinations."""
+
+import json
+import os
+import shutil
+import stat
+
+import crate_core
+import pytest
+import torch
+from crate_core import hub
+
+from test_registry_hub import TinyConfig, TinyModel, make_model  # noqa: F401  (tests/core helpers)
+
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+
+
+def fake_cache(tmp_path, monkeypatch, exports: dict[str, str]):
+    """A Hugging Face cache laid out as huggingface_hub writes it: models--org--name/{refs,snapshots/COMMIT}."""
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--org--crate-tiny"
+    for commit, src in exports.items():
+        shutil.copytree(src, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(list(exports)[-1])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_repo_id_from_the_local_cache_and_revisions(tmp_path, monkeypatch):
+    old = hub.save_pretrained(make_model(depth=1), tmp_path / "v1")
+    new = hub.save_pretrained(make_model(depth=3), tmp_path / "v2")
+    cache = fake_cache(tmp_path, monkeypatch, {COMMIT_A: old, COMMIT_B: new})
+    assert len(crate_core.from_pretrained("org/crate-tiny", cache_dir=cache).trunk.layers) == 3  # refs/main
+    assert len(crate_core.from_pretrained("org/crate-tiny", revision=COMMIT_A, cache_dir=cache).trunk.layers) == 1
+    with pytest.raises(FileNotFoundError, match="org/other is neither a local folder nor in the local Hugging Face cache"):
+        crate_core.from_pretrained("org/other", cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match="at revision 'v9'"):
+        crate_core.from_pretrained("org/crate-tiny", revision="v9", cache_dir=cache)
+    with pytest.raises(ValueError, match="revision='main' applies to Hub repos"):
+        crate_core.from_pretrained(old, revision="main")
+
+
+def test_offline_by_default_and_hf_hub_offline_wins(tmp_path, monkeypatch):
+    calls = []
+    import huggingface_hub
+
+    real = huggingface_hub.snapshot_download
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["local_files_only"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
+    cache = fake_cache(tmp_path, monkeypatch, {COMMIT_A: hub.save_pretrained(make_model(), tmp_path / "e")})
+    crate_core.from_pretrained("org/crate-tiny", cache_dir=cache)
+    assert calls == [True]  # no network unless asked
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match="org/missing"):  # asked for the network, refused offline
+        crate_core.from_pretrained("org/missing", local_files_only=False, cache_dir=cache)
+    assert calls[-1] is False
+
+
+def test_push_to_hub_uploads_the_export_with_a_card(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    hub.save_pretrained(make_model(), run / "final")
+    (run / "run_config.json").write_text(json.dumps({"command": ["tools/train_toy.py", "--steps", "40"]}))
+    (run / "train_result.json").write_text(json.dumps({"steps": 40, "loss": 0.125, "val_top1": 0.9, "params": 123}))
+    seen = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            seen["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            seen["repo"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, revision=None, commit_message="", allow_patterns=None):
+            seen["files"] = sorted(os.listdir(folder_path))
+            seen["card"] = open(os.path.join(folder_path, "README.md")).read()
+            return "https://huggingface.co/org/x/commit/123"
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = crate_core.push_to_hub(run / "final", "org/x", token="t", private=True)
+    assert url.endswith("/commit/123") and seen["repo"] == ("org/x", True, True) and seen["token"] == "t"
+    assert seen["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(os.listdir(run / "final")) == ["config.json", "model.safetensors"]  # the export is not changed
+    card = seen["card"]
+    assert card.startswith("---\n") and "library_name: crate" in card and "license: mit" in card
+    assert "tools/train_toy.py --steps 40" in card  # the training command
+    assert "| loss | 0.125 |" in card and "| val_top1 | 0.9 |" in card and "| steps | 40 |" in card
+    assert "| depth | `2` |" in card and "TinyModel" in card
+    assert "White-Box Transformers via Sparse Rate Reduction" in card
+    crate_core.push_to_hub(make_model(), "org/y")
+    assert seen["files"] == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_destination_rules(tmp_path):
+    model = make_model()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="exists and is not a folder"):
+        hub.save_pretrained(model, tmp_path / "file", overwrite=True)
+    busy = tmp_path / "busy"
+    (busy / "sub").mkdir(parents=True)
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"busy: holds other files \(notes.txt, sub\); .*overwrite=True"):
+        hub.save_pretrained(model, busy)
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt", "sub"]
+    hub.save_pretrained(model, busy, overwrite=True, model_card=True)
+    assert sorted(p.name for p in busy.iterdir()) == ["README.md", "config.json", "model.safetensors", "notes.txt", "sub"]
+    hub.save_pretrained(make_model(depth=3), busy, overwrite=True)  # again: only our files are replaced
+    assert len(crate_core.from_pretrained(busy).trunk.layers) == 3 and (busy / "notes.txt").read_text() == "mine"
+    hf_like = tmp_path / "hf"  # a transformers export has the same file names but is not ours
+    hf_like.mkdir()
+    (hf_like / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="holds other files"):
+        hub.save_pretrained(model, hf_like)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    hub.save_pretrained(model, empty)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_exports_respect_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        out = hub.save_pretrained(make_model(), tmp_path / "e", model_card=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {
+        "config.json": 0o640, "model.safetensors": 0o640, "README.md": 0o640}
+
+
+def test_model_card_for_an_export_already_written(tmp_path):
+    run = tmp_path / "r"
+    out = hub.save_pretrained(make_model(ista="alpha"), run / "final")
+    (run / "train_result.json").write_text(json.dumps({"loss": 1.5}))
+    card = hub.write_model_card(out).read_text()
+    assert "| loss | 1.5 |" in card and "Scaling White-Box Transformers for Vision" in card  # CRATE-alpha citation
+    assert len(crate_core.from_pretrained(out).trunk.layers) == 2  # a card does not stop the folder loading
