@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import crate_core
 from crate_core.train import Trainer, add_train_args, train_config_from_args
-from crate_text import LOSSES, get_tokenizer, lm_datasets, vocab_overrides
-from crate_text.prepare import DEFAULT_OUT, ensure_prepared
+from crate_text.pretrain import add_lm_args, lm_run
 
 TASK = "masked-lm"
 
@@ -39,11 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         eval_batches=20,
         log_every=20,
     )
-    p.add_argument(
-        "--model", default="crate-bert-nano", help="a registered preset (crate_core.list_models(task='masked-lm'))"
-    )
-    p.add_argument("--data", default=DEFAULT_OUT, help="directory with train.bin and val.bin")
-    p.add_argument("--tokenizer", default="gpt2", help='"gpt2" or a SentencePiece .model (must match --data)')
+    add_lm_args(p, TASK, default_model="crate-bert-nano")
     p.add_argument("--max-positions", type=int, default=None, help="sequence length (default: the model's)")
     p.add_argument("--mask-prob", type=float, default=0.15)
     return p
@@ -51,18 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    crate_core.registry.resolve_for_task(args.model, TASK)  # a wrong model fails before any process group
     cfg = train_config_from_args(args)
-    tok = get_tokenizer(args.tokenizer)
-    data = Path(args.data)
-    if args.data == DEFAULT_OUT and args.tokenizer == "gpt2":
-        ensure_prepared(data)
-    over = vocab_overrides(crate_core.get_config(args.model), tok)
-    if args.max_positions is not None:
-        over["max_positions"] = args.max_positions
-    model = crate_core.create(args.model, **over)
-    train, val = lm_datasets(TASK, data, tok, model.config, mask_prob=args.mask_prob, seed=cfg.seed)
-    trainer = Trainer(cfg, model, train, loss_fn=LOSSES[TASK], eval_dataset=val)
+    # a model of another task fails here, before any process group starts
+    run = lm_run(args, TASK, dict(max_positions=args.max_positions), mask_prob=args.mask_prob, seed=cfg.seed)
+    trainer = Trainer(cfg, run.model, run.train, loss_fn=run.loss_fn, eval_dataset=run.val)
     result = trainer.fit()
     if trainer.is_main:
         trainer.export(Path(cfg.out_dir) / "final")

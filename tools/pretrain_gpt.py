@@ -23,8 +23,7 @@ from pathlib import Path
 import crate_core
 import torch
 from crate_core.train import Trainer, add_train_args, train_config_from_args
-from crate_text import LOSSES, get_tokenizer, lm_datasets, vocab_overrides
-from crate_text.prepare import DEFAULT_OUT, ensure_prepared
+from crate_text.pretrain import add_lm_args, lm_run
 
 TASK = "causal-lm"
 
@@ -44,11 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         eval_batches=40,
         log_every=20,
     )
-    p.add_argument(
-        "--model", default="crate-gpt-nano", help="a registered preset (crate_core.list_models('*gpt*'))"
-    )
-    p.add_argument("--data", default=DEFAULT_OUT, help="directory with train.bin and val.bin")
-    p.add_argument("--tokenizer", default="gpt2", help='"gpt2" or a SentencePiece .model (must match --data)')
+    add_lm_args(p, TASK, default_model="crate-gpt-nano")
     p.add_argument("--block-size", type=int, default=None, help="training context (default: the model's)")
     p.add_argument("--ista", choices=["square", "lm"], default=None, help="override the preset's ISTA block")
     p.add_argument("--dropout", type=float, default=None)
@@ -57,30 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def model_overrides(args, tok) -> dict:
-    """Fit the embedding to the tokenizer, then the context, ISTA block and dropout flags."""
-    over = vocab_overrides(crate_core.get_config(args.model), tok)
-    if args.block_size is not None:
-        over["block_size"] = args.block_size
-    if args.ista is not None:
-        over["ista"] = args.ista
-    if args.dropout is not None:
-        over["dropout"] = args.dropout
-    return over
-
-
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    crate_core.registry.resolve_for_task(args.model, TASK)  # a wrong model fails before any process group
     cfg = train_config_from_args(args)
-    tok = get_tokenizer(args.tokenizer)
-    data = Path(args.data)
-    if args.data == DEFAULT_OUT and args.tokenizer == "gpt2":
-        ensure_prepared(data)
-    model = crate_core.create(args.model, **model_overrides(args, tok))
+    # a model of another task fails here, before any process group starts
+    run = lm_run(args, TASK, dict(block_size=args.block_size, ista=args.ista, dropout=args.dropout))
+    model, tok, train, val = run.model, run.tok, run.train, run.val
     block = model.config.block_size
-    train, val = lm_datasets(TASK, data, tok, model.config)
-    trainer = Trainer(cfg, model, train, loss_fn=LOSSES[TASK], eval_dataset=val)
+    trainer = Trainer(cfg, model, train, loss_fn=run.loss_fn, eval_dataset=val)
     if trainer.is_main:
         print(
             f"{args.model}: {model.num_params() / 1e6:.2f}M parameters (non-embedding "

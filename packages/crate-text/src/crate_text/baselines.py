@@ -13,7 +13,7 @@ flat dataclasses, so ``crate_core.save_pretrained`` / ``from_pretrained`` and ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import crate_core
 import torch
@@ -26,30 +26,32 @@ from .losses import causal_lm_cross_entropy, masked_lm_cross_entropy
 
 
 @dataclass
-class GPT2BaselineConfig:
+class LMShape:
+    """The fields a baseline copies from its CRATE preset: vocabulary, width, depth, heads, dropout."""
+
     vocab_size: int = 50304
     n_tokens: int = 50257
-    block_size: int = 1024
     dim: int = 768
     depth: int = 12
     heads: int = 12
     dropout: float = 0.0
-    activation: str = "gelu_new"
     tokenizer: str = "gpt2"
+
+
+def _shape_of(config) -> dict:
+    shape = {f.name: getattr(config, f.name) for f in fields(LMShape) if f.name != "tokenizer"}
+    return {**shape, "tokenizer": getattr(config, "tokenizer", "gpt2")}
+
+
+@dataclass
+class GPT2BaselineConfig(LMShape):
+    block_size: int = 1024
+    activation: str = "gelu_new"
 
 
 def baseline_config_like(config) -> GPT2BaselineConfig:
     """A GPT-2 config with the width, depth, heads, context, vocabulary and dropout of ``config``."""
-    return GPT2BaselineConfig(
-        vocab_size=config.vocab_size,
-        n_tokens=config.n_tokens,
-        block_size=config.block_size,
-        dim=config.dim,
-        depth=config.depth,
-        heads=config.heads,
-        dropout=config.dropout,
-        tokenizer=getattr(config, "tokenizer", "gpt2"),
-    )
+    return GPT2BaselineConfig(block_size=config.block_size, **_shape_of(config))
 
 
 class GPT2Baseline(nn.Module):
@@ -105,29 +107,14 @@ class GPT2Baseline(nn.Module):
 
 
 @dataclass
-class BertBaselineConfig:
-    vocab_size: int = 50304
-    n_tokens: int = 50257
-    max_positions: int = 512
-    dim: int = 768
-    depth: int = 12
-    heads: int = 12
+class BertBaselineConfig(LMShape):
     dropout: float = 0.1
-    tokenizer: str = "gpt2"
+    max_positions: int = 512
 
 
 def bert_config_like(config) -> BertBaselineConfig:
     """A BERT config with the width, depth, heads, positions, vocabulary and dropout of a CRATE-BERT config."""
-    return BertBaselineConfig(
-        vocab_size=config.vocab_size,
-        n_tokens=config.n_tokens,
-        max_positions=config.max_positions,
-        dim=config.dim,
-        depth=config.depth,
-        heads=config.heads,
-        dropout=config.dropout,
-        tokenizer=config.tokenizer,
-    )
+    return BertBaselineConfig(max_positions=config.max_positions, **_shape_of(config))
 
 
 class BertBaseline(nn.Module):
