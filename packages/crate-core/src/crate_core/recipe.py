@@ -441,3 +441,93 @@ def parse_with_recipe(
     warn_if_no_gpu(recipe, args)
     args.recipe_info = recipe
     return args
+
+
+# ---- a GPU-sized run started without a GPU -------------------------------------------------------
+CPU_FLOPS = 1e11  # FLOP/s: a generous figure for fp32 training on a few CPU cores
+CPU_LIMIT_HOURS = 1.0
+
+
+class TooSlowForCPUError(ValueError):
+    """A run that would take hours on the CPU was started without asking for the CPU."""
+
+
+def check_cpu_budget(
+    params: int, tokens: float, device: str = "auto", what: str = "this run", cpu_command: str | None = None
+) -> float:
+    """Estimated CPU hours of a run, ``6 x params x tokens / CPU_FLOPS`` (the 6N rule; CRATE's ISTA costs a
+    bit more, so it is a lower bound); ``tokens`` = every token (or image patch) the run processes.
+
+    With no CUDA device and ``device == "auto"`` a run over CPU_LIMIT_HOURS raises TooSlowForCPUError
+    naming the estimate and what to run on a CPU instead; ``device == "cpu"`` (asked for) only warns.
+    """
+    import torch
+
+    hours = 6 * params * tokens / CPU_FLOPS / 3600
+    if torch.cuda.is_available() or device == "cuda" or hours <= CPU_LIMIT_HOURS:
+        return hours
+    msg = (
+        f"{what} ({params / 1e6:.1f}M parameters, {tokens:,.0f} tokens) is sized for a GPU: no CUDA device here, and "
+        f"at ~{CPU_FLOPS / 1e9:.0f} GFLOP/s it would take at least {hours:,.1f} hours on this CPU"
+    )
+    hint = f". On a CPU run {cpu_command}" if cpu_command else ""
+    if device == "cpu":
+        warnings.warn(RecipeWarning(msg + " (--device cpu was asked for: going ahead)"), stacklevel=2)
+        return hours
+    raise TooSlowForCPUError(msg + hint + "; or pass --device cpu to run it here anyway")
+
+
+# ---- evaluation tools: the recipe's output and its promised metric -------------------------------
+EVAL_TOOLS = ("eval_vision", "eval_lm")
+
+
+def eval_defaults(recipe: Recipe, tool: str) -> dict[str, Any]:
+    """Defaults an evaluation tool takes from a recipe: the run's exported model and the recipe's data."""
+    model = str(Path(recipe.out_dir) / "final")
+    if tool == "eval_vision":
+        if recipe.tool != "train_vision":
+            raise _err(recipe.path, f"recipe.tool = {recipe.tool!r}: tools/eval_vision.py evaluates train_vision recipes")
+        out = {"model": model, "data": recipe.flags["data"], "split": recipe.get("eval", "split", "val")}
+        if "image_size" in recipe.flags:
+            out["image_size"] = recipe.flags["image_size"]
+        return out
+    if tool == "eval_lm":
+        if recipe.get("data", "format") != "tokens":
+            raise _err(recipe.path, "tools/eval_lm.py evaluates token recipes (data.format = 'tokens')")
+        return {"model": model, "data": str(Path(recipe.data_path) / "val.bin")}
+    raise ValueError(f"unknown evaluation tool {tool!r}; choose one of {list(EVAL_TOOLS)}")
+
+
+def parse_eval_with_recipe(
+    parser: argparse.ArgumentParser, argv: list[str] | None, tool: str
+) -> argparse.Namespace:
+    """``parse_args`` for an evaluation tool with ``--recipe PATH``: the recipe's output directory and data
+    become defaults (flags and positionals given on the command line win); ``args.recipe_info`` is set."""
+    if "recipe" not in _dests(parser):
+        parser.add_argument("--recipe", default=None, metavar="PATH",
+                            help="a recipes/*.toml file: evaluate its run (OUT_DIR/final) on its data")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.recipe is None:
+        args = parser.parse_args(argv)
+        args.recipe_info = None
+        return args
+    recipe = load_recipe(known.recipe)
+    dests = _dests(parser)
+    parser.set_defaults(**{k: v for k, v in eval_defaults(recipe, tool).items() if k in dests})
+    args = parser.parse_args(argv)
+    args.recipe_info = recipe
+    return args
+
+
+def compare_to_published(recipe: Recipe | None, measured: float) -> str | None:
+    """The line an evaluation prints: the recipe's metric as measured next to the published figure."""
+    if recipe is None:
+        return None
+    pub = recipe.get("recipe", "published")
+    ref = f"published {pub:g}" if pub is not None else "no published figure"
+    return (
+        f"recipe {recipe.name}: {recipe.get('recipe', 'metric')} measured {measured:.4g}, {ref} "
+        f"({recipe.get('recipe', 'source')})"
+    )
