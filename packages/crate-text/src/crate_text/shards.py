@@ -70,7 +70,8 @@ def tokenize_shards(
     """Tokenize every (k, shard) into ``part_path(parts_dir, split, k)``, skipping finished parts.
 
     ``tokenizer`` is the spec workers load (``get_tokenizer`` name or path); ``tok`` the loaded one (its
-    name and id count go in the headers). Returns (parts in shard order, number already finished).
+    name and id count go in the headers). ``total``, the number of shards if known, is for the progress bar;
+    a single known shard is tokenized in this process. Returns (parts in shard order, number already finished).
     """
     from tqdm.auto import tqdm
 
@@ -80,9 +81,9 @@ def tokenize_shards(
     parts: list[Path] = []
     resumed = 0
     bar = tqdm(total=total, desc=f"{split} shards", unit="shard")
-    pool = (
-        ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn")) if num_proc > 1 else None
-    )
+    # one known shard (a small corpus): no pool to start
+    use_pool = num_proc > 1 and (total is None or total > 1)
+    pool = ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn")) if use_pool else None
     pending: dict[Future, int] = {}
 
     def collect(block: bool) -> None:
