@@ -16,6 +16,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,18 +55,20 @@ def command(nproc: int, out: Path, extra: list[str]) -> list[str]:
 
 def launch(cmd, env, kill_after: float | None, timeout: float = 600) -> int:
     """Run ``cmd`` in its own process group; SIGKILL the group after ``kill_after`` seconds."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        proc.wait(timeout=kill_after if kill_after is not None else timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return -signal.SIGKILL
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a chatty child never blocks on it
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=kill_after if kill_after is not None else timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return -signal.SIGKILL
+        log.seek(0)
+        err = log.read()
     if proc.returncode not in (0, -signal.SIGKILL) and kill_after is None:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}): {proc.stderr.read()[-4000:]}")
+        raise AssertionError(f"{cmd} failed ({proc.returncode}): {err[-4000:]}")
     if proc.returncode not in (0, -signal.SIGKILL):  # a torchrun child killed itself: the agent fails
-        err = proc.stderr.read()
         assert "SIGKILL" in err or "Signal 9" in err or "exitcode  : -9" in err, err[-4000:]
     return proc.returncode
 
