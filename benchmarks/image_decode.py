@@ -67,8 +67,12 @@ def pipelines(image_size: int = 224) -> dict:
     ra14 = train_transform(image_size, randaugment=(2, 14))
     evaluate = eval_transform(image_size)
     tensor_train = v2.Compose(
-        [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(),
-         v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+        [
+            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
     )
 
     def pil(path):
@@ -94,7 +98,10 @@ def pipelines(image_size: int = 224) -> dict:
 
 def recipe_pipeline(raw: dict) -> str | None:
     """Which measured pipeline a recipe's training data goes through (None: not an image recipe)."""
-    if raw["recipe"]["tool"] not in ("train_vision", "pretrain_mae") or raw["data"]["format"] != "imagefolder":
+    if (
+        raw["recipe"]["tool"] not in ("train_vision", "pretrain_mae")
+        or raw["data"]["format"] != "imagefolder"
+    ):
         return None  # CIFAR batches and Hugging Face copies hold decoded or small images: no JPEG decode
     if raw["recipe"]["tool"] == "pretrain_mae":
         return "eval"  # tools/pretrain_mae.py resizes and centre-crops
@@ -116,8 +123,14 @@ def workers_table(rates: dict) -> list[dict]:
             continue
         samples = r.steps * r.raw["batch"]["global"]
         per_gpu = samples / (r.raw["recipe"]["gpu_hours"] * 3600)
-        rows.append({"recipe": r.name, "pipeline": pipe, "images_per_s_per_gpu": per_gpu,
-                     "cores_per_gpu": math.ceil(per_gpu / rates[pipe])})
+        rows.append(
+            {
+                "recipe": r.name,
+                "pipeline": pipe,
+                "images_per_s_per_gpu": per_gpu,
+                "cores_per_gpu": math.ceil(per_gpu / rates[pipe]),
+            }
+        )
     return rows
 
 
@@ -140,9 +153,15 @@ def main(argv=None) -> dict:
     rates = {k: args.images / float(np.median(v["cpu"])) for k, v in times.items()}
     wall = {k: args.images / float(np.median(v["wall"])) for k, v in times.items()}
     table = workers_table(rates)
-    result = {"cpu": device_name(resolve_device("cpu")), "images": args.images, "repeats": args.repeats,
-              "mean_jpeg_kib": kib, "images_per_cpu_second": rates, "images_per_wall_second": wall,
-              "recipes": table}
+    result = {
+        "cpu": device_name(resolve_device("cpu")),
+        "images": args.images,
+        "repeats": args.repeats,
+        "mean_jpeg_kib": kib,
+        "images_per_cpu_second": rates,
+        "images_per_wall_second": wall,
+        "recipes": table,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -167,8 +186,10 @@ def main(argv=None) -> dict:
         "",
         "| recipe | pipeline | images/s per GPU | cores per GPU |",
         "|---|---|---:|---:|",
-        *[f"| {t['recipe']} | {t['pipeline']} | {t['images_per_s_per_gpu']:.0f} | {t['cores_per_gpu']} |"
-          for t in table],
+        *[
+            f"| {t['recipe']} | {t['pipeline']} | {t['images_per_s_per_gpu']:.0f} | {t['cores_per_gpu']} |"
+            for t in table
+        ],
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))

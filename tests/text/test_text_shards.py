@@ -24,7 +24,7 @@ def test_parallel_equals_direct_encoding_and_resumes(tmp_path):
     serial, resumed = tokenize_shards(shards, tmp_path / "a", "train", "gpt2", tok, num_proc=1)
     parallel, _ = tokenize_shards(shards, tmp_path / "b", "train", "gpt2", tok, num_proc=2)
     assert resumed == 0 and [p.name for p in serial] == [f"train-{k:05d}.bin" for k in range(7)]
-    for (k, docs), a, b in zip(shards, serial, parallel):
+    for (_, docs), a, b in zip(shards, serial, parallel):
         ids_a, header = load_tokens(a, tok)
         ids_b, _ = load_tokens(b, tok)
         assert np.array_equal(ids_a, ids_b)

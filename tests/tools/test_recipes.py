@@ -75,10 +75,22 @@ def test_every_recipe_is_valid_and_complete():
         assert r.get("model", "smoke_preset") in crate_core.list_models()
         assert r.get("recipe", "gpu_hours") > 0 and r.get("recipe", "source")
     # the experiments the issue lists
-    for name in ("crate-t16-in1k", "crate-s16-in1k", "crate-b16-in1k", "crate-l16-in1k", "crate-s16-cifar10-ft",
-                 "crate-s16-cifar100-scratch", "crate-alpha-b16-in21k", "crate-alpha-b16-in1k-ft",
-                 "crate-alpha-l14-in21k", "crate-alpha-l14-in1k-ft", "crate-mae-b16-in1k", "crate-gpt-base-owt",
-                 "crate-lm-base-pile", "tost-s16-in1k"):
+    for name in (
+        "crate-t16-in1k",
+        "crate-s16-in1k",
+        "crate-b16-in1k",
+        "crate-l16-in1k",
+        "crate-s16-cifar10-ft",
+        "crate-s16-cifar100-scratch",
+        "crate-alpha-b16-in21k",
+        "crate-alpha-b16-in1k-ft",
+        "crate-alpha-l14-in21k",
+        "crate-alpha-l14-in1k-ft",
+        "crate-mae-b16-in1k",
+        "crate-gpt-base-owt",
+        "crate-lm-base-pile",
+        "tost-s16-in1k",
+    ):
         assert name in names
 
 
@@ -108,15 +120,26 @@ def _write(tmp_path: Path, text: str, base: str = "crate-b16-in1k.toml") -> Path
     "edit, message",
     [
         ('name = "lion" => name = "sgd"', None),  # caught against the parser's choices below
-        ('preset = "crate-base-patch16-224" => preset = "crate-bass-patch16-224"',
-         r"unknown preset model.preset = 'crate-bass-patch16-224'.*did you mean crate-base-patch16-224"),
-        ('format = "imagefolder" => format = "webdataset"', r"unknown data format data.format = 'webdataset'"),
-        ('lr = 2e-4 => lr = 2e-4\nmomentum = 0.9', r"unknown field optimizer.momentum = 0.9"),
+        (
+            'preset = "crate-base-patch16-224" => preset = "crate-bass-patch16-224"',
+            r"unknown preset model.preset = 'crate-bass-patch16-224'.*did you mean crate-base-patch16-224",
+        ),
+        (
+            'format = "imagefolder" => format = "webdataset"',
+            r"unknown data format data.format = 'webdataset'",
+        ),
+        ("lr = 2e-4 => lr = 2e-4\nmomentum = 0.9", r"unknown field optimizer.momentum = 0.9"),
         ("[eval] => [evaluation]", r"unknown table \[evaluation\]"),
-        ("accumulation = 1 => accumulation = 2", r"batch.global = 512 != batch.micro 64 x batch.accumulation 2"),
+        (
+            "accumulation = 1 => accumulation = 2",
+            r"batch.global = 512 != batch.micro 64 x batch.accumulation 2",
+        ),
         ("global = 512 => global = 512.0", r"batch.global = 512.0 must be a int"),
         ("epochs = 200 => steps = 10\nepochs = 200", r"exactly one of schedule.steps and schedule.epochs"),
-        ('tool = "train_vision" => tool = "train_everything"', r"unknown tool recipe.tool = 'train_everything'"),
+        (
+            'tool = "train_vision" => tool = "train_everything"',
+            r"unknown tool recipe.tool = 'train_everything'",
+        ),
     ],
 )
 def test_bad_recipes_name_the_field_and_value(tmp_path, edit, message):
@@ -136,8 +159,15 @@ def _vision_like_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser()
     add_train_args(p)
-    for flag, kw in {"--model": {}, "--data": {}, "--image-size": {"type": int}, "--finetune": {},
-                     "--label-smoothing": {"type": float}, "--test-split": {}, "--set": {"action": "append"}}.items():
+    for flag, kw in {
+        "--model": {},
+        "--data": {},
+        "--image-size": {"type": int},
+        "--finetune": {},
+        "--label-smoothing": {"type": float},
+        "--test-split": {},
+        "--set": {"action": "append"},
+    }.items():
         p.add_argument(flag, **kw)
     return p
 
@@ -151,11 +181,15 @@ def test_command_line_overrides_the_recipe_and_checks_run_before_data(tmp_path, 
         parse_with_recipe(parser, ["--recipe", str(path)])
     data.mkdir()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.warns(RecipeWarning, match=r"expected 31 GPU-hours.*no CUDA device: 500,456 steps would take about 31"):
+    with pytest.warns(
+        RecipeWarning, match=r"expected 31 GPU-hours.*no CUDA device: 500,456 steps would take about 31"
+    ):
         args = parse_with_recipe(_vision_like_parser(), ["--recipe", str(path)])
     assert (args.lr, args.optimizer, args.global_batch, args.steps) == (2e-4, "lion", 512, 500456)
     with pytest.warns(RecipeWarning, match=r"1,000 steps would take about 0.0619 GPU-hours"):
-        args = parse_with_recipe(_vision_like_parser(), ["--recipe", str(path), "--lr", "1e-3", "--steps", "1000"])
+        args = parse_with_recipe(
+            _vision_like_parser(), ["--recipe", str(path), "--lr", "1e-3", "--steps", "1000"]
+        )
     assert (args.lr, args.steps, args.weight_decay) == (1e-3, 1000, 0.05)
     # a recipe field the tool has no flag for
     from crate_core.train import add_train_args
@@ -163,7 +197,9 @@ def test_command_line_overrides_the_recipe_and_checks_run_before_data(tmp_path, 
     bare = add_train_args(argparse.ArgumentParser())
     for flag in ("--model", "--data", "--image-size", "--test-split"):
         bare.add_argument(flag)
-    with pytest.raises(RecipeError, match=r"field tool.label_smoothing = 0.1: tools/train_vision.py has no such flag"):
+    with pytest.raises(
+        RecipeError, match=r"field tool.label_smoothing = 0.1: tools/train_vision.py has no such flag"
+    ):
         parse_with_recipe(bare, ["--recipe", str(path)])
     # run with the wrong tool
     with pytest.raises(RecipeError, match=r"run it with tools/train_vision.py, not pretrain_gpt"):
@@ -179,14 +215,16 @@ def test_batch_that_does_not_divide_over_the_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RecipeWarning)
-        with pytest.raises(RecipeError, match=r"global batch 512 does not divide over micro batch 64 x world size 3"):
+        with pytest.raises(
+            RecipeError, match=r"global batch 512 does not divide over micro batch 64 x world size 3"
+        ):
             parse_with_recipe(_vision_like_parser(), ["--recipe", str(path)])
         monkeypatch.setenv("WORLD_SIZE", "16")  # 512 / (64 x 16): no whole accumulation either
         with pytest.raises(RecipeError, match=r"does not divide"):
             parse_with_recipe(_vision_like_parser(), ["--recipe", str(path)])
         args = parse_with_recipe(_vision_like_parser(), ["--recipe", str(path), "--micro-batch", "32"])
     assert args.micro_batch == 32  # 512 = 32 x 1 x 16
-    check_batch(argparse.Namespace(global_batch=512, micro_batch=64, grad_accum=None), world=4)  # accumulation 2
+    check_batch(argparse.Namespace(global_batch=512, micro_batch=64, grad_accum=None), world=4)  # accum 2
 
 
 # ---- two optimizer steps per recipe -----------------------------------------------------------
@@ -204,11 +242,16 @@ def _jpeg_folder(root: Path, splits=("train", "val"), per_class=4, size=40) -> P
 
 
 def _cifar(root: Path, kind: str) -> Path:
-    folder, n, key = (("cifar-10-batches-py", 10, "labels") if kind == "cifar10"
-                      else ("cifar-100-python", 100, "fine_labels"))
+    folder, n, key = (
+        ("cifar-10-batches-py", 10, "labels")
+        if kind == "cifar10"
+        else ("cifar-100-python", 100, "fine_labels")
+    )
     (root / folder).mkdir(parents=True)
     rng = np.random.default_rng(0)
-    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if kind == "cifar10" else ["train", "test"]
+    files = (
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if kind == "cifar10" else ["train", "test"]
+    )
     for name in files:
         with open(root / folder / name, "wb") as f:
             pickle.dump({"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), key: [0, 1, 2, 3]}, f)
@@ -253,8 +296,13 @@ def smoke_data(tmp_path_factory):
 
     def get(fmt: str) -> Path:
         if fmt not in made:
-            maker = {"imagefolder": lambda p: _jpeg_folder(p), "cifar10": lambda p: _cifar(p, "cifar10"),
-                     "cifar100": lambda p: _cifar(p, "cifar100"), "hf": _hf, "tokens": _tokens}[fmt]
+            maker = {
+                "imagefolder": lambda p: _jpeg_folder(p),
+                "cifar10": lambda p: _cifar(p, "cifar10"),
+                "cifar100": lambda p: _cifar(p, "cifar100"),
+                "hf": _hf,
+                "tokens": _tokens,
+            }[fmt]
             made[fmt] = maker(base / fmt)
         return made[fmt]
 
@@ -264,15 +312,31 @@ def smoke_data(tmp_path_factory):
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_two_steps_on_cpu(path, smoke_data, tmp_path, monkeypatch):
     r = load_recipe(path)
-    if "parse_with_recipe" not in (ROOT / "tools" / f"{r.tool}.py").read_text():  # TEMPORARY until the tools read --recipe
+    if "parse_with_recipe" not in (ROOT / "tools" / f"{r.tool}.py").read_text():  # TEMPORARY
         pytest.skip(f"tools/{r.tool}.py does not read --recipe yet")
     fmt = r.get("data", "format")
     data = DATA_FORMATS[r.tool][fmt].format(path=smoke_data(fmt))
     if fmt.startswith("cifar"):  # generated batches cannot match torchvision's md5 sums
         monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
-    argv = ["--recipe", str(path), "--model", r.get("model", "smoke_preset"), *r.smoke_argv(), "--steps", "2",
-            "--warmup-steps", "1", "--data", data, "--out-dir", str(tmp_path / "run"), "--wandb", "disabled",
-            "--progress", "off"]
+    argv = [
+        "--recipe",
+        str(path),
+        "--model",
+        r.get("model", "smoke_preset"),
+        *r.smoke_argv(),
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--data",
+        data,
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--wandb",
+        "disabled",
+        "--progress",
+        "off",
+    ]
     if r.get("model", "finetune"):
         start = crate_core.create(r.get("model", "smoke_preset"), num_classes=3)
         crate_core.save_pretrained(start, tmp_path / "start")
@@ -292,8 +356,12 @@ def test_eval_defaults_and_the_comparison_line(tmp_path):
 
     r = load_recipe(ROOT / "recipes" / "crate-b16-in1k.toml")
     d = eval_defaults(r, "eval_vision")
-    assert d == {"model": "runs/crate-b16-in1k/final", "data": "imagefolder:data/imagenet", "split": "val",
-                 "image_size": 224}
+    assert d == {
+        "model": "runs/crate-b16-in1k/final",
+        "data": "imagefolder:data/imagenet",
+        "split": "val",
+        "image_size": 224,
+    }
     p = argparse.ArgumentParser()
     p.add_argument("model", nargs="?")
     p.add_argument("--data")
@@ -314,9 +382,17 @@ def test_gpu_sized_run_on_a_cpu_fails_with_what_to_run(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     # crate-gpt-base, the tool's default 300 steps of 16 x 1024 tokens: 6 N T / 1e11 FLOP/s
     hours = 6 * 59.91e6 * 300 * 16 * 1024 / 1e11 / 3600
-    with pytest.raises(TooSlowForCPUError, match=rf"at least {hours:.1f} hours.*On a CPU run uv run python tools/pretrain_gpt.py"):
-        check_cpu_budget(int(59.91e6), 300 * 16 * 1024, "auto", "--model crate-gpt-base",
-                         "uv run python tools/pretrain_gpt.py")
+    with pytest.raises(
+        TooSlowForCPUError,
+        match=rf"at least {hours:.1f} hours.*On a CPU run uv run python tools/pretrain_gpt.py",
+    ):
+        check_cpu_budget(
+            int(59.91e6),
+            300 * 16 * 1024,
+            "auto",
+            "--model crate-gpt-base",
+            "uv run python tools/pretrain_gpt.py",
+        )
     with pytest.warns(RecipeWarning, match="going ahead"):
         assert check_cpu_budget(int(59.91e6), 300 * 16 * 1024, "cpu") == pytest.approx(hours)
     assert check_cpu_budget(int(1e6), 300 * 16 * 128, "auto") < 1  # crate-gpt-nano-sized: fine on a CPU

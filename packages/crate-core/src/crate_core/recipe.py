@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TOOLS = ("train_vision", "pretrain_mae", "pretrain_gpt", "pretrain_bert")
+TOOLS = ("train_vision", "pretrain_mae", "pretrain_gpt")  # the tools that read --recipe
 
 # how each tool spells a data source of each format ({path} is data.path)
 DATA_FORMATS: dict[str, dict[str, str]] = {
@@ -51,7 +51,6 @@ DATA_FORMATS: dict[str, dict[str, str]] = {
     },
     "pretrain_mae": {"imagefolder": "{path}", "shapes": "shapes", "mnist": "mnist"},
     "pretrain_gpt": {"tokens": "{path}"},
-    "pretrain_bert": {"tokens": "{path}"},
 }
 OFFLINE_FORMATS = ("shapes", "mnist")  # need no path
 
@@ -211,7 +210,9 @@ def _check_types(path: Path, raw: dict) -> None:
             continue
         for key, v in value.items():
             if key not in fields:
-                raise _err(path, f"unknown field {table}.{key} = {v!r} (fields of [{table}]: {sorted(fields)})")
+                raise _err(
+                    path, f"unknown field {table}.{key} = {v!r} (fields of [{table}]: {sorted(fields)})"
+                )
             want = fields[key]
             if isinstance(v, bool) and want is not bool:
                 ok = False
@@ -262,7 +263,8 @@ def load_recipe(path: str | os.PathLike, check_presets: bool = True) -> Recipe:
     formats = DATA_FORMATS[tool]
     if d["format"] not in formats:
         raise _err(
-            path, f"unknown data format data.format = {d['format']!r} for tools/{tool}.py (formats: {sorted(formats)})"
+            path,
+            f"unknown data format data.format = {d['format']!r} for tools/{tool}.py (formats: {sorted(formats)})",
         )
     if d["format"] not in OFFLINE_FORMATS and "path" not in d:
         raise _err(path, f"data.format = {d['format']!r} needs data.path")
@@ -305,7 +307,11 @@ def load_recipe(path: str | os.PathLike, check_presets: bool = True) -> Recipe:
     if not 0 <= warmup < steps:
         raise _err(path, f"warm-up of {warmup} steps must be in [0, steps={steps})")
 
-    flags: dict[str, Any] = {"out_dir": r.get("out_dir", f"runs/{name}"), "steps": steps, "warmup_steps": warmup}
+    flags: dict[str, Any] = {
+        "out_dir": r.get("out_dir", f"runs/{name}"),
+        "steps": steps,
+        "warmup_steps": warmup,
+    }
     for (table, key), dest in DESTS.items():
         if key in raw.get(table, {}):
             flags[dest] = raw[table][key]
@@ -345,7 +351,11 @@ def check_against_parser(recipe: Recipe, parser: argparse.ArgumentParser) -> Non
             )
         action = dests[dest]
         value = recipe.flags.get(dest) if not prefix else recipe.raw["smoke"][dest]
-        if action.choices is not None and not isinstance(value, (list, tuple)) and value not in action.choices:
+        if (
+            action.choices is not None
+            and not isinstance(value, (list, tuple))
+            and value not in action.choices
+        ):
             raise _err(
                 recipe.path,
                 f"field {prefix or ''}{_field_of(recipe, dest) if not prefix else dest} = {value!r} is not one of "
@@ -365,7 +375,11 @@ def _field_of(recipe: Recipe, dest: str) -> str:
 def check_batch(args: argparse.Namespace, world: int | None = None) -> None:
     """global batch = micro x accumulation x world must hold in whole numbers for this launch."""
     world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
-    g, m, a = getattr(args, "global_batch", None), getattr(args, "micro_batch", None), getattr(args, "grad_accum", None)
+    g, m, a = (
+        getattr(args, "global_batch", None),
+        getattr(args, "micro_batch", None),
+        getattr(args, "grad_accum", None),
+    )
     if g is None or m is None:
         return
     if a is None and g % (m * world):
@@ -375,7 +389,9 @@ def check_batch(args: argparse.Namespace, world: int | None = None) -> None:
             f"{g // math.gcd(g, m)}"
         )
     if a is not None and m * a * world != g:
-        raise RecipeError(f"global batch {g} != micro batch {m} x grad_accum {a} x world size {world} (= {m * a * world})")
+        raise RecipeError(
+            f"global batch {g} != micro batch {m} x grad_accum {a} x world size {world} (= {m * a * world})"
+        )
 
 
 def warn_if_no_gpu(recipe: Recipe, args: argparse.Namespace) -> None:
@@ -420,7 +436,9 @@ def parse_with_recipe(
         return parser.parse_args(argv)
     recipe = load_recipe(known.recipe)
     if tool is not None and recipe.tool != tool:
-        raise _err(recipe.path, f"recipe.tool = {recipe.tool!r}: run it with tools/{recipe.tool}.py, not {tool}")
+        raise _err(
+            recipe.path, f"recipe.tool = {recipe.tool!r}: run it with tools/{recipe.tool}.py, not {tool}"
+        )
     check_against_parser(recipe, parser)
     parser.set_defaults(**recipe.flags)
     args = parser.parse_args(argv)
@@ -437,7 +455,9 @@ def parse_with_recipe(
             )
     finetune = getattr(args, "finetune", None)
     if finetune is not None and finetune == recipe.flags.get("finetune") and not Path(finetune).exists():
-        raise _err(recipe.path, f"model.finetune = {finetune!r} does not exist (run its pre-training recipe first)")
+        raise _err(
+            recipe.path, f"model.finetune = {finetune!r} does not exist (run its pre-training recipe first)"
+        )
     warn_if_no_gpu(recipe, args)
     args.recipe_info = recipe
     return args
@@ -486,7 +506,10 @@ def eval_defaults(recipe: Recipe, tool: str) -> dict[str, Any]:
     model = str(Path(recipe.out_dir) / "final")
     if tool == "eval_vision":
         if recipe.tool != "train_vision":
-            raise _err(recipe.path, f"recipe.tool = {recipe.tool!r}: tools/eval_vision.py evaluates train_vision recipes")
+            raise _err(
+                recipe.path,
+                f"recipe.tool = {recipe.tool!r}: tools/eval_vision.py evaluates train_vision recipes",
+            )
         out = {"model": model, "data": recipe.flags["data"], "split": recipe.get("eval", "split", "val")}
         if "image_size" in recipe.flags:
             out["image_size"] = recipe.flags["image_size"]
@@ -504,8 +527,12 @@ def parse_eval_with_recipe(
     """``parse_args`` for an evaluation tool with ``--recipe PATH``: the recipe's output directory and data
     become defaults (flags and positionals given on the command line win); ``args.recipe_info`` is set."""
     if "recipe" not in _dests(parser):
-        parser.add_argument("--recipe", default=None, metavar="PATH",
-                            help="a recipes/*.toml file: evaluate its run (OUT_DIR/final) on its data")
+        parser.add_argument(
+            "--recipe",
+            default=None,
+            metavar="PATH",
+            help="a recipes/*.toml file: evaluate its run (OUT_DIR/final) on its data",
+        )
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", default=None)
     known, _ = pre.parse_known_args(argv)

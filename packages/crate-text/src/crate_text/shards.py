@@ -89,8 +89,10 @@ def tokenize_shards(
     def collect(block: bool) -> None:
         if not pending:
             return
-        done, _ = wait(list(pending), return_when=FIRST_COMPLETED) if block else (
-            [f for f in pending if f.done()], None
+        done, _ = (
+            wait(list(pending), return_when=FIRST_COMPLETED)
+            if block
+            else ([f for f in pending if f.done()], None)
         )
         for f in done:
             k = pending.pop(f)
