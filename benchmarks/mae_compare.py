@@ -17,8 +17,7 @@ import argparse
 import json
 import os
 import shutil
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import crate_core
@@ -29,16 +28,15 @@ from crate_mae.data import load_split
 from crate_mae.pretrain import pretrain
 from crate_mae.probe import probe_encoder
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import count_params, interleaved, medians, pyplot  # noqa: E402
+
 PAPER = "CRATE-MAE-S 25.4M vs ViT-MAE-S 47.6M; CRATE-MAE-B 44.6M vs ViT-MAE-B 143.8M (book ch. 7)"
-
-
-def count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def encoder_params(model) -> int:
     trunk = model.encoder if hasattr(model, "encoder") else model.blocks
-    return count(trunk) + count(model.patch_embed) + model.cls_token.numel() + count(model.norm)
+    return count_params(trunk) + count_params(model.patch_embed) + model.cls_token.numel() + count_params(model.norm)
 
 
 def throughput(names, batch, repeats, warmup=2, image_size=32):
@@ -46,29 +44,20 @@ def throughput(names, batch, repeats, warmup=2, image_size=32):
     models = {n: crate_core.create(n) for n in names}
     opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
     x = torch.randn(batch, 3, image_size, image_size)
-    train, infer = {n: [] for n in names}, {n: [] for n in names}
-    for r in range(warmup + repeats):
-        for n, m in models.items():
-            t = time.perf_counter()
-            loss = m(x).loss
-            opts[n].zero_grad()
-            loss.backward()
-            opts[n].step()
-            dt_train = time.perf_counter() - t
-            m.eval()
-            t = time.perf_counter()
-            m.features(x)
-            dt_inf = time.perf_counter() - t
-            m.train()
-            if r >= warmup:
-                train[n].append(batch / dt_train)
-                infer[n].append(batch / dt_inf)
+
+    def train(n):
+        loss = models[n](x).loss
+        opts[n].zero_grad()
+        loss.backward()
+        opts[n].step()
+
+    cases = {}
+    for n in names:  # per model: a training step, then an encoder forward
+        cases[n, "train"] = lambda n=n: train(n)
+        cases[n, "infer"] = lambda n=n: models[n].features(x)
+    t = medians(interleaved(cases, warmup, repeats, x.device, prepare=lambda k: models[k[0]].train(k[1] == "train")))
     return {
-        n: {
-            "train_samples_per_s": statistics.median(train[n]),
-            "infer_images_per_s": statistics.median(infer[n]),
-        }
-        for n in names
+        n: {"train_samples_per_s": batch / t[n, "train"], "infer_images_per_s": batch / t[n, "infer"]} for n in names
     }
 
 
@@ -128,7 +117,7 @@ def main(argv=None):
         if pngs:
             shutil.copy(pngs[-1], out / f"{name}_recon.png")
         row = {
-            "params": count(model),
+            "params": count_params(model),
             "encoder_params": encoder_params(model),
             "train_time_s": res["train_time_s"],
             "masked_mse": res["final"]["mse"],
@@ -150,7 +139,7 @@ def main(argv=None):
     for n in args.models:
         rows[n].update(speed[n])
     full = {
-        n: count(crate_core.create(n))
+        n: count_params(crate_core.create(n))
         for n in ("crate-mae-small", "vit-mae-small", "crate-mae-base", "vit-mae-base")
     }
     results = {
@@ -166,11 +155,7 @@ def main(argv=None):
 
 
 def write_report(out: Path, res: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows, a = res["rows"], res["args"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for n, r in rows.items():

@@ -12,9 +12,10 @@ both alike; the figure is the median over --repeats steps after --warmup. On a s
 --prompt-tokens prompt then --new-tokens tokens, each model with its own KV cache (CRATE: one w per
 layer; GPT-2: keys and values); cache bytes are read from the caches themselves.
 
-quality: crate-gpt-nano (4/4/128, context 128) and GPT-2 of that shape trained by the same loop
-(AdamW 0.9/0.95, wd 0.1 on matrices, warm-up + cosine, clip 1.0, the same batches in the same order)
-for --steps steps, then evaluated on the same validation windows.
+quality: crate-gpt-nano (4/4/128, context 128) and GPT-2 of that shape, each trained by the shared
+trainer (crate_core.train.Trainer: AdamW 0.9/0.95, wd 0.1 on matrices, warm-up + cosine to lr/10, clip 1.0,
+the same seed, so the same batches in the same order) for --steps steps, then evaluated on the same
+validation windows.
 
 Reports go to benchmarks/reports/text_speed/ (Markdown + PNG).
 """
@@ -24,67 +25,59 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
+import sys
+import tempfile
 from pathlib import Path
 
-import crate_core
 import crate_text
 import torch
-import torch.nn.functional as F
+from crate_core.train import TrainConfig, Trainer
 from crate_text.prepare import DEFAULT_OUT, ensure_prepared
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import build_model, count_params, interleaved, medians, pyplot, resolve_device, timed  # noqa: E402
+
 REPORT_DIR = Path(__file__).resolve().parent / "reports" / "text_speed"
-
-
-def gpt2_like(config, dropout: float = 0.0):
-    """transformers GPT-2 with CRATE-GPT's width, depth, heads, context and (padded) vocabulary."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    g = GPT2Config(
-        vocab_size=config.vocab_size,
-        n_positions=config.block_size,
-        n_embd=config.dim,
-        n_layer=config.depth,
-        n_head=config.heads,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-        tie_word_embeddings=True,
-    )
-    g._attn_implementation = "sdpa"
-    return GPT2LMHeadModel(g)
+CLOCKS = ("wall", "cpu")
+CPU = resolve_device("cpu")
 
 
 def lm_loss(model, x, y):
-    if isinstance(model, crate_text.CRATEGPT):
-        return model(x, y)[1]
-    logits = model(input_ids=x).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-
-
-def n_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Mean next-token cross-entropy: CRATE-GPT and the GPT-2 baseline share ``forward(idx, targets)``."""
+    return model(x, y)[1]
 
 
 # ---- speed ----------------------------------------------------------------------------------------
 def train_speed(models: dict, batch: int, context: int, repeats: int, warmup: int, vocab: int, clock) -> dict:
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-    times = {k: [] for k in models}
     g = torch.Generator().manual_seed(0)
-    for r in range(warmup + repeats):
-        data = torch.randint(0, vocab, (batch, context + 1), generator=g)
-        for name, m in models.items():  # alternate: the same load conditions for both
-            m.train()
-            t0 = clock()
-            loss = lm_loss(m, data[:, :-1], data[:, 1:])
-            loss.backward()
-            opts[name].step()
-            opts[name].zero_grad(set_to_none=True)
-            dt = clock() - t0
-            if r >= warmup:
-                times[name].append(dt)
-    return {k: batch * context / statistics.median(v) for k, v in times.items()}, times
+    data = iter([torch.randint(0, vocab, (batch, context + 1), generator=g) for _ in range(warmup + repeats)])
+    current = {}
+
+    def prepare(name):  # a new batch each round, the same for both models
+        if name == next(iter(models)):
+            current["data"] = next(data)
+        models[name].train()
+
+    def step(name):
+        loss = lm_loss(models[name], current["data"][:, :-1], current["data"][:, 1:])
+        loss.backward()
+        opts[name].step()
+        opts[name].zero_grad(set_to_none=True)
+
+    cases = {name: (lambda name=name: step(name)) for name in models}  # alternate: the same load for both
+    res = interleaved(cases, warmup, repeats, CPU, prepare=prepare)
+    times = {k: v[clock] for k, v in res.items()}
+    return {k: batch * context / t for k, t in medians(res, clock).items()}, times
+
+
+def greedy(m, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Greedy decoding, each model with its own KV cache (transformers' generate for GPT-2)."""
+    if isinstance(m, crate_text.CRATEGPT):
+        return m.generate(prompt, new_tokens, temperature=0)
+    return m.gpt2.generate(
+        prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+    )
 
 
 @torch.no_grad()
@@ -93,20 +86,9 @@ def generation(models: dict, prompt_tokens: int, new_tokens: int, repeats: int, 
     prompt = torch.randint(0, 50257, (1, prompt_tokens), generator=torch.Generator().manual_seed(1))
     for name, m in models.items():
         m.eval()
-        ts = []
-        for _ in range(repeats):
-            t0 = clock()
-            if isinstance(m, crate_text.CRATEGPT):
-                seq = m.generate(prompt, new_tokens, temperature=0)
-            else:
-                seq = m.generate(
-                    prompt,
-                    max_new_tokens=new_tokens,
-                    min_new_tokens=new_tokens,
-                    do_sample=False,
-                    pad_token_id=0,
-                )
-            ts.append(clock() - t0)
+        seqs = []
+        t = timed(lambda m=m, seqs=seqs: seqs.append(greedy(m, prompt, new_tokens)), 0, repeats, CPU, clock)
+        seq = seqs[-1]
         assert seq.shape[1] == prompt_tokens + new_tokens
         # cache bytes after the full sequence
         if isinstance(m, crate_text.CRATEGPT):
@@ -114,14 +96,14 @@ def generation(models: dict, prompt_tokens: int, new_tokens: int, repeats: int, 
             m.forward_cached(seq, cache)
             nbytes = cache.nbytes()
         else:
-            past = m(seq, use_cache=True).cache
+            past = m.gpt2(seq, use_cache=True).past_key_values
             nbytes = sum(
                 layer.keys.numel() * layer.keys.element_size()
                 + layer.values.numel() * layer.values.element_size()
                 for layer in past.layers
             )
         out[name] = {
-            "tokens_per_s": new_tokens / statistics.median(ts),
+            "tokens_per_s": new_tokens / t,
             "cache_bytes": nbytes,
             "cache_tokens": seq.shape[1],
         }
@@ -130,12 +112,12 @@ def generation(models: dict, prompt_tokens: int, new_tokens: int, repeats: int, 
 
 def run_speed(args) -> dict:
     torch.manual_seed(0)
-    crate = crate_core.create(args.model)
+    crate = build_model(args.model)
     c = crate.config
     context = args.context or c.block_size
-    gpt2 = gpt2_like(c)
+    gpt2 = build_model(f"gpt2-like-{args.model}")
     models = {"CRATE-GPT": crate, "GPT-2": gpt2}
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = args.clock
     tps, times = train_speed(models, args.batch, context, args.repeats, args.warmup, c.n_tokens, clock)
     gen = generation(models, args.prompt_tokens, args.new_tokens, max(1, args.repeats // 2), clock)
     res = {
@@ -149,7 +131,7 @@ def run_speed(args) -> dict:
         "threads": torch.get_num_threads(),
         "clock": args.clock,
         "repeats": args.repeats,
-        "params": {k: n_params(m) for k, m in models.items()},
+        "params": {k: count_params(m) for k, m in models.items()},
         "train_tokens_per_s": tps,
         "train_step_times_s": times,
         "train_speedup": tps["CRATE-GPT"] / tps["GPT-2"],
@@ -161,35 +143,24 @@ def run_speed(args) -> dict:
 
 
 # ---- quality --------------------------------------------------------------------------------------
-def train_identically(model, train, steps, batch, lr, min_lr, warmup, seed) -> list[float]:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    other = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-        lr=lr,
+def fit_lm(model, train_set, args, out_dir: Path) -> dict:
+    """Train with the shared trainer (the settings of the module docstring); its fit() result."""
+    cfg = TrainConfig(
+        out_dir=str(out_dir),
+        steps=args.steps,
+        micro_batch=args.quality_batch,
+        lr=args.lr,
+        min_lr=args.lr / 10,
+        warmup_steps=args.warmup_steps,
+        weight_decay=0.1,
         betas=(0.9, 0.95),
+        grad_clip=1.0,
+        log_every=max(1, args.steps // 100),
+        seed=0,
+        wandb="disabled",
+        progress="off",
     )
-
-    def lr_at(s):
-        if s < warmup:
-            return lr * (s + 1) / warmup
-        return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
-
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    losses = []
-    model.train()
-    for s in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(s)
-        ids = order[(s * batch + torch.arange(batch)) % len(train)]
-        x, y = (torch.stack(t) for t in zip(*(train[int(i)] for i in ids)))
-        loss = lm_loss(model, x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return Trainer(cfg, model, train_set, loss_fn=lambda m, batch: lm_loss(m, *batch)).fit()
 
 
 @torch.no_grad()
@@ -207,10 +178,10 @@ def run_quality(args) -> dict:
     data = ensure_prepared(DEFAULT_OUT) if args.data == DEFAULT_OUT else Path(args.data)
     tok = crate_text.get_tokenizer("gpt2")
     torch.manual_seed(0)
-    crate = crate_core.create(args.quality_model)
+    crate = build_model(args.quality_model)
     c = crate.config
     torch.manual_seed(0)
-    gpt2 = gpt2_like(c)
+    gpt2 = build_model(f"gpt2-like-{args.quality_model}")
     train = crate_text.TokenDataset(data / "train.bin", c.block_size, tokenizer=tok)
     val = crate_text.TokenDataset(data / "val.bin", c.block_size, tokenizer=tok)
     res = {
@@ -230,14 +201,12 @@ def run_quality(args) -> dict:
     for name, m in (("CRATE-GPT", crate), ("GPT-2", gpt2)):
         if name not in args.models:
             continue
-        t0 = time.perf_counter()
-        curve = train_identically(
-            m, train, args.steps, args.quality_batch, args.lr, args.lr / 10, args.warmup_steps, 0
-        )
-        res["time_s"][name] = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory(prefix="text_speed_") as work:
+            fit = fit_lm(m, train, args, Path(work))
+        res["time_s"][name] = fit["time_s"]
         res["val_loss"][name] = val_loss(m, val, 32)
-        res["train_curve"][name] = curve
-        res["params"][name] = n_params(m)
+        res["train_curve"][name] = [[h["step"], h["loss"]] for h in fit["history"] if "loss" in h]
+        res["params"][name] = count_params(m)
         print(
             f"{name}: val loss {res['val_loss'][name]:.4f} after {args.steps} steps ({res['time_s'][name]:.0f} s)"
         )
@@ -246,11 +215,7 @@ def run_quality(args) -> dict:
 
 # ---- report ---------------------------------------------------------------------------------------
 def write_report(res: dict, out_dir: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"speed_{res['clock']}" if res["mode"] == "speed" else res["mode"]
     (out_dir / f"{name}.json").write_text(json.dumps(res, indent=1))
@@ -299,7 +264,7 @@ def write_report(res: dict, out_dir: Path) -> Path:
             f"({res['train_tokens']:,} training tokens), AdamW lr {res['lr']} warm-up + cosine, clip 1.0, the same "
             f"batches in the same order; validation on {res['val_tokens']:,} held-out tokens.",
             "",
-            "| | parameters | val loss | perplexity | train time (s) |",
+            "| | parameters | val loss | perplexity | Trainer.fit time (s, incl. final checkpoint) |",
             "|---|---|---|---|---|",
         ]
         for n in v:
@@ -313,10 +278,8 @@ def write_report(res: dict, out_dir: Path) -> Path:
             "",
         ]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for n, curve in res["train_curve"].items():
-            k = max(1, len(curve) // 50)
-            smooth = [sum(curve[i : i + k]) / len(curve[i : i + k]) for i in range(0, len(curve), k)]
-            ax.plot([i * k for i in range(len(smooth))], smooth, label=f"{n} (val {v[n]:.3f})")
+        for n, curve in res["train_curve"].items():  # [step, mean loss of the log interval]
+            ax.plot(*zip(*curve), label=f"{n} (val {v[n]:.3f})")
         ax.set_xlabel("step")
         ax.set_ylabel("train loss")
         ax.legend()
@@ -351,7 +314,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--clock",
-        choices=["wall", "cpu"],
+        choices=CLOCKS,
         default="wall",
         help="cpu: process CPU time (with --threads 1, robust to other load on the machine)",
     )
