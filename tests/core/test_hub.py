@@ -8,9 +8,7 @@ import stat
 
 import crate_core
 import pytest
-import torch
 from crate_core import hub
-
 from test_registry_hub import TinyConfig, TinyModel, make_model  # noqa: F401  (tests/core helpers)
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40

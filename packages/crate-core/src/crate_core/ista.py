@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -36,6 +37,26 @@ def _check(step_size: float, lambd: float) -> None:
         raise ValueError(f"lambd must be >= 0, got lambd={lambd}")
 
 
+def check_last_dim(u: torch.Tensor, dim: int, name: str) -> None:
+    """ValueError unless u has last dimension ``dim`` (a leaf of torch.fx graphs, skipped by TorchScript)."""
+    if u.shape[-1] != dim:
+        raise ValueError(f"{name} expects last dimension {dim}, got {tuple(u.shape)}")
+
+
+def square_ista(u: torch.Tensor, D: torch.Tensor, eta: float, lambd: float) -> torch.Tensor:
+    """ReLU(u + eta (u D - u D^T D) - eta lambda), by the cheaper of two orders (a torch.fx leaf: the
+    choice reads the token count)."""
+    dim = D.shape[0]
+    if 2 * (u.numel() // dim) < dim:  # few tokens (e.g. decoding): 3 N d^2 < d^3 + N d^2
+        return F.relu(u + eta * (u @ D - (u @ D.t()) @ D) - eta * lambd)
+    W = torch.eye(dim, device=D.device, dtype=D.dtype) + eta * (D - D.t() @ D)
+    return F.relu(u @ W - eta * lambd)
+
+
+torch.fx.wrap("check_last_dim")
+torch.fx.wrap("square_ista")
+
+
 class ISTA(nn.Module):
     """Official square-dictionary ISTA step: ReLU(u + eta (u D - u D^T D) - eta lambda)."""
 
@@ -46,14 +67,9 @@ class ISTA(nn.Module):
         self.D = _kaiming((dim, dim))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        if u.shape[-1] != self.dim:
-            raise ValueError(f"ISTA expects last dimension {self.dim}, got {tuple(u.shape)}")
-        D, eta = self.D, self.step_size
-        if 2 * (u.numel() // self.dim) < self.dim:  # few tokens (e.g. decoding): 3 N d^2 < d^3 + N d^2
-            return F.relu(u + eta * (u @ D - (u @ D.t()) @ D) - eta * self.lambd)
-        eye = torch.eye(self.dim, device=D.device, dtype=D.dtype)
-        W = eye + eta * (D - D.t() @ D)
-        return F.relu(u @ W - eta * self.lambd)
+        if not torch.jit.is_scripting():
+            check_last_dim(u, self.dim, "ISTA")
+        return square_ista(u, self.D, self.step_size, self.lambd)
 
     def codes(self, u: torch.Tensor) -> torch.Tensor:
         """The sparse code (for the square block it is the output itself)."""
@@ -87,8 +103,8 @@ class OvercompleteISTA(nn.Module):
 
     def codes(self, u: torch.Tensor) -> torch.Tensor:
         """The sparse code a_T, shape (..., ratio*d)."""
-        if u.shape[-1] != self.dim:
-            raise ValueError(f"OvercompleteISTA expects last dimension {self.dim}, got {tuple(u.shape)}")
+        if not torch.jit.is_scripting():
+            check_last_dim(u, self.dim, "OvercompleteISTA")
         D, eta, thr = self.D, self.step_size, self.step_size * self.lambd
         uD = u @ D
         a = F.relu(eta * uD - thr)
@@ -98,7 +114,8 @@ class OvercompleteISTA(nn.Module):
         return a
 
     def decode(self, a: torch.Tensor) -> torch.Tensor:
-        return a @ (self.D if self.tied else self.D1).t()
+        D = self.D if self.D1 is None else self.D1  # D1 is None exactly when tied
+        return a @ D.t()
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.decode(self.codes(u))

@@ -119,6 +119,15 @@ class CRATELayer(nn.Module):
             )
         self.residual_ista = ista == "alpha"
 
+    def plain(self, z: torch.Tensor) -> torch.Tensor:
+        """z_next with no mask, cache or intermediates: what TorchScript compiles (the same math as forward)."""
+        z_half = z + self.mssa.attend(self.norm1(z))
+        out = self.ista(self.norm2(z_half))
+        if self.residual_ista:
+            return z_half + out
+        return out
+
+    @torch.jit.ignore
     def forward(
         self,
         z: torch.Tensor,
@@ -214,6 +223,13 @@ class CRATEStack(nn.Module):
     def new_cache(self) -> WCache:
         return WCache(len(self.layers))
 
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Z^L with no mask, cache or intermediates: the TorchScript path (same math as forward)."""
+        for layer in self.layers:
+            x = layer.plain(x)
+        return x
+
+    @torch.jit.ignore
     def forward(
         self,
         x: torch.Tensor,

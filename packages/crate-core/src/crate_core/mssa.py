@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
@@ -71,6 +72,15 @@ def offset_causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor | N
     return torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)
 
 
+def check_tokens(x: torch.Tensor, dim: int) -> None:
+    """ValueError unless x is (batch, tokens, dim) (a leaf of torch.fx graphs)."""
+    if x.dim() != 3 or x.shape[-1] != dim:
+        raise ValueError(f"MSSA expects x of shape (batch, tokens, {dim}), got {tuple(x.shape)}")
+
+
+torch.fx.wrap("check_tokens")
+
+
 class PastW:
     """Decoding cache of one causal MSSA: the shared projection w of every token seen so far,
     (B, K, S, p). Since q = k = v = w it is the whole key/value cache of the layer."""
@@ -97,7 +107,7 @@ class SubspaceHeads(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Per-head coordinates w = x U, shape (B, K, N, p)."""
-        return rearrange(self.U(x), "b n (k p) -> b k n p", k=self.heads)
+        return self.U(x).unflatten(-1, [self.heads, -1]).transpose(1, 2)
 
 
 class MSSA(SubspaceHeads):
@@ -131,6 +141,14 @@ class MSSA(SubspaceHeads):
         self.out = nn.Linear(inner, dim, bias=out_bias)
         self.out_drop = nn.Dropout(dropout)
 
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """MSSA(x) with no mask, cache or maps: what TorchScript compiles (the same math as forward)."""
+        w = self.project(x)
+        p_drop = self.dropout if self.training else 0.0
+        o = F.scaled_dot_product_attention(w, w, w, dropout_p=p_drop, is_causal=self.causal)
+        return self.out_drop(self.out(o.transpose(1, 2).flatten(2)))
+
+    @torch.jit.ignore
     def forward(
         self,
         x: torch.Tensor,
@@ -145,12 +163,12 @@ class MSSA(SubspaceHeads):
 
         ``cache`` (causal MSSA only): x continues the sequence whose w the cache holds; the keys
         are the cached w followed by the new ones (S = cached + N), and the new w are appended."""
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"MSSA expects x of shape (batch, tokens, {self.dim}), got {tuple(x.shape)}")
-        b, n, _ = x.shape
+        check_tokens(x, self.dim)
+        n = x.shape[1]
         w = self.project(x) if w is None else w
-        if cache is None:
-            keys, mask = w, build_attention_mask(attn_mask, b, n, self.causal, x.device)
+        if cache is None:  # no shape arithmetic without a mask: torch.fx traces the plain path
+            plain = attn_mask is None and not self.causal
+            keys, mask = w, None if plain else build_attention_mask(attn_mask, x.shape[0], n, self.causal, x.device)
         else:
             if not self.causal:
                 raise ValueError("a decoding cache needs causal MSSA (causal=True)")
@@ -169,5 +187,5 @@ class MSSA(SubspaceHeads):
             o = F.scaled_dot_product_attention(w, w, w, dropout_p=p_drop, is_causal=True)
         else:
             o = F.scaled_dot_product_attention(w, keys, keys, attn_mask=mask, dropout_p=p_drop)
-        out = self.out_drop(self.out(rearrange(o, "b k n p -> b n (k p)")))
+        out = self.out_drop(self.out(o.transpose(1, 2).flatten(2)))
         return (out, attn) if return_attention else out

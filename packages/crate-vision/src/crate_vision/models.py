@@ -12,10 +12,12 @@ Module names map one-to-one onto the official checkpoints (see crate_vision.conv
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import crate_core
 import torch
+import torch.fx
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
@@ -74,7 +76,8 @@ class LinearPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
-        x = rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+        x = F.unfold(x, kernel_size=p, stride=p)  # (B, C*P*P, N): row-major patches, each in (c, p1, p2) order
+        x = x.view(x.shape[0], -1, p * p, x.shape[-1]).permute(0, 3, 2, 1).flatten(2)  # (B, N, (p1 p2 c))
         return self.norm_out(self.proj(self.norm_in(x)))
 
 
@@ -83,26 +86,49 @@ class ConvPatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, in_channels: int, dim: int):
         super().__init__()
+        self.patch_size = patch_size
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.proj(x), "b d h w -> b (h w) d")
+        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 def resize_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
-    """Resize a (1, 1 + h*w, d) positional table (cls row first) to a new patch grid, bicubically."""
-    if tuple(old_grid) == tuple(new_grid):
+    """Resize a (1, 1 + h*w, d) positional table (cls row first) to a new patch grid, bicubically
+    (a torch.fx leaf: it branches on the grid)."""
+    if old_grid[0] == new_grid[0] and old_grid[1] == new_grid[1]:
         return pos
     cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
-    h, w = old_grid
-    grid_pos = rearrange(grid_pos, "1 (h w) d -> 1 d h w", h=h, w=w)
-    grid_pos = F.interpolate(grid_pos.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
-    grid_pos = rearrange(grid_pos.to(pos.dtype), "1 d h w -> 1 (h w) d")
+    d = pos.shape[-1]
+    grid_pos = grid_pos.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2)
+    size = [new_grid[0], new_grid[1]]
+    grid_pos = F.interpolate(grid_pos.float(), size=size, mode="bicubic", align_corners=False).to(pos.dtype)
+    grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(1, size[0] * size[1], d)
     return torch.cat([cls_pos, grid_pos], dim=1)
 
 
+def image_grid(x: torch.Tensor, in_channels: int, patch_size: int) -> tuple[int, int]:
+    """Validate an image batch (B, C, H, W); return its patch grid (h, w) (a torch.fx leaf)."""
+    if x.dim() != 4:
+        raise ValueError(f"expected images of shape (batch, {in_channels}, H, W), got {tuple(x.shape)}")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"channel mismatch: the model takes in_channels={in_channels}, the images have {x.shape[1]}")
+    h, w = x.shape[-2:]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"image size {h}x{w} is not divisible by patch_size={patch_size}")
+    return h // patch_size, w // patch_size
+
+
+torch.fx.wrap("resize_pos_embed")
+torch.fx.wrap("image_grid")
+
+
 class CRATEClassifier(nn.Module):
-    """CRATE / CRATE-alpha image classifier (timm-style: forward_features, forward_head, reset_classifier)."""
+    """CRATE / CRATE-alpha image classifier (timm-style: forward_features, forward_head, reset_classifier,
+    forward_intermediates, feature_info). ``torch.jit.script`` compiles forward through the trunk's
+    ``plain`` path (same math); ``torch.fx.symbolic_trace`` traces it, the shape checks being leaves."""
+
+    __jit_unused_properties__ = ["num_classes", "global_pool"]
 
     def __init__(self, config: CRATEClassifierConfig):
         super().__init__()
@@ -116,6 +142,10 @@ class CRATEClassifier(nn.Module):
         self.head_norm = nn.LayerNorm(c.dim, eps=c.head_norm_eps)
         self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.num_features = self.head_hidden_size = self.embed_dim = c.dim
+        self._pool_cls = c.pool == "cls"  # the pooling TorchScript reads (it cannot read the dataclass)
+        self.feature_info = [
+            dict(module=f"trunk.layers.{i}", num_chs=c.dim, reduction=c.patch_size) for i in range(c.depth)
+        ]
 
     # -- timm conventions -------------------------------------------------------------------
     @property
@@ -143,29 +173,25 @@ class CRATEClassifier(nn.Module):
                 raise ValueError(f"global_pool must be one of {sorted(aliases)}, got global_pool={global_pool!r}")
             pool = aliases[global_pool]
         self.config = CRATEClassifierConfig(**{**self.config.__dict__, "num_classes": num_classes, "pool": pool})
+        self._pool_cls = pool == "cls"
         device = self.head_norm.weight.device
         self.head = nn.Linear(self.config.dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
 
     # -- forward ----------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> tuple[int, int]:
         """Validate an image batch; return its patch grid (h, w)."""
-        c = self.config
-        if x.dim() != 4:
-            raise ValueError(f"expected images of shape (batch, {c.in_channels}, H, W), got {tuple(x.shape)}")
-        if x.shape[1] != c.in_channels:
-            raise ValueError(
-                f"channel mismatch: the model takes in_channels={c.in_channels}, the images have {x.shape[1]}"
-            )
-        h, w = x.shape[-2:]
-        if h % c.patch_size or w % c.patch_size:
-            raise ValueError(f"image size {h}x{w} is not divisible by patch_size={c.patch_size}")
-        return h // c.patch_size, w // c.patch_size
+        return image_grid(x, self.config.in_channels, self.config.patch_size)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> tokens (B, 1 + N, d): cls row first, positions added."""
-        grid = self.check_input(x)
+        if torch.jit.is_scripting():  # no dataclass in TorchScript: the grids come from the tensors
+            p = self.patch_embed.patch_size
+            g = int(round(math.sqrt(self.pos_embed.shape[1] - 1)))
+            native, grid = (g, g), (x.shape[-2] // p, x.shape[-1] // p)
+        else:
+            native, grid = (self.config.grid, self.config.grid), self.check_input(x)
         tokens = self.patch_embed(x)
-        pos = resize_pos_embed(self.pos_embed, (self.config.grid, self.config.grid), grid)
+        pos = resize_pos_embed(self.pos_embed, native, grid)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + pos
         return self.emb_drop(tokens)
 
@@ -179,7 +205,7 @@ class CRATEClassifier(nn.Module):
         )
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens[:, 0] if self.config.pool == "cls" else tokens.mean(dim=1)
+        return tokens[:, 0] if self._pool_cls else tokens.mean(dim=1)
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool -> LN (-> Linear unless ``pre_logits``)."""
@@ -187,7 +213,58 @@ class CRATEClassifier(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch
+            return self.forward_head(self.trunk.plain(self.embed(x)))
         return self.forward_head(self.forward_features(x))
+
+    # -- feature extraction as timm's ViT ---------------------------------------------------
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Outputs of the trunk layers in ``indices`` (int n: the last n; list: those, negative from the end;
+        None: all), cls token removed, as (B, d, h, w) maps ("NCHW") or (B, N, d) tokens ("NLC"); ``norm``
+        applies head_norm to each. Returns the list, or (final tokens, list) unless ``intermediates_only``."""
+        from timm.models._features import feature_take_indices
+
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.trunk.layers), indices)
+        h, w = self.check_input(x)
+        tokens = self.embed(x)
+        layers = self.trunk.layers[: max_index + 1] if stop_early else self.trunk.layers
+        inter = []
+        for i, layer in enumerate(layers):
+            tokens = layer(tokens)
+            if i in take:
+                inter.append(self.head_norm(tokens) if norm else tokens)
+        prefix = [y[:, :1] for y in inter]
+        inter = [y[:, 1:] for y in inter]
+        if output_fmt == "NCHW":
+            inter = [y.reshape(y.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous() for y in inter]
+        if return_prefix_tokens:
+            inter = list(zip(inter, prefix))
+        return inter if intermediates_only else (tokens, inter)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the layers after the last of ``indices`` (and the head / head norm) as timm's ViT does."""
+        from timm.models._features import feature_take_indices
+
+        take, max_index = feature_take_indices(len(self.trunk.layers), indices)
+        self.trunk.layers = self.trunk.layers[: max_index + 1]
+        if prune_head:
+            self.reset_classifier(0)
+        if prune_norm:
+            self.head_norm = nn.Identity()
+        return take
 
     # -- utilities --------------------------------------------------------------------------
     @torch.no_grad()

@@ -107,6 +107,7 @@ class CRATEDemoClassifier(CRATEClassifier):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         pool = {"token": "cls", "avg": "mean"}.get(global_pool, global_pool) or self.config.pool
         self.config = dataclasses.replace(self.config, num_classes=num_classes, pool=pool)
+        self._pool_cls = pool == "cls"
         device = self.head_norm.weight.device
         c = self.config
         self.head = nn.Linear(c.pre_logits_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()

@@ -110,7 +110,9 @@ def build(name: str, pretrained: bool = False, **kwargs) -> CRATEClassifier:
     registry_name, config, _ = _PRESETS[name]
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
-    for ignored in ("cache_dir", "pretrained_strict", "features_only"):
+    features_only = kwargs.pop("features_only", False)
+    feature_args = {k: kwargs.pop(k) for k in ("out_indices", "output_fmt", "feature_cls") if k in kwargs}
+    for ignored in ("cache_dir", "pretrained_strict"):
         if kwargs.pop(ignored, None):
             raise ValueError(f"{ignored} is not supported by {name}")
     overrides = {}
@@ -135,6 +137,14 @@ def build(name: str, pretrained: bool = False, **kwargs) -> CRATEClassifier:
     cfg.update(num_classes=model.config.num_classes,
                input_size=(model.config.in_channels, model.config.image_size, model.config.image_size))
     model.pretrained_cfg = model.default_cfg = cfg
+    if features_only:  # as timm's ViT: a getter over forward_intermediates, default the last 3 layers (fewer if shallower)
+        from timm.models._features import FeatureGetterNet
+
+        if feature_args.get("feature_cls", "getter") != "getter":
+            raise ValueError(f"{name} supports feature_cls='getter' only, got {feature_args['feature_cls']!r}")
+        return FeatureGetterNet(
+            model, out_indices=feature_args.get("out_indices", min(3, model.config.depth)), output_fmt=feature_args.get("output_fmt", "NCHW")
+        )
     return model
 
 
