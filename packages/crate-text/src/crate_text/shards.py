@@ -16,7 +16,7 @@ forked, so a parent holding threads or a process group (a training tool) is safe
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -66,12 +66,14 @@ def tokenize_shards(
     column: str = "text",
     num_proc: int = 1,
     total: int | None = None,
+    serial: Callable[[Any, Path], object] | None = None,
 ) -> tuple[list[Path], int]:
     """Tokenize every (k, shard) into ``part_path(parts_dir, split, k)``, skipping finished parts.
 
     ``tokenizer`` is the spec workers load (``get_tokenizer`` name or path); ``tok`` the loaded one (its
     name and id count go in the headers). ``total``, the number of shards if known, is for the progress bar;
-    a single known shard is tokenized in this process. Returns (parts in shard order, number already finished).
+    a single known shard is tokenized in this process, by ``serial(shard, part)`` when given (e.g. a
+    tokenizer that parallelises inside the shard). Returns (parts in shard order, number already finished).
     """
     from tqdm.auto import tqdm
 
@@ -98,8 +100,9 @@ def tokenize_shards(
             k = pending.pop(f)
             try:
                 f.result()
-            except Exception as e:  # noqa: BLE001  name the shard, keep the cause
-                raise RuntimeError(f"tokenizing {split} shard {k} failed: {e}") from e
+            except Exception as e:
+                e.add_note(f"while tokenizing {split} shard {k}")  # same exception type, shard named
+                raise
             bar.update(1)
 
     try:
@@ -110,14 +113,18 @@ def tokenize_shards(
                 resumed += 1
                 bar.update(1)
                 continue
-            texts = _texts(shard, column)
             if pool is None:
                 try:
-                    tokenize_texts(texts, tokenizer, part, tok.name, tok.n_ids)
-                except Exception as e:  # noqa: BLE001  name the shard, keep the cause
-                    raise RuntimeError(f"tokenizing {split} shard {k} failed: {e}") from e
+                    if serial is not None:
+                        serial(shard, part)
+                    else:
+                        tokenize_texts(_texts(shard, column), tokenizer, part, tok.name, tok.n_ids)
+                except Exception as e:
+                    e.add_note(f"while tokenizing {split} shard {k}")
+                    raise
                 bar.update(1)
                 continue
+            texts = _texts(shard, column)
             while len(pending) >= 2 * num_proc:
                 collect(block=True)
             pending[pool.submit(tokenize_texts, texts, tokenizer, part, tok.name, tok.n_ids)] = k
