@@ -58,3 +58,14 @@ def test_tool_refuses_a_model_of_another_task(tool, model, task, expected, monke
     assert f"model {model!r} has task {task!r}" in msg and f"needs a model of task {expected!r}" in msg
     assert "\n" not in msg
     assert not (tmp_path / "run").exists()
+
+
+def test_vision_build_model_refuses_other_tasks():
+    """crate_vision.training.build_model (tools/train_vision.py, tools/segment.py) takes classifiers only."""
+    from crate_vision.data.datasets import build_dataset
+    from crate_vision.training import build_model
+
+    _, spec = build_dataset("shapes", "val", 32, size=8)
+    with pytest.raises(registry.WrongTaskError, match="'vit-mae-nano' has task 'mae'"):
+        build_model("vit-mae-nano", spec)
+    assert build_model("crate-tiny-test", spec).config.num_classes == spec.num_classes

@@ -85,6 +85,7 @@ def build_model(
             model.resize_image(spec.image_size)
         model.reset_classifier(spec.num_classes)
         return model
+    crate_core.registry.resolve_for_task(name, "classify")  # a text or MAE preset is refused by name
     kw = dict(num_classes=spec.num_classes, image_size=spec.image_size, in_channels=spec.in_channels)
     kw.update(overrides or {})
     return crate_core.create(name, **kw)
