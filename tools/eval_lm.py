@@ -1,6 +1,7 @@
 """Loss and perplexity of a causal CRATE LM on a prepared token file.
 
     uv run python tools/eval_lm.py --model runs/pretrain_gpt/final --data data/shakespeare-gpt2/val.bin
+    uv run python tools/eval_lm.py --model ckpt.pt --data data/pile/val.bin      # official CRATE-LM file
 
 Every token after the first is predicted once: non-overlapping windows of the model's context
 (or --block-size), the last partial window included. Perplexity = exp(mean loss per token).
@@ -47,7 +48,8 @@ def evaluate(
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--model", required=True, help="exported model directory (tools/pretrain_gpt.py writes OUT/final)"
+        "--model", required=True,
+        help="exported model directory (tools/pretrain_gpt.py writes OUT/final) or an official CRATE-LM checkpoint",
     )
     p.add_argument("--data", required=True, help="a token file (e.g. data/shakespeare-gpt2/val.bin)")
     p.add_argument("--tokenizer", default=None, help="default: the one recorded in the model config")
@@ -57,9 +59,12 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     import crate_core
 
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"--model {args.model} is not an exported model directory")
-    model = crate_core.from_pretrained(args.model).to(args.device).eval()
+    if Path(args.model).is_file():  # an official CRATE-LM checkpoint (crate-lm repository), converted in memory
+        model = crate_core.load_official(args.model, family="text").to(args.device).eval()
+    elif Path(args.model).is_dir():
+        model = crate_core.from_pretrained(args.model).to(args.device).eval()
+    else:
+        raise FileNotFoundError(f"--model {args.model} is neither an exported model directory nor a checkpoint file")
     c = model.config
     tok_name = args.tokenizer or c.tokenizer
     tok = get_tokenizer(tok_name) if tok_name == "gpt2" or Path(tok_name).is_file() else None
