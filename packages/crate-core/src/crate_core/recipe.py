@@ -384,9 +384,12 @@ def check_batch(args: argparse.Namespace, world: int | None = None) -> None:
         return
     if a is None and g % (m * world):
         raise RecipeError(
-            f"global batch {g} does not divide over micro batch {m} x world size {world} (= {m * world}) "
-            f"processes: change --micro-batch or --global-batch, or launch a number of processes that divides "
-            f"{g // math.gcd(g, m)}"
+            f"global batch {g} does not divide over micro batch {m} x world size {world} (= {m * world}): "
+            + (
+                f"launch a number of processes that divides {g // m}, or change --micro-batch"
+                if g % m == 0
+                else f"micro batch {m} does not divide the global batch: change --micro-batch or --global-batch"
+            )
         )
     if a is not None and m * a * world != g:
         raise RecipeError(
