@@ -1,6 +1,9 @@
-"""benchmarks/report.py without training: the run plan, bad input, and --compare."""
+"""benchmarks/report.py without training: the run plan, bad input, --compare, floors, verdicts, live
+progress, relative paths, and the --checkpoint mode on small random checkpoints in each official layout."""
 
+import importlib
 import importlib.util
+import math
 import json
 import sys
 from pathlib import Path
@@ -85,3 +88,182 @@ def test_compare_sets_two_reports_side_by_side(report, tmp_path):
     assert "0.6" in acc_row and "0.9" in acc_row and "1.500" in acc_row
     tput_row = next(v for k, v in rows.items() if "train_per_s" in k)
     assert "3.000" in tput_row
+
+
+# ---- floors, verdicts, progress, checkpoint mode ----------------------------------------------
+def bench(name):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    return importlib.import_module(name)
+
+
+def test_seeds_repeat_every_run_with_its_own_seed(report):
+    runs = report.plan(report.PRESETS["quick"], ["vision", "gpt"], {}, seeds=2)
+    assert len(runs) == 8 and len({r.label for r in runs}) == 8
+    for r in runs:
+        assert r.args[r.args.index("--seed") + 1] == str(r.seed)
+    gpt = [r for r in runs if r.family == "gpt"]
+    assert all(r.args[r.args.index("--data") + 1] == report.CHAR_DATA for r in gpt)
+
+
+def test_bad_seeds_and_checkpoints_fail_before_any_work(report, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(report, "REPORTS", tmp_path)
+    junk = tmp_path / "junk.pt"
+    torch.save({"state_dict": {"foo.weight": torch.zeros(2)}}, junk)
+    for argv, needle in [
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--checkpoint", f"audio={junk}"], "unknown family 'audio'"),
+        (["--checkpoint", f"vision={tmp_path / 'nope.pth'}"], "no such file or directory"),
+        (["--checkpoint", f"vision={junk}"], "cls_token, pos_embedding"),  # the expected keys are listed
+        (["--checkpoint", f"gpt={junk}"], "transformer.h.{l}.ista.weight"),
+        (["--checkpoint", f"mae={tmp_path}"], "must be a project export"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            report.main(argv)
+        assert e.value.code == 2
+        assert needle in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pt"]  # no report directory was started
+
+
+def test_unigram_and_classification_floors_match_direct_formulas(tmp_path):
+    import math
+
+    import numpy as np
+    from crate_text import get_tokenizer, write_tokens
+    from crate_text.tokenizers import char_tokenizer, save_char_vocab
+
+    rf = bench("report_floors")
+    save_char_vocab(tmp_path, "abc")
+    tok = get_tokenizer(tmp_path)
+    train, val = [0, 0, 0, 1, 2, 3], [0, 1, 1, 3]  # 3 = end-of-text (special)
+    write_tokens(tmp_path / "train.bin", train, tok.name, tok.n_ids)
+    write_tokens(tmp_path / "val.bin", val, tok.name, tok.n_ids)
+    f = rf.unigram_floor(tmp_path, tok)
+    counts = np.bincount(train, minlength=tok.n_ids) + 1.0  # add-one over all n_ids rows
+    p = counts / counts.sum()
+    assert math.isclose(f["unigram_ce"], -np.mean([math.log(p[i]) for i in val]), rel_tol=1e-12)
+    assert math.isclose(f["mlm_mode_acc"], 1 / 3)  # 'a' among the maskable val ids a, b, b
+    c = rf.classification_floor([0, 1, 1, 1, 2], 4)
+    assert c == {"chance": 0.25, "majority": 0.6, "n": 5}
+
+
+def test_mae_floor_is_the_mean_colour_psnr_of_the_masked_patches():
+    import crate_core
+    import torch
+    from crate_mae.data import load_split
+
+    rf = bench("report_floors")
+    torch.manual_seed(0)
+    model = crate_core.create("crate-mae-nano").eval()
+    f = rf.mae_floor(model, "shapes", eval_size=8, batch=8, cache_dir=None)
+    val = load_split("shapes", "val", 8, 32)
+    x = torch.stack([val.dataset[i][0] for i in range(8)])
+    pix = x * torch.tensor(val.std).view(1, 3, 1, 1) + torch.tensor(val.mean).view(1, 3, 1, 1)
+    noise = torch.rand(8, model.num_patches, generator=torch.Generator().manual_seed(0))
+    mask = model(x, noise=noise).mask.bool()  # (8, 64) over the 8 x 8 grid of 4 x 4 patches
+    err = []
+    for b in range(8):
+        colour = pix[b].mean(dim=(1, 2))
+        for n in torch.nonzero(mask[b]).flatten().tolist():
+            i, j = divmod(n, 8)
+            patch = pix[b, :, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4]
+            err.append(float((patch - colour.view(3, 1, 1)).pow(2).mean()))
+    mse = sum(err) / len(err)
+    assert abs(f["mean_colour_mse01"] - mse) < 1e-6 and abs(f["mean_colour_psnr"] + 10 * math.log10(mse)) < 1e-4
+
+
+def record(step, per_layer):
+    return {"step": step, "layers": {"trunk": {m: v for m, v in per_layer.items()}}}
+
+
+def test_verdicts_follow_the_stated_rule():
+    import numpy as np
+
+    rv = bench("report_verdicts")
+    means, stds = [4.0, 3.0, 2.5, 1.0], [0.5, 0.5, 1.0, 1.0]
+    b, se = rv.slope(means, stds, batch=16)
+    assert math.isclose(b, np.polyfit([1, 2, 3, 4], means, 1)[0], rel_tol=1e-12)
+    w = (np.arange(1, 5) - 2.5) / 5.0
+    assert math.isclose(se, math.sqrt(np.sum(w**2 * np.square(stds)) / 16), rel_tol=1e-12)
+    assert rv.decide([b], [se], -1)["verdict"] == "holds"
+    assert rv.decide([b], [se], +1)["verdict"] == "does not hold"
+    assert rv.decide([0.1], [0.1], -1)["verdict"] == "within noise"  # 1 noise unit < 2
+    # over seeds: a mean of 1.0 with seed std 1.0 over 3 seeds has noise sqrt(0 + 1/3): 1.0 < 2 * 0.577
+    d = rv.decide([0.0, 1.0, 2.0], [0.0, 0.0, 0.0], +1)
+    assert math.isclose(d["noise"], math.sqrt(1 / 3)) and d["verdict"] == "within noise"
+    flat = [[0.5, 0.01]] * 3
+    rising = [[0.4, 0.01], [0.5, 0.01], [0.6, 0.01]]
+    rc_down = [[30.0, 1.0], [20.0, 1.0], [10.0, 1.0]]
+    recs = [record(0, {"rc": rc_down, "sparsity": flat}), record(100, {"rc": rc_down, "sparsity": rising})]
+    v = rv.claim_verdicts([recs], batch=8)["trunk"]
+    assert v["rc"]["depth"]["verdict"] == "holds" and v["rc"]["training"]["verdict"] == "within noise"
+    assert v["sparsity"]["depth"]["verdict"] == "holds" and v["sparsity"]["right_steps"] == [2]
+    assert "**holds**" in "\n".join(rv.verdict_lines("vision", {"trunk": v}))
+
+
+def test_progress_lines_and_full_child_log(tmp_path):
+    import io
+
+    rp = bench("report_progress")
+    script = "import time\nfor s in (5, 10):\n    print(f'step {s} | loss {3.0 / s:.4f} | lr 1e-3', flush=True)\nprint('done')\n"
+    job = rp.Job("gpt-crate", [sys.executable, "-c", script], tmp_path / "gpt-crate" / "log.txt", steps=10,
+                 family="gpt-crate")
+    later = rp.Job("gpt-baseline", [sys.executable, "-c", "print('x')"], tmp_path / "b" / "log.txt", steps=10,
+                   family="gpt-crate")
+    out = io.StringIO()
+    prog = rp.Progress([job, later], stream=out, live=False, print_every_s=0.0)
+    prog.run(job)
+    text = out.getvalue()
+    assert "[report 1/2] gpt-crate: step 5/10, loss 0.6000" in text and "ETA" in text and "left" in text
+    assert "step 10/10, loss 0.3000" in text and "done in" in text
+    assert job.log.read_text().splitlines()[-1] == "done"  # the child's whole output is kept
+    assert prog.expected(later) == prog.rate["gpt-crate"] * 10  # the next run of the family is timed from this one
+    bad = rp.Job("bad", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "x" / "log.txt")
+    with pytest.raises(RuntimeError, match="boom"):
+        rp.Progress([bad], stream=io.StringIO(), live=False).run(bad)
+
+
+def test_paths_are_made_relative_to_the_repository():
+    rr = bench("report_render")
+    obj = {"checkpoint": f"{ROOT}/benchmarks/reports/q/_work/x", "cmd": [f"python {ROOT}/tools/a.py"], "n": 3}
+    assert rr.relativize(obj, ROOT) == {"checkpoint": "benchmarks/reports/q/_work/x", "cmd": ["python tools/a.py"], "n": 3}
+
+
+def official_files(tmp_path):
+    """Small random checkpoints in each official layout (the converters' own test fixtures)."""
+    import torch
+
+    def fixture(rel):
+        spec = importlib.util.spec_from_file_location(f"fx_{Path(rel).stem}", ROOT / rel)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    v = fixture("tests/vision/test_vision_convert.py")
+    torch.save(v.wrap_official(v.official_crate_state()), tmp_path / "crate.pth")
+    m = fixture("tests/mae/test_mae_convert.py")
+    torch.save({"model": m.official_state_dict()}, tmp_path / "mae.pth")
+    t = fixture("tests/text/test_text_convert.py")
+    t.nanogpt_file(t.official_state("overcomplete", vocab=50304), tmp_path / "ckpt.pt")
+    return tmp_path / "crate.pth", tmp_path / "mae.pth", tmp_path / "ckpt.pt"
+
+
+def test_checkpoint_mode_measures_official_layouts(report, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "REPORTS", tmp_path / "reports")
+    vision, mae, gpt = official_files(tmp_path)
+    argv = ["--checkpoint", f"vision={vision}", "--checkpoint", f"mae={mae}", "--checkpoint", f"gpt={gpt}",
+            "--heads", "vision=4", "--heads", "mae=4", "--name", "real"]
+    out = report.main(argv)
+    md = (out / "report.md").read_text()
+    for fam in ("vision", "mae", "gpt"):
+        assert f"### {fam}: " in md
+    assert md.count("with depth (after training)") >= 9 and "over training (layer mean)" not in md
+    assert "overlay-" in md and "checkpoint-mae-recon.png" in md and "Most selective codes" in md
+    for name in [line.split("(")[-1].rstrip(")") for line in md.splitlines() if line.startswith("![")]:
+        assert (out / name).is_file(), name
+    rep = json.loads((out / "report.json").read_text())
+    assert str(ROOT) not in json.dumps(rep)
+    assert rep["results"]["gpt"]["contexts"]["codes"]
+    with pytest.raises(SystemExit):  # the same name again is refused without --overwrite
+        report.main(argv)
