@@ -22,7 +22,7 @@ import platform
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -149,6 +149,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def lm_loss(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+    """Next-token cross-entropy of a causal LM on a batch (x, y) (CRATE-GPT and the GPT-2 baseline share
+    ``forward(idx, targets) -> (logits, loss)``), with the token count the trainer turns into tokens/s."""
+    x, y = batch
+    return model(x, y)[1], {"tokens": x.numel()}
+
+
 def _gpt2_like(name: str, **overrides) -> nn.Module:
     import crate_core
     from crate_text.interp.baseline import GPT2Baseline, baseline_config_like
@@ -195,8 +202,3 @@ def pyplot():
 
     return plt
 
-
-def batches(items: Iterator) -> Iterator:
-    """Yield from ``items`` forever, restarting it when it ends (an endless data stream)."""
-    while True:
-        yield from items

@@ -35,16 +35,20 @@ from crate_core.train import TrainConfig, Trainer
 from crate_text.prepare import DEFAULT_OUT, ensure_prepared
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import build_model, count_params, interleaved, medians, pyplot, resolve_device, timed  # noqa: E402
+from harness import (  # noqa: E402
+    build_model,
+    count_params,
+    interleaved,
+    lm_loss,
+    medians,
+    pyplot,
+    resolve_device,
+    timed,
+)
 
 REPORT_DIR = Path(__file__).resolve().parent / "reports" / "text_speed"
 CLOCKS = ("wall", "cpu")
 CPU = resolve_device("cpu")
-
-
-def lm_loss(model, x, y):
-    """Mean next-token cross-entropy: CRATE-GPT and the GPT-2 baseline share ``forward(idx, targets)``."""
-    return model(x, y)[1]
 
 
 # ---- speed ----------------------------------------------------------------------------------------
@@ -60,7 +64,7 @@ def train_speed(models: dict, batch: int, context: int, repeats: int, warmup: in
         models[name].train()
 
     def step(name):
-        loss = lm_loss(models[name], current["data"][:, :-1], current["data"][:, 1:])
+        loss = lm_loss(models[name], (current["data"][:, :-1], current["data"][:, 1:]))[0]
         loss.backward()
         opts[name].step()
         opts[name].zero_grad(set_to_none=True)
@@ -160,7 +164,7 @@ def fit_lm(model, train_set, args, out_dir: Path) -> dict:
         wandb="disabled",
         progress="off",
     )
-    return Trainer(cfg, model, train_set, loss_fn=lambda m, batch: lm_loss(m, *batch)).fit()
+    return Trainer(cfg, model, train_set, loss_fn=lm_loss).fit()
 
 
 @torch.no_grad()
@@ -169,7 +173,7 @@ def val_loss(model, val, batch: int) -> float:
     total, n = 0.0, 0
     for s in range(0, len(val), batch):
         x, y = (torch.stack(t) for t in zip(*(val[i] for i in range(s, min(len(val), s + batch)))))
-        total += lm_loss(model, x, y).item() * x.shape[0]
+        total += lm_loss(model, (x, y))[0].item() * x.shape[0]
         n += x.shape[0]
     return total / n
 

@@ -40,7 +40,7 @@ from crate_core.train import TrainConfig, Trainer
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import device_name, resolve_device  # noqa: E402
+from harness import device_name, lm_loss, resolve_device  # noqa: E402
 
 CONFIGS = {  # TrainConfig fields of the tools' defaults
     "vision": dict(micro_batch=128, lr=2e-3, warmup_steps=100, weight_decay=0.05, zero_stage=0),
@@ -63,11 +63,6 @@ def vision_case(train_size: int):
     return build_model("crate-mini-shapes", spec), data, collate, ClassificationLoss(0.1)
 
 
-def gpt_loss(model, batch):
-    x, y = batch
-    return model(x, y)[1], {"tokens": x.numel()}
-
-
 def gpt_case(train_size: int):
     """(model, dataset, collate, loss_fn) of tools/pretrain_gpt.py's defaults (the offline corpus)."""
     import crate_core
@@ -77,7 +72,7 @@ def gpt_case(train_size: int):
     data = ensure_prepared(Path(DEFAULT_OUT))
     model = crate_core.create("crate-gpt-nano")
     tokens = TokenDataset(data / "train.bin", model.config.block_size, tokenizer=get_tokenizer("gpt2"))
-    return model, tokens, None, gpt_loss
+    return model, tokens, None, lm_loss
 
 
 CASES = {"vision": vision_case, "gpt": gpt_case}
