@@ -75,6 +75,10 @@ class ISTA(nn.Module):
         """The sparse code (for the square block it is the output itself)."""
         return self(u)
 
+    def decode(self, a: torch.Tensor) -> torch.Tensor:
+        """The square block emits its code: decode is the identity."""
+        return a
+
 
 class OvercompleteISTA(nn.Module):
     """T-step ISTA over an overcomplete dictionary D (d x ratio*d), from a = 0.

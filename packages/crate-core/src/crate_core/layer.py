@@ -119,13 +119,15 @@ class CRATELayer(nn.Module):
             )
         self.residual_ista = ista == "alpha"
 
+    def sparsify(self, z_half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ISTA half: codes = ISTA(LN2 z_half); z_next = decode(codes) (+ z_half for CRATE-alpha)."""
+        codes = self.ista.codes(self.norm2(z_half))
+        out = self.ista.decode(codes)
+        return codes, (z_half + out if self.residual_ista else out)
+
     def plain(self, z: torch.Tensor) -> torch.Tensor:
-        """z_next with no mask, cache or intermediates: what TorchScript compiles (the same math as forward)."""
-        z_half = z + self.mssa.attend(self.norm1(z))
-        out = self.ista(self.norm2(z_half))
-        if self.residual_ista:
-            return z_half + out
-        return out
+        """z_next with no mask, cache or intermediates: the path TorchScript compiles."""
+        return self.sparsify(z + self.mssa.attend(self.mssa.project(self.norm1(z))))[1]
 
     @torch.jit.ignore
     def forward(
@@ -145,13 +147,7 @@ class CRATELayer(nn.Module):
         else:
             m = self.mssa(y, attn_mask, w=w, cache=cache)
         z_half = z + m
-        u = self.norm2(z_half)
-        if self.variant == "square":
-            codes = out = self.ista(u)
-        else:
-            codes = self.ista.codes(u)
-            out = self.ista.decode(codes)
-        z_next = z_half + out if self.residual_ista else out
+        codes, z_next = self.sparsify(z_half)
         if not (return_intermediates or return_attention):
             return z_next
         return z_next, LayerOutputs(z_half=z_half, proj=w, z_next=z_next, codes=codes, attn=attn)

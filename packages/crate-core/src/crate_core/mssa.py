@@ -141,11 +141,15 @@ class MSSA(SubspaceHeads):
         self.out = nn.Linear(inner, dim, bias=out_bias)
         self.out_drop = nn.Dropout(dropout)
 
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        """MSSA(x) with no mask, cache or maps: what TorchScript compiles (the same math as forward)."""
-        w = self.project(x)
+    def attend(self, w: torch.Tensor) -> torch.Tensor:
+        """MSSA from the projections w = project(x), (B, K, N, p), with no mask, cache or maps:
+        W_out concat_k softmax(w_k w_k^T / sqrt(p)) w_k. The path TorchScript compiles and the
+        one forward takes when nothing else is asked for."""
         p_drop = self.dropout if self.training else 0.0
-        o = F.scaled_dot_product_attention(w, w, w, dropout_p=p_drop, is_causal=self.causal)
+        return self.merge(F.scaled_dot_product_attention(w, w, w, dropout_p=p_drop, is_causal=self.causal))
+
+    def merge(self, o: torch.Tensor) -> torch.Tensor:
+        """Concatenate the heads of o (B, K, N, p) and apply the output projection W_out."""
         return self.out_drop(self.out(o.transpose(1, 2).flatten(2)))
 
     @torch.jit.ignore
@@ -166,9 +170,10 @@ class MSSA(SubspaceHeads):
         check_tokens(x, self.dim)
         n = x.shape[1]
         w = self.project(x) if w is None else w
-        if cache is None:  # no shape arithmetic without a mask: torch.fx traces the plain path
-            plain = attn_mask is None and not self.causal
-            keys, mask = w, None if plain else build_attention_mask(attn_mask, x.shape[0], n, self.causal, x.device)
+        if cache is None and attn_mask is None and not return_attention:
+            return self.attend(w)  # fused kernel (causal: it skips the masked half); torch.fx traces this
+        if cache is None:
+            keys, mask = w, build_attention_mask(attn_mask, x.shape[0], n, self.causal, x.device)
         else:
             if not self.causal:
                 raise ValueError("a decoding cache needs causal MSSA (causal=True)")
@@ -183,9 +188,7 @@ class MSSA(SubspaceHeads):
                 scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
             attn = scores.softmax(dim=-1)
             o = F.dropout(attn, p_drop, self.training) @ keys
-        elif self.causal and attn_mask is None and cache is None:  # fused kernel skips the masked half
-            o = F.scaled_dot_product_attention(w, w, w, dropout_p=p_drop, is_causal=True)
         else:
             o = F.scaled_dot_product_attention(w, keys, keys, attn_mask=mask, dropout_p=p_drop)
-        out = self.out_drop(self.out(o.transpose(1, 2).flatten(2)))
+        out = self.merge(o)
         return (out, attn) if return_attention else out
