@@ -91,6 +91,31 @@ def timed(fn: Callable, warmup: int, repeats: int, device: torch.device, clock: 
     return medians(interleaved({0: fn}, warmup, repeats, device), clock)[0]
 
 
+def profile(cases: dict, device: torch.device, rows: int = 15) -> str:
+    """torch.profiler tables (self time per operator, top ``rows``) of one call of each case, after one
+    untimed call: where the time goes, to read before changing a formula."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    out = []
+    for key, fn in cases.items():
+        fn()
+        sync(device)
+        with profile(activities=activities) as prof:
+            fn()
+            sync(device)
+        out.append(f"== {key}\n" + prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
+    return "\n".join(out)
+
+
+def count_flops(fn: Callable) -> int:
+    """FLOPs of one call of ``fn``, counted per operation (matmuls, convolutions, attention)."""
+    from crate_core.train.flops import count_flops as counted
+
+    return counted(fn)[0]
+
+
 # ---------------------------------------------------------------------------------------------- memory
 def _status_kib(field: str) -> int | None:
     try:

@@ -8,7 +8,8 @@ matmul with W = I + eta (D - D^T D) formed once per forward.
 
 Speed: forward + backward of one layer (median of --repeats after warm-up, ours and naive
 interleaved in the same run) at CRATE-S/16 shapes (d 576, 12 heads, 197 tokens, batch 32)
-and at a long sequence (4096 tokens, batch 1).
+and at a long sequence (4096 tokens, batch 1), with the FLOPs of each (counted per operation):
+the speed-up a formulation can reach by doing less work is about the FLOP ratio.
 Memory: peak extra memory of the attention part (LN1 + MSSA, forward + backward) at
 N = 1024, 2048, 4096, batch 1. On CUDA: torch.cuda.max_memory_allocated. On CPU (no caching
 allocator): one fresh subprocess per case, peak RSS (VmHWM, reset through /proc/self/clear_refs)
@@ -16,6 +17,7 @@ minus the RSS just before the measured call.
 
     uv run python benchmarks/layer_speed.py            # full run, report in benchmarks/reports/layer_speed/
     uv run python benchmarks/layer_speed.py --quick    # small shapes, a smoke test
+    uv run python benchmarks/layer_speed.py --profile  # torch.profiler tables: where each case spends its time
 """
 
 from __future__ import annotations
@@ -33,7 +35,15 @@ import torch.nn.functional as F
 from crate_core import CRATELayer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import PeakMemory, device_name, interleaved, medians, pyplot  # noqa: E402
+from harness import (  # noqa: E402
+    PeakMemory,
+    count_flops,
+    device_name,
+    interleaved,
+    medians,
+    profile,
+    pyplot,
+)
 
 DIM, HEADS = 576, 12
 REPORT_DIR = Path(__file__).resolve().parent / "reports" / "layer_speed"
@@ -72,16 +82,20 @@ def fwd_bwd(fn, layer, x) -> None:
     out.backward(torch.ones_like(out))
 
 
+def layer_cases(layer, x) -> dict:
+    """{"ours": forward+backward of the layer, "naive": of the naive formulation} on input x."""
+    fns = {"ours": lambda l, z: l(z), "naive": naive_layer}
+    return {name: (lambda fn=fn: fwd_bwd(fn, layer, x)) for name, fn in fns.items()}
+
+
 def time_case(layer, x, repeats: int, warmup: int) -> dict[str, float]:
     """Median seconds of forward+backward for ours and naive, interleaved to share the noise."""
-    fns = {"ours": lambda l, z: l(z), "naive": naive_layer}
 
     def clear_grads(_name) -> None:
         layer.zero_grad(set_to_none=True)
         x.grad = None
 
-    cases = {name: (lambda fn=fn: fwd_bwd(fn, layer, x)) for name, fn in fns.items()}
-    return medians(interleaved(cases, warmup, repeats, x.device, prepare=clear_grads))
+    return medians(interleaved(layer_cases(layer, x), warmup, repeats, x.device, prepare=clear_grads))
 
 
 def check_equal(layer, x) -> float:
@@ -161,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes and 2 repeats (smoke test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=REPORT_DIR, help="report folder")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of each case instead")
     parser.add_argument("--_memory-case", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
@@ -184,15 +199,22 @@ def main(argv: list[str] | None = None) -> None:
     speed_rows = []
     for name, b, n in cases:
         x = torch.randn(b, n, DIM, device=device, requires_grad=True)
+        if args.profile:
+            print(f"# {name}\n" + profile(layer_cases(layer, x), device), flush=True)
+            continue
         err = check_equal(layer, x)
         t = time_case(layer, x, args.repeats, args.warmup)
-        row = {"case": name, "batch": b, "n": n, **t, "speedup": t["naive"] / t["ours"], "max_abs_diff": err}
+        flops = {k: count_flops(fn) for k, fn in layer_cases(layer, x).items()}
+        row = {"case": name, "batch": b, "n": n, **t, "speedup": t["naive"] / t["ours"], "max_abs_diff": err,
+               "gflop": {k: f / 1e9 for k, f in flops.items()}, "flop_ratio": flops["naive"] / flops["ours"]}
         speed_rows.append(row)
         print(
             f"{name}: ours {fmt_ms(t['ours'])} ms, naive {fmt_ms(t['naive'])} ms, "
-            f"speed-up {row['speedup']:.2f}x (max |diff| {err:.1e})",
+            f"speed-up {row['speedup']:.2f}x, FLOP ratio {row['flop_ratio']:.2f} (max |diff| {err:.1e})",
             flush=True,
         )
+    if args.profile:
+        return
 
     mem_rows = []
     for n in mem_ns:
@@ -215,13 +237,13 @@ def main(argv: list[str] | None = None) -> None:
         f"after {args.warmup} warm-up, ours and naive interleaved in one run; "
         f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the CPU).",
         "",
-        "| case | batch | tokens | crate_core ms | naive ms | speed-up | max abs diff |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| case | batch | tokens | crate_core ms | naive ms | speed-up | FLOP ratio (naive / ours) | max abs diff |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in speed_rows:
         lines.append(
             f"| {r['case']} | {r['batch']} | {r['n']} | {fmt_ms(r['ours'])} | {fmt_ms(r['naive'])} "
-            f"| {r['speedup']:.2f}x | {r['max_abs_diff']:.1e} |"
+            f"| {r['speedup']:.2f}x | {r['flop_ratio']:.2f} | {r['max_abs_diff']:.1e} |"
         )
     how = (
         "torch.cuda.max_memory_allocated"

@@ -7,7 +7,9 @@ depth 12) at 224 px, measured side by side in one run (repeats interleaved, medi
 Training = forward + cross-entropy + backward + AdamW step (img/s); inference = forward under
 no_grad in eval mode (img/s). On the CPU each step is also timed in process CPU time (summed over
 threads): on a machine shared with other jobs, CPU-time throughput (x threads) is the figure that does
-not depend on how much of the CPU this process got; wall-clock figures are reported next to it. Writes benchmarks/reports/vision_speed/{report.md,results.json,speed.png}.
+not depend on how much of the CPU this process got; wall-clock figures are reported next to it. The FLOPs
+of one training step (counted per operation) bound the speed-up that less work alone can give.
+--profile prints torch.profiler tables of one training step of each model instead. Writes benchmarks/reports/vision_speed/{report.md,results.json,speed.png}.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     autocast,
     build_model,
+    count_flops,
     count_params,
     device_name,
     interleaved,
     medians,
+    profile,
     pyplot,
     resolve_device,
 )
@@ -45,6 +49,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out-dir", default="benchmarks/reports/vision_speed")
+    p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one training step instead")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,6 +73,11 @@ def main(argv=None) -> dict:
         with autocast(device, args.amp):
             models[name](x)
 
+    if args.profile:
+        for name in models:
+            models[name].train()
+        print(profile({name: (lambda name=name: train_step(name)) for name in models}, device))
+        return {}
     res = {}
     for kind, fn, train in (("train", train_step, True), ("infer", infer_step, False)):
         cases = {name: (lambda name=name, fn=fn: fn(name)) for name in models}  # interleaved: load hits all alike
@@ -83,6 +93,7 @@ def main(argv=None) -> dict:
             "train_img_cpu_s": args.batch / cpu["train"][name],
             "infer_img_cpu_s": args.batch / cpu["infer"][name],
             "times_s": {k + sfx: res[k][name][c] for k in res for sfx, c in (("", "wall"), ("_cpu", "cpu"))},
+            "train_gflop": count_flops(lambda name=name: train_step(name)) / 1e9,  # after timing: one more step
         }
     base = args.models[-1]
     lines = [
@@ -93,8 +104,9 @@ def main(argv=None) -> dict:
         f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. torch {torch.__version__}.",
         "",
         f"| model | params (M) | train img/s | infer img/s | train x vs {base} | infer x vs {base} "
-        "| train img/CPU-s | infer img/CPU-s | train x (CPU time) | infer x (CPU time) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| train img/CPU-s | infer img/CPU-s | train x (CPU time) | infer x (CPU time) "
+        f"| train GFLOP/step | FLOP ratio ({base} / model) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         b = rows[base]
@@ -102,7 +114,8 @@ def main(argv=None) -> dict:
             f"| {name} | {r['params_M']:.2f} | {r['train_img_s']:.2f} | {r['infer_img_s']:.2f} | "
             f"{r['train_img_s'] / b['train_img_s']:.2f} | {r['infer_img_s'] / b['infer_img_s']:.2f} | "
             f"{r['train_img_cpu_s']:.3f} | {r['infer_img_cpu_s']:.3f} | "
-            f"{r['train_img_cpu_s'] / b['train_img_cpu_s']:.2f} | {r['infer_img_cpu_s'] / b['infer_img_cpu_s']:.2f} |"
+            f"{r['train_img_cpu_s'] / b['train_img_cpu_s']:.2f} | {r['infer_img_cpu_s'] / b['infer_img_cpu_s']:.2f} | "
+            f"{r['train_gflop']:.3g} | {b['train_gflop'] / r['train_gflop']:.2f} |"
         )
     report = "\n".join(lines) + "\n"
     print(report)
