@@ -34,6 +34,16 @@ torch.set_num_threads(1)
 TOY = ToyCRATEConfig(in_dim=4, seq_len=4, dim=16, depth=1, heads=2, num_outputs=3, dropout=0.1)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_linear():
+    """A DeepSpeed ZeRO-3 engine replaces torch.nn.functional.linear for the whole process (its
+    memory-efficient linear, "persists unless manually reset"); later tests in this process, e.g.
+    torch.jit.script of a model, must see torch's own."""
+    linear = torch.nn.functional.linear
+    yield
+    torch.nn.functional.linear = linear
+
+
 def make(tmp_path, model_config=TOY, loss_fn=toy_loss, callbacks=(), train_size=256, **overrides):
     base = dict(
         out_dir=str(tmp_path / "run"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+import weakref
 from pathlib import Path
 
 from . import checkpoint as ckpt
@@ -32,8 +33,8 @@ def lock(trainer) -> None:
     """Rank 0 takes OUT_DIR/run.lock; every rank raises if another process holds it."""
     busy = None
     if trainer.is_main:
-        try:
-            trainer._locked = runlock.acquire(trainer.out_dir)
+        try:  # released by trainer.close(), when the trainer is garbage-collected, or at exit
+            trainer._unlock = weakref.finalize(trainer, runlock.release, runlock.acquire(trainer.out_dir))
         except runlock.RunFolderBusyError as e:
             busy = e
     pid = all_reduce_scalar(runlock.holder_pid(busy.holder) if busy else 0, "max") if trainer.world_size > 1 else 0
@@ -44,10 +45,9 @@ def lock(trainer) -> None:
 
 
 def unlock(trainer) -> None:
-    locked = getattr(trainer, "_locked", None)
-    if locked is not None:
-        trainer._locked = None
-        runlock.release(locked)
+    finalizer = getattr(trainer, "_unlock", None)
+    if finalizer is not None:
+        finalizer()  # runs at most once
 
 
 def resolve(trainer) -> Path | None:
