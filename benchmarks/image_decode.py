@@ -39,7 +39,7 @@ from torchvision.io import decode_jpeg, read_file
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import device_name, interleaved, pyplot, resolve_device  # noqa: E402
+from harness import device_name, interleaved, medians, pyplot, resolve_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,8 +150,8 @@ def main(argv=None) -> dict:
         kib = sum(p.stat().st_size for p in paths) / len(paths) / 1024
         cases = {name: (lambda f=f: [f(p) for p in paths]) for name, f in pipelines(args.image_size).items()}
         times = interleaved(cases, warmup=1, repeats=args.repeats, device=resolve_device("cpu"))
-    rates = {k: args.images / float(np.median(v["cpu"])) for k, v in times.items()}
-    wall = {k: args.images / float(np.median(v["wall"])) for k, v in times.items()}
+    rates = {k: args.images / t for k, t in medians(times, "cpu").items()}
+    wall = {k: args.images / t for k, t in medians(times, "wall").items()}
     table = workers_table(rates)
     result = {
         "cpu": device_name(resolve_device("cpu")),
