@@ -1,7 +1,7 @@
 """GPU readiness in one run (under 8 minutes on one recent GPU): is CRATE fast on this machine's GPUs?
 
 1. bf16 training throughput (autocast, AdamW) and MFU of crate-gpt-small against gpt2-like-crate-gpt-small
-   and of CRATE-B/16 against ViT-B/16 (vit-base-patch16-224), through benchmarks/speed.py's run_case:
+   and of CRATE-B/16 against timm's ViT-B/16, through benchmarks/speed.py's run_case:
        MFU = FLOPs of one training step (counted per operation, crate_core.train.flops) / step time / peak
    (the 6N rule does not hold for CRATE: ISTA forms I + eta (D - D^T D) every forward), with peak memory
    (torch.cuda.max_memory_allocated) and the batch actually run (halved on out-of-memory).
@@ -35,7 +35,7 @@ from harness import autocast, build_model, device_name, lm_loss  # noqa: E402
 
 PAIRS = [  # (CRATE, standard, batch per step)
     ("crate-gpt-small", "gpt2-like-crate-gpt-small", 8),
-    ("crate-base-patch16-224", "vit-base-patch16-224", 64),
+    ("crate-base-patch16-224", "timm:vit_base_patch16_224", 64),
 ]
 SDPA_OPS = {  # aten op (name prefix) -> kernel
     "aten::_scaled_dot_product_flash_attention": "flash",

@@ -10,9 +10,8 @@ Peak memory: on CUDA torch.cuda.max_memory_allocated above the allocation at the
 kernel's peak resident set size (VmHWM, reset through /proc/self/clear_refs) above the resident size at the
 start, or the growth of getrusage's lifetime peak where the reset is not available.
 
-Models: ``build_model(name)`` takes a registry name (``crate_core.list_models()``), ``timm:NAME`` (timm's
-registry, random init) or ``gpt2-like-NAME`` (transformers GPT-2 shaped like the CRATE-GPT preset NAME,
-used until the registry carries it).
+Models: ``build_model(name)`` takes a registry name (``crate_core.list_models()``, the text baselines
+``gpt2-like-NAME`` / ``bert-like-NAME`` among them) or ``timm:NAME`` (timm's registry, random init).
 """
 
 from __future__ import annotations
@@ -181,18 +180,9 @@ def lm_loss(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
     return model(x, y)[1], {"tokens": x.numel()}
 
 
-def _gpt2_like(name: str, **overrides) -> nn.Module:
-    import crate_core
-    from crate_text.interp.baseline import GPT2Baseline, baseline_config_like
-
-    return GPT2Baseline(baseline_config_like(crate_core.get_config(name, **overrides)))
-
-
 def build_model(name: str, **overrides) -> nn.Module:
-    """A registry preset (config fields overridden by keyword), ``timm:NAME`` or ``gpt2-like-NAME``.
-
-    For timm models ``image_size`` is passed as timm's ``img_size``.
-    """
+    """A registry preset (config fields overridden by keyword) or ``timm:NAME`` (timm's registry, random
+    init; ``image_size`` is passed as timm's ``img_size``)."""
     import crate_core
 
     if name.startswith("timm:"):
@@ -201,8 +191,6 @@ def build_model(name: str, **overrides) -> nn.Module:
         if "image_size" in overrides:
             overrides["img_size"] = overrides.pop("image_size")
         return timm.create_model(name[5:], pretrained=False, **overrides)
-    if name.startswith("gpt2-like-") and name not in crate_core.list_models():
-        return _gpt2_like(name[len("gpt2-like-") :], **overrides)
     return crate_core.create(name, **overrides)
 
 

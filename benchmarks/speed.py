@@ -4,10 +4,10 @@
     uv run benchmarks/speed.py --preset quick            # CRATE vs standard transformer, each family
     uv run benchmarks/speed.py --models crate-gpt-small gpt2-like-crate-gpt-small --amp bf16 --compile
 
-A model is a registry name (``crate_core.list_models()``, ``bert-like-NAME`` among them) or
-``gpt2-like-NAME``: crate_text's baselines around transformers' GPT2LMHeadModel / BertForMaskedLM, randomly
-initialised, with NAME's width, depth, heads, context and vocabulary (the standard-transformer baselines of
-the text family); models are built by benchmarks/harness.py. Inputs are synthetic.
+A model is a registry name (``crate_core.list_models()``; its task picks the inputs and the loss; the text
+baselines ``gpt2-like-NAME`` / ``bert-like-NAME`` are transformers' GPT2LMHeadModel / BertForMaskedLM with
+NAME's width, depth, heads, context and vocabulary) or ``timm:NAME`` (timm's registry, random init); models
+are built by benchmarks/harness.py. Inputs are synthetic.
 Each figure is the median over ``--repeats`` timed runs after ``--warmup`` runs. Peak memory is
 torch.cuda.max_memory_allocated on CUDA; on the CPU each model runs in a fresh subprocess and reports its
 peak resident set size (ru_maxrss, which includes the Python/torch runtime: compare differences).
@@ -24,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ PRESETS = {
         ("crate-bert-nano", "bert-like-crate-bert-nano"),
     ],
     "base": [
-        ("crate-base-patch16-224", "vit-base-patch16-224"),
+        ("crate-base-patch16-224", "timm:vit_base_patch16_224"),
         ("crate-mae-base", "vit-mae-base"),
         ("crate-gpt-small", "gpt2-like-crate-gpt-small"),
         ("crate-bert-base", "bert-like-crate-bert-base"),
@@ -73,19 +74,21 @@ class Result:
     compiled: bool
 
 
+FAMILY = {"classify": "vision", "mae": "mae", "causal-lm": "gpt", "masked-lm": "bert"}  # registry task -> case
+
+
 def build(name: str):
-    """(model, family, config) for a registry name or ``gpt2-like-NAME`` / ``bert-like-NAME``."""
+    """(model, family, config) for a registry name or ``timm:NAME`` (an image classifier, random init)."""
     import crate_core
 
-    if name.startswith("gpt2-like-") and name not in crate_core.list_models():
+    if name.startswith("timm:"):
         model = build_model(name)
-        return model, "gpt", model.config
+        chans, size, _ = model.pretrained_cfg["input_size"]
+        return model, "vision", SimpleNamespace(image_size=size, in_channels=chans, num_classes=model.num_classes)
     entry = crate_core.registry.get_entry(name)
-    if entry.family == "text":
-        family = "bert" if "bert" in name else "gpt"
-    else:
-        family = entry.family
-    return build_model(name), family, entry.config
+    if entry.task not in FAMILY:
+        raise ValueError(f"{name} has task {entry.task!r}; speed.py measures the tasks {sorted(FAMILY)}")
+    return build_model(name), FAMILY[entry.task], entry.config
 
 
 def seq_len(cfg, family: str, override: int | None) -> int:
@@ -201,7 +204,7 @@ def markdown(results: list[Result], pairs: list[tuple[str, str]] | None) -> str:
 
 def main(argv: list[str] | None = None) -> list[Result]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="*", default=[], help="registry names or gpt2-like-NAME")
+    p.add_argument("--models", nargs="*", default=[], help="registry names or timm:NAME")
     p.add_argument("--preset", choices=sorted(PRESETS), help="CRATE vs baseline pairs for every family")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=None, help="text sequence length (default: model context)")
