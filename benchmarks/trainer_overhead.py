@@ -79,24 +79,29 @@ CASES = {"vision": vision_case, "gpt": gpt_case}
 
 
 # ---------------------------------------------------------------------------------------------- the loops
-def bare_loop(model, data, collate, loss_fn, cfg: TrainConfig, chunk: int, seed: int) -> list[float]:
-    """Seconds per step of each chunk: DataLoader, forward, backward, clip, AdamW, warm-up + cosine."""
+def warmup_cosine(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    """torch's schedulers for lr_s = lr (s + 1) / W (s < W), then min_lr + (lr - min_lr)(1 + cos(pi (s - W) /
+    (S - W))) / 2: the Trainer's schedule (S = cfg.steps, W = cfg.warmup_steps, min_lr default lr / 10)."""
     from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
+    min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+    w = cfg.warmup_steps
+    cosine = CosineAnnealingLR(opt, T_max=max(1, cfg.steps - w), eta_min=min_lr)
+    if not w:
+        return cosine
+    warm = LinearLR(opt, start_factor=1 / w, end_factor=1.0, total_iters=max(1, w - 1))
+    return SequentialLR(opt, [warm, cosine], milestones=[w])
+
+
+def bare_loop(model, data, collate, loss_fn, cfg: TrainConfig, chunk: int, seed: int) -> list[float]:
+    """Seconds per step of each chunk: DataLoader, forward, backward, clip, AdamW, warm-up + cosine."""
     device = resolve_device(cfg.device)
     model.to(device).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, foreach=True)
-    min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
-    cosine = CosineAnnealingLR(opt, T_max=max(1, cfg.steps - cfg.warmup_steps), eta_min=min_lr)
-    if cfg.warmup_steps:  # lr (s + 1) / W for s < W, then the cosine
-        w = cfg.warmup_steps
-        warm = LinearLR(opt, start_factor=1 / w, end_factor=1.0, total_iters=max(1, w - 1))
-        sched = SequentialLR(opt, [warm, cosine], milestones=[w])
-    else:
-        sched = cosine
+    sched = warmup_cosine(opt, cfg)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(data, cfg.micro_batch, shuffle=True, drop_last=True, collate_fn=collate, generator=generator)
     stream, chunks, t = iter(loader), [], time.perf_counter()
