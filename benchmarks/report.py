@@ -27,7 +27,6 @@ import argparse
 import json
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -37,8 +36,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report_* modules beside this file
 
 from report_progress import Job, Progress  # noqa: E402
-from report_render import FAMILIES, METRICS, compare, flat_numbers, fmt, plot_layerwise, relativize  # noqa: E402,F401
-from report_render import write_report  # noqa: E402
+from report_render import (  # noqa: E402,F401
+    FAMILIES,
+    METRICS,
+    compare,
+    flat_numbers,
+    fmt,
+    plot_layerwise,
+    relativize,
+    write_report,  # noqa: E402
+)
+from report_results import combine, floors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "benchmarks" / "reports"
@@ -82,7 +90,10 @@ PRESETS = {
                      prior_s=80),
         "layerwise_points": 4,
         "segment_images": 300,
-        "speed": ["--preset", "quick", "--batch", "8", "--seq", "64", "--repeats", "2"],
+        # the trained pairs (text at the registered GPT-2 vocabulary: speed.py builds presets by name)
+        "speed": ["--models", "crate-mini-shapes", "vit-mini-shapes", "crate-mae-nano", "vit-mae-nano", "crate-gpt-nano",
+                  "gpt2-like-crate-gpt-nano", "crate-bert-nano", "bert-like-crate-bert-nano", "--batch", "8", "--seq",
+                  "64", "--repeats", "2"],
     },
     "full": {
         "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=9000, micro_batch=128, lr=2e-3,
@@ -98,6 +109,13 @@ PRESETS = {
         "segment_images": 1000,
         "speed": ["--preset", "quick", "--batch", "32", "--repeats", "10"],
     },
+}
+# smoke: the quick preset's flags at a few steps, to check the whole pipeline end to end (~5 min)
+PRESETS["smoke"] = {
+    **{fam: {**PRESETS["quick"][fam], "steps": 8, "prior_s": 20,
+             "extra": [*PRESETS["quick"][fam].get("extra", []), "--eval-batches", "2"]} for fam in FAMILIES},
+    "layerwise_points": 2, "segment_images": 20,
+    "speed": ["--preset", "quick", "--batch", "2", "--seq", "32", "--repeats", "1"],
 }
 TOOLS = {
     "vision": "tools/train_vision.py",
@@ -119,7 +137,10 @@ def plan(preset: dict, families: list[str], data: dict[str, str | None], seeds: 
                 "--steps", str(spec["steps"]), "--micro-batch", str(spec["micro_batch"]), "--lr", str(spec["lr"]),
                 "--layerwise-every", str(every), "--wandb", "disabled", "--progress", "plain", "--seed", str(seed),
             ]
-            common += list(spec.get("extra", []))
+            extra = list(spec.get("extra", []))
+            if data.get(fam) and "--tokenizer" in extra:  # a character-level directory decodes with its own table
+                extra[extra.index("--tokenizer") + 1] = data[fam]
+            common += extra
             if data.get(fam) or DEFAULT_DATA.get(fam):
                 common += [DATA_FLAG[fam], data.get(fam) or DEFAULT_DATA[fam]]
             runs.append(Run(fam, "crate", spec["crate"], TOOLS[fam], ["--model", spec["crate"], *common], seed))
@@ -152,19 +173,8 @@ def environment() -> dict:
         "python": platform.python_version(),
         "commit": (commit.stdout.strip() or "unknown") + (" (dirty)" if dirty.stdout.strip() else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_avg_1m": round(__import__("os").getloadavg()[0], 2),  # other work on the machine at the start
     }
-
-
-def mean_std(dicts: list[dict]) -> tuple[dict, dict]:
-    """Per numeric key: the mean over seeds and (with >= 2 seeds) the sample std."""
-    mean, std = dict(dicts[0]), {}
-    for k, v in dicts[0].items():
-        vals = [d.get(k) for d in dicts]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
-            mean[k] = sum(vals) / len(vals)
-            if len(vals) > 1:
-                std[k] = statistics.stdev(vals)
-    return mean, std
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +217,8 @@ def main(argv: list[str] | None = None) -> Path:
             p.error(f"{flag} {path}: no such file or directory")
     if args.compare and not (args.compare / "report.json").is_file():
         p.error(f"--compare {args.compare}: no report.json there")
+    if args.heads and not args.checkpoint:
+        p.error("--heads only applies to --checkpoint files")
     models = {}
     if args.checkpoint:
         import report_checkpoints as rc
@@ -323,53 +335,6 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
         (out / "report.md").write_text(text_md + "\n" + compare(out, args.compare))
     print(f"[report] wrote {rel(out / 'report.md')} in {results['_total_s'] / 60:.1f} min")
     return out
-
-
-def combine(fam: str, role: str, seeds: list[dict], preset: dict, out: Path) -> dict:
-    """One entry per model: metrics as the mean (and std) over seeds, verdicts over seeds, plots of seed 0."""
-    from report_verdicts import claim_verdicts
-
-    first = min(seeds, key=lambda e: e["seed"])
-    mean, std = mean_std([e["metrics"] for e in seeds])
-    entry = {"model": first["model"], "metrics": mean, "metrics_std": std,
-             "per_seed": [{"seed": e["seed"], "dir": e["dir"], "wall_s": e["wall_s"], "metrics": e["metrics"]}
-                          for e in seeds], "layerwise": first["layerwise"], "wall_s": sum(e["wall_s"] for e in seeds)}
-    if role == "crate":
-        batch = min(preset[fam]["micro_batch"], 10**9)
-        entry["verdicts"] = claim_verdicts([e["layerwise"] for e in seeds], batch)
-        entry["plots"] = plot_layerwise(first["layerwise"], f"{fam}: {first['model']}", out / f"layerwise-{fam}.png")
-    recon = sorted((ROOT / first["dir"] / "recon").glob("*.png")) if fam == "mae" else []
-    if recon:
-        dest = out / f"mae-recon-{role}.png"
-        shutil.copy(recon[-1], dest)
-        entry["recon"] = dest.name
-    return entry
-
-
-def floors(results: dict, families: list[str], preset: dict, data: dict) -> None:
-    """The trivial floor of each task on its evaluation data (report_floors.py)."""
-    import report_floors as rf
-
-    for fam in families:
-        if fam not in results:
-            continue
-        res = results[fam]
-        if fam == "vision":
-            import crate_core
-            import crate_vision  # noqa: F401
-
-            size = crate_core.get_config(preset["vision"]["crate"]).image_size
-            res["floor"] = {"vision": rf.vision_floor(data.get("vision") or "shapes", size)}
-        elif fam == "mae":
-            res["floor"] = {role: rf.mae_floor(ROOT / res[role]["per_seed"][0]["dir"] / "final",
-                                               data.get("mae") or "shapes")
-                            for role in ("crate", "baseline") if role in res}
-        else:
-            from crate_text import get_tokenizer
-
-            d = ROOT / (data.get(fam) or CHAR_DATA)
-            floor = rf.unigram_floor(d, get_tokenizer(d))
-            res["floor"] = {"crate": floor, "baseline": floor}
 
 
 def segmentation(progress: Progress, jobs: list[Job], work: Path, preset: dict, cmds: list[str], out: Path,

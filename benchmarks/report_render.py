@@ -156,7 +156,8 @@ def write_report(out: Path, env: dict, results: dict, speed, seg, cmds: list[str
              + (f" in this invocation; {results['_reused']} finished run(s) were reused via --resume (their own "
                 f"training time: {results['_reused_s'] / 60:.1f} min)" if results.get("_reused") else "")
              + (f"; {phases}" if phases else ""),
-             f"- seeds: {results.get('_seeds', 1)}"]
+             f"- seeds: {results.get('_seeds', 1)}; 1-minute load average at the start: "
+             f"{env.get('load_avg_1m', '?')} (on {env['cpu_cores']} cores; above the core count the machine was shared)"]
     if note:
         lines.append(f"- note: {note}")
     lines += ["", "## Task metrics, CRATE vs the standard transformer (identical budgets)", ""]

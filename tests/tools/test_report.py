@@ -3,8 +3,8 @@ progress, relative paths, and the --checkpoint mode on small random checkpoints 
 
 import importlib
 import importlib.util
-import math
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -131,7 +131,7 @@ def test_unigram_and_classification_floors_match_direct_formulas(tmp_path):
 
     import numpy as np
     from crate_text import get_tokenizer, write_tokens
-    from crate_text.tokenizers import char_tokenizer, save_char_vocab
+    from crate_text.tokenizers import save_char_vocab
 
     rf = bench("report_floors")
     save_char_vocab(tmp_path, "abc")

@@ -1,0 +1,74 @@
+"""Per-model results of benchmarks/report.py: metrics over seeds (mean and std), verdicts, plots and
+reconstruction grids (combine), and the trivial floor of each task (floors, see report_floors.py)."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from pathlib import Path
+
+from report_render import plot_layerwise
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAR_DATA = "data/shakespeare-char"
+
+
+def mean_std(dicts: list[dict]) -> tuple[dict, dict]:
+    """Per numeric key: the mean over seeds and (with >= 2 seeds) the sample std."""
+    mean, std = dict(dicts[0]), {}
+    for k in dicts[0]:
+        vals = [d.get(k) for d in dicts]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
+            mean[k] = sum(vals) / len(vals)
+            if len(vals) > 1:
+                std[k] = statistics.stdev(vals)
+    return mean, std
+
+
+def combine(fam: str, role: str, seeds: list[dict], preset: dict, out: Path) -> dict:
+    """One entry per model: metrics as the mean (and std) over seeds, verdicts over seeds, plots of seed 0."""
+    from report_verdicts import claim_verdicts
+
+    first = min(seeds, key=lambda e: e["seed"])
+    mean, std = mean_std([e["metrics"] for e in seeds])
+    entry = {"model": first["model"], "metrics": mean, "metrics_std": std,
+             "per_seed": [{"seed": e["seed"], "dir": e["dir"], "wall_s": e["wall_s"], "metrics": e["metrics"]}
+                          for e in seeds], "layerwise": first["layerwise"], "wall_s": sum(e["wall_s"] for e in seeds)}
+    if role == "crate":
+        batch = min(preset[fam]["micro_batch"], 10**9)
+        entry["verdicts"] = claim_verdicts([e["layerwise"] for e in seeds], batch)
+        entry["plots"] = plot_layerwise(first["layerwise"], f"{fam}: {first['model']}", out / f"layerwise-{fam}.png")
+    recon = sorted((ROOT / first["dir"] / "recon").glob("*.png")) if fam == "mae" else []
+    if recon:
+        dest = out / f"mae-recon-{role}.png"
+        shutil.copy(recon[-1], dest)
+        entry["recon"] = dest.name
+    return entry
+
+
+def floors(results: dict, families: list[str], preset: dict, data: dict) -> None:
+    """The trivial floor of each task on its evaluation data (report_floors.py)."""
+    import report_floors as rf
+
+    for fam in families:
+        if fam not in results:
+            continue
+        res = results[fam]
+        if fam == "vision":
+            import crate_core
+            import crate_vision  # noqa: F401
+
+            size = crate_core.get_config(preset["vision"]["crate"]).image_size
+            res["floor"] = {"vision": rf.vision_floor(data.get("vision") or "shapes", size)}
+        elif fam == "mae":
+            res["floor"] = {role: rf.mae_floor(ROOT / res[role]["per_seed"][0]["dir"] / "final",
+                                               data.get("mae") or "shapes")
+                            for role in ("crate", "baseline") if role in res}
+        else:
+            from crate_text import get_tokenizer
+
+            d = ROOT / (data.get(fam) or CHAR_DATA)
+            floor = rf.unigram_floor(d, get_tokenizer(d))
+            res["floor"] = {"crate": floor, "baseline": floor}
+
+
