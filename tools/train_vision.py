@@ -22,7 +22,6 @@ from pathlib import Path
 import crate_core
 import crate_vision  # noqa: F401  registers the vision presets
 from crate_core.train import add_train_args, train_config_from_args
-from crate_vision.data.datasets import build_dataset
 from crate_vision.training import build_model, load_weights, parse_overrides, train_classifier
 
 
@@ -68,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from crate_vision.data.datasets import build_dataset  # torchvision: imported after --help
+
     if not args.finetune:  # a model of another task fails here, before any process group starts
         crate_core.registry.resolve_for_task(args.model, "classify")
     cfg = train_config_from_args(args)

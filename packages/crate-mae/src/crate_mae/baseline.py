@@ -16,7 +16,6 @@ from functools import partial
 
 import torch
 from crate_core.registry import register
-from timm.models.vision_transformer import Block  # timm is loaded with crate_vision anyway
 from torch import nn
 
 from .common import MaskedAutoencoder, check_geometry, mae_init
@@ -41,6 +40,8 @@ class ViTMAEConfig:
 
 
 def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
+    from timm.models.vision_transformer import Block  # timm (~2 s to import) only when a ViT-MAE is built
+
     norm = partial(nn.LayerNorm, eps=1e-6)
     return nn.ModuleList(
         Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth)

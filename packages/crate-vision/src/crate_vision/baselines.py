@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import crate_core
 import torch
 from einops import rearrange
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 
@@ -40,6 +39,8 @@ class ViTClassifier(nn.Module):
 
     def __init__(self, config: ViTClassifierConfig):
         super().__init__()
+        from timm.models.vision_transformer import VisionTransformer  # timm is imported when a ViT is built
+
         self.config = c = config
         self.vit = VisionTransformer(
             img_size=c.image_size,

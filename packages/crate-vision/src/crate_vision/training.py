@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import crate_core
 import torch
@@ -13,11 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .baselines import ViTClassifier
-from .data.datasets import DataSpec, build_dataset
-from .data.transforms import AugmentCollate, MixCollate, TensorAugment
 from .evaluate import evaluate
 from .models import CRATEClassifier
 from .official import load_official
+
+if TYPE_CHECKING:
+    from .data.datasets import DataSpec
 
 
 class ClassificationLoss:
@@ -115,6 +117,9 @@ def train_classifier(
     Returns {"fit": trainer result, "test": evaluate(...) dict, "trainer": the Trainer}.
     """
     from crate_core.train import Trainer
+
+    from .data.datasets import build_dataset  # torchvision: not needed to build models or parse flags
+    from .data.transforms import AugmentCollate, MixCollate, TensorAugment
 
     train_set, spec = build_dataset(
         data, "train", image_size, augment=True, size=train_size, seed=data_seed, randaugment=randaugment,
