@@ -14,7 +14,7 @@ Every family trains a CRATE model and its standard counterpart through the proje
 per-layer measures (crate_core.probes) at step 0 and along training. Text runs on characters:
 tools/prepare_text.py --tokenizer char prepares data/shakespeare-char (a 90/10 split of the plays)
 first. Then tools/segment.py scores the emergent segmentation of the two vision models,
-benchmarks/speed.py measures throughput and memory, and the floors (report_floors.py) and verdicts
+benchmarks/speed.py measures throughput and memory (full preset), and the floors (report_floors.py) and verdicts
 (report_verdicts.py) are computed. With --checkpoint nothing is trained: the measurement half runs
 on the given weights (report_checkpoints.py). Output: benchmarks/reports/<name>/report.md,
 report.json and PNGs (paths relative to the repository); each child's full output is kept in
@@ -78,22 +78,20 @@ CHAR_LM = ["--tokenizer", CHAR_DATA, "--min-lr", "1e-4", "--warmup-steps", "100"
 # prior_s: expected wall seconds of one run on 2 CPU cores (the progress line's first ETA).
 PRESETS = {
     "quick": {
-        "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=4500, micro_batch=128, lr=2e-3,
-                       extra=["--eval-every", "0"], prior_s=250),
-        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=1000, micro_batch=64, lr=1.5e-3,
-                    extra=["--eval-every", "0"], prior_s=200),
+        "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=6000, micro_batch=128, lr=2e-3,
+                       extra=["--eval-every", "0"], prior_s=330),
+        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=400, micro_batch=64, lr=1.5e-3,
+                    extra=["--eval-every", "0"], prior_s=70),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=12, lr=1e-3,
                     extra=[*CHAR_LM, "--block-size", "64", "--eval-batches", "200"],
                     prior_s=120),
-        "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=1000, micro_batch=12,
+        "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=600, micro_batch=12,
                      lr=1e-3, extra=[*CHAR_LM[:-4], "--eval-every", "0", "--max-positions", "66", "--eval-batches", "100"],
                      prior_s=80),
         "layerwise_points": 4,
         "segment_images": 300,
-        # the trained pairs (text at the registered GPT-2 vocabulary: speed.py builds presets by name)
-        "speed": ["--models", "crate-mini-shapes", "vit-mini-shapes", "crate-mae-nano", "vit-mae-nano", "crate-gpt-nano",
-                  "gpt2-like-crate-gpt-nano", "crate-bert-nano", "bert-like-crate-bert-nano", "--batch", "8", "--seq",
-                  "64", "--repeats", "2"],
+        # no benchmarks/speed.py phase in the quick preset (time): the training runs' own throughput is shown
+        "speed": None,
     },
     "full": {
         "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=9000, micro_batch=128, lr=2e-3,
@@ -115,7 +113,7 @@ PRESETS["smoke"] = {
     **{fam: {**PRESETS["quick"][fam], "steps": 8, "prior_s": 20,
              "extra": [*PRESETS["quick"][fam].get("extra", []), "--eval-batches", "2"]} for fam in FAMILIES},
     "layerwise_points": 2, "segment_images": 20,
-    "speed": ["--preset", "quick", "--batch", "2", "--seq", "32", "--repeats", "1"],
+    "speed": ["--models", "crate-gpt-nano", "gpt2-like-crate-gpt-nano", "--batch", "2", "--seq", "32", "--repeats", "1"],
 }
 TOOLS = {
     "vision": "tools/train_vision.py",
@@ -277,7 +275,7 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
     if segment:
         jobs += [Job("segment", [], work / "segment" / "log.txt", prior_s=25),
                  Job("overlays", [], work / "overlays" / "log.txt", prior_s=15)]
-    if not args.no_speed:
+    if preset["speed"] and not args.no_speed:
         jobs.append(Job("speed", [], work / "speed" / "log.txt", prior_s=80))
     progress = Progress(jobs)
     entries: dict = {}
@@ -315,7 +313,7 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
         results["_phase_s"]["segmentation"] = time.perf_counter() - t_phase
     t_phase = time.perf_counter()
     speed = None
-    if not args.no_speed:
+    if preset["speed"] and not args.no_speed:
         speed_out = work / "speed"
         job = next(j for j in jobs if j.name == "speed")
         job.cmd = [sys.executable, "benchmarks/speed.py", *preset["speed"], "--out", str(speed_out / "speed")]

@@ -118,6 +118,9 @@ def metrics_table(results: dict, speed: list[dict] | None) -> list[str]:
         c = results[fam]["crate"]
         b = results[fam].get("baseline") or {"model": "(none)", "metrics": {}}
         sc, sb = speed_by.get(c["model"], {}), speed_by.get(b["model"], {})
+        if not speed:  # no speed.py phase: the training runs' samples per second (evaluation time included)
+            sc = {"train_per_s": c.get("run_samples_per_s"), "unit": "samples/s (training run)"}
+            sb = {"train_per_s": b.get("run_samples_per_s")}
         for i, (name, key, f, fkey) in enumerate(METRICS[fam]):
             extra = ["", "", "", ""]
             if i == 0:
@@ -166,8 +169,10 @@ def write_report(out: Path, env: dict, results: dict, speed, seg, cmds: list[str
               "and majority class of the test labels; the unigram cross-entropy of the validation ids under the "
               "training frequencies; the share of the most frequent training id among the maskable validation ids; "
               "the PSNR of filling every masked patch with its image's mean colour, on the same images and masks. "
-              "Throughput and peak memory come from benchmarks/speed.py (synthetic inputs, median of repeats; CPU "
-              "peak memory is the whole process's resident set size).", ""]
+              + ("Throughput and peak memory come from benchmarks/speed.py (synthetic inputs, median of repeats; CPU "
+                 "peak memory is the whole process's resident set size)." if speed else
+                 "Train throughput: steps x batch / wall time of each training run (evaluation and layer-wise "
+                 "measurements included); this preset skips benchmarks/speed.py."), ""]
     grids = [(fam, role, res[role]["recon"]) for fam, res in results.items() if not fam.startswith("_")
              for role in ("crate", "baseline") if (res.get(role) or {}).get("recon")]
     if grids:

@@ -31,7 +31,10 @@ def combine(fam: str, role: str, seeds: list[dict], preset: dict, out: Path) -> 
 
     first = min(seeds, key=lambda e: e["seed"])
     mean, std = mean_std([e["metrics"] for e in seeds])
+    m = first["metrics"]
+    run_s = m.get("train_time_s") or m.get("time_s")
     entry = {"model": first["model"], "metrics": mean, "metrics_std": std,
+             "run_samples_per_s": m["steps"] * preset[fam]["micro_batch"] / run_s if run_s and m.get("steps") else None,
              "per_seed": [{"seed": e["seed"], "dir": e["dir"], "wall_s": e["wall_s"], "metrics": e["metrics"]}
                           for e in seeds], "layerwise": first["layerwise"], "wall_s": sum(e["wall_s"] for e in seeds)}
     if role == "crate":
