@@ -86,6 +86,7 @@ def main(argv=None) -> dict:
         args.data,
         image_size,
         train_size=args.train_size,
+        eval_size=args.eval_size,
         num_classes=args.num_classes,
         label_smoothing=args.label_smoothing,
         mixup=args.mixup,

@@ -34,6 +34,7 @@ def test_train_eval_finetune_segment(tmp_path):
     summary = train.main(["--model", "crate-tiny-test", "--train-size", "32", "--eval-size", "24",
                           "--out-dir", str(out), *COMMON])
     assert summary["steps"] == 3 and 0 <= summary["test/top1"] <= 1
+    assert summary["test/n"] == 24  # --eval-size reaches the val and test sets
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"circle", "square", "triangle", "cross", "ring", "star"}
     model = crate_core.from_pretrained(out / "final")
