@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gpt import check_ids
+from .gpt import check_ids, init_gpt2_style
 from .losses import masked_lm_cross_entropy
 
 
@@ -60,15 +60,6 @@ class CRATEBertEncoder(nn.Module):
         return self.trunk(x, attention_mask)
 
 
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        nn.init.normal_(m.weight, std=0.02)
-
-
 def _check(config, idx, attention_mask):
     check_ids(idx, config.vocab_size, config.max_positions)
     if attention_mask is not None and attention_mask.shape != idx.shape:
@@ -87,7 +78,7 @@ class CRATEBertForMaskedLM(nn.Module):
         self.encoder = CRATEBertEncoder(config)
         self.transform = nn.Sequential(nn.Linear(config.dim, config.dim), nn.GELU(), nn.LayerNorm(config.dim))
         self.decoder_bias = nn.Parameter(torch.zeros(config.vocab_size))
-        self.apply(_init_weights)
+        self.apply(init_gpt2_style)
 
     def forward(self, idx, attention_mask=None, labels=None):
         _check(self.config, idx, attention_mask)
@@ -110,7 +101,7 @@ class CRATEBertForSequenceClassification(nn.Module):
         self.encoder = CRATEBertEncoder(config)
         self.pooler = nn.Sequential(nn.Linear(config.dim, config.dim), nn.Tanh(), nn.Dropout(config.dropout))
         self.head = nn.Linear(config.dim, config.num_labels)
-        self.apply(_init_weights)
+        self.apply(init_gpt2_style)
 
     @classmethod
     def from_masked_lm(cls, mlm: CRATEBertForMaskedLM, num_labels: int) -> CRATEBertForSequenceClassification:

@@ -23,6 +23,16 @@ from .generate import KVCache, generate
 from .losses import causal_lm_cross_entropy
 
 
+def init_gpt2_style(m: nn.Module) -> None:
+    """GPT-2 initialisation (also CRATE-BERT's): Linear and Embedding weights ~ N(0, 0.02), biases 0."""
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)
+
+
 @dataclass
 class CRATEGPTConfig(crate_core.TrunkConfig):
     """The trunk fields of ``crate_core.TrunkConfig`` (block, ista, step_size, ...) plus:
@@ -80,19 +90,11 @@ class CRATEGPT(nn.Module):
         self.ln_f = nn.LayerNorm(c.dim) if c.final_norm else nn.Identity()
         self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
-        self.apply(self._init)
+        self.apply(init_gpt2_style)
         for name, p in self.named_parameters():
             if name.endswith("mssa.out.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.depth))
 
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
