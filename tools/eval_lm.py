@@ -48,15 +48,19 @@ def evaluate(
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--model", required=True,
+        "--model", default=None,
         help="exported model directory (tools/pretrain_gpt.py writes OUT/final) or an official CRATE-LM checkpoint",
     )
-    p.add_argument("--data", required=True, help="a token file (e.g. data/shakespeare-gpt2/val.bin)")
+    p.add_argument("--data", default=None, help="a token file (e.g. data/shakespeare-gpt2/val.bin)")
     p.add_argument("--tokenizer", default=None, help="default: the one recorded in the model config")
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    from crate_core.recipe import compare_to_published, parse_eval_with_recipe
+
+    args = parse_eval_with_recipe(p, argv, "eval_lm")  # --recipe PATH: its run's export and val.bin
+    if args.model is None or args.data is None:
+        p.error("give --model and --data, or --recipe")
     import crate_core
 
     if Path(args.model).is_file():  # an official CRATE-LM checkpoint (crate-lm repository), converted in memory
@@ -78,6 +82,8 @@ def main(argv=None) -> dict:
         raise ValueError(f"--block-size {block} is longer than the model's context {c.block_size}")
     result = evaluate(model, ids, block, device=args.device, max_tokens=args.max_tokens)
     print(json.dumps({"model": args.model, "data": args.data, "block_size": block, **result}))
+    if args.recipe_info is not None:
+        print(compare_to_published(args.recipe_info, result["loss"]))
     return result
 
 

@@ -20,8 +20,8 @@ from crate_vision.training import load_weights
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="exported model directory (config.json + model.safetensors) or official checkpoint")
-    p.add_argument("--data", default="shapes", help="shapes | mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH")
+    p.add_argument("model", nargs="?", default=None, help="exported model directory (config.json + model.safetensors) or official checkpoint")
+    p.add_argument("--data", default="shapes", help="shapes | mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH | hf:PATH_OR_NAME")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--image-size", type=int, default=None, help="default: the model's")
     p.add_argument("--size", type=int, default=None, help="shapes only: number of images")
@@ -29,7 +29,11 @@ def main(argv=None) -> dict:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None, help="also write the metrics here")
-    args = p.parse_args(argv)
+    from crate_core.recipe import compare_to_published, parse_eval_with_recipe
+
+    args = parse_eval_with_recipe(p, argv, "eval_vision")  # --recipe PATH: its run's export and data
+    if args.model is None:
+        p.error("give the model (an exported directory or an official checkpoint), or --recipe")
 
     model = load_weights(args.model)
     image_size = args.image_size or model.config.image_size
@@ -43,6 +47,8 @@ def main(argv=None) -> dict:
           f"top-5 {out['top5']:.4f}, loss {out['loss']:.4f}")
     for name, acc in out["per_class"].items():
         print(f"  {name:>20s}: {acc:.4f}")
+    if args.recipe_info is not None:
+        print(compare_to_published(args.recipe_info, 100 * out["top1"]))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out

@@ -53,12 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+    import os
+
+    from crate_core.recipe import check_cpu_budget, parse_with_recipe
+
+    args = parse_with_recipe(build_parser(), argv, tool="pretrain_gpt")  # --recipe PATH: its values become defaults
     cfg = train_config_from_args(args)
     # a model of another task fails here, before any process group starts
     run = lm_run(args, TASK, dict(block_size=args.block_size, ista=args.ista, dropout=args.dropout))
     model, tok, train, val = run.model, run.tok, run.train, run.val
     block = model.config.block_size
+    # a GPU-sized run started without a GPU stops here with the estimate and what to run on a CPU
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = cfg.global_batch or cfg.micro_batch * (cfg.grad_accum or 1) * world
+    check_cpu_budget(model.num_params(), cfg.steps * per_step * block, cfg.device, f"--model {args.model}",
+                     "uv run tools/pretrain_gpt.py (crate-gpt-nano) or uv run deepspeed --num_gpus 2 tools/pretrain_gpt.py")
     trainer = Trainer(cfg, model, train, loss_fn=run.loss_fn, eval_dataset=val)
     if trainer.is_main:
         print(

@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    from crate_core.recipe import parse_with_recipe
+
+    args = parse_with_recipe(build_parser(), argv, tool="pretrain_mae")  # --recipe PATH: its values become defaults
     crate_core.registry.resolve_for_task(args.model, "mae")  # a wrong model fails before any process group
     overrides = {
         k: v

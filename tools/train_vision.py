@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     g.add_argument(
-        "--data", default="shapes", help="shapes | mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH"
+        "--data", default="shapes", help="shapes | mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH | hf:PATH_OR_NAME"
     )
     g.add_argument("--image-size", type=int, default=None, help="default: the preset's image size")
     g.add_argument(
@@ -62,7 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--mix-prob", type=float, default=1.0)
     g.add_argument("--randaugment", type=int, nargs=2, default=None, metavar=("N", "M"))
     g.add_argument("--test-split", default="test", choices=["val", "test"])
-    return p.parse_args(argv)
+    from crate_core.recipe import parse_with_recipe
+
+    return parse_with_recipe(p, argv, tool="train_vision")  # --recipe PATH: its values become defaults
 
 
 def main(argv=None) -> dict:
