@@ -227,20 +227,16 @@ def plan_of(args) -> dict:
 
 
 def run_split(name: str, ds, args, tok, parts_dir: Path) -> tuple[Path, int]:
-    from tqdm.auto import tqdm
-
     from .data import read_header
+    from .shards import tokenize_shards
 
-    done, parts = 0, []
     total = None if not hasattr(ds, "__len__") else max(1, math.ceil(len(ds) / args.shard_docs))
-    for k, shard in tqdm(shards(ds, args.shard_docs), total=total, desc=f"{name} shards", unit="shard"):
-        part = parts_dir / f"{name}-{k:05d}.bin"
-        try:
-            read_header(part)  # a finished shard from an earlier run: keep it
-            done += 1
-        except (FileNotFoundError, ValueError):
-            tokenize_shard(shard, args, tok, part)
-        parts.append(part)
+    # whole shards in --num-proc worker processes (crate_text.shards); finished shards of an earlier run are
+    # kept; with one process (or one shard) each shard goes through tokenize_shard here
+    parts, done = tokenize_shards(
+        shards(ds, args.shard_docs), parts_dir, name, getattr(args, "tokenizer_spec", args.tokenizer), tok,
+        args.text_column, args.num_proc, total, serial=lambda shard, part: tokenize_shard(shard, args, tok, part),
+    )
     if done:
         print(f"{name}: resumed, {done} of {len(parts)} shards were already tokenized")
     if sum(read_header(p).count for p in parts) == 0:
