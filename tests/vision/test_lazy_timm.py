@@ -9,6 +9,8 @@ import pytest
 ORDERS = {
     "crate_vision first": "import crate_vision, sys; assert 'timm' not in sys.modules; import timm",
     "timm first": "import timm, crate_vision",
+    # transformers asks importlib.util.find_spec("timm") before importing it: that must not spend the hook
+    "availability check first": "import crate_vision, importlib.util; importlib.util.find_spec('timm'); import timm",
 }
 
 

@@ -22,18 +22,27 @@ def _register_timm_names() -> None:
 
 
 class _RegisterAfterTimmImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: on the first ``import timm`` it lets the real loader run, then registers."""
+    """Finds nothing itself: when timm is imported it lets the real loader run, then registers and
+    leaves ``sys.meta_path``. A bare ``importlib.util.find_spec("timm")`` (an availability check that
+    imports nothing) leaves it in place."""
+
+    _looking = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "timm":
+        if name != "timm" or self._looking:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("timm")
-        if spec is not None and spec.loader is not None:
+        self._looking = True
+        try:
+            spec = importlib.util.find_spec("timm")
+        finally:
+            self._looking = False
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
             run_timm = spec.loader.exec_module
 
             def exec_module(module):
                 run_timm(module)
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
                 _register_timm_names()
 
             spec.loader.exec_module = exec_module
