@@ -119,7 +119,7 @@ def metrics_table(results: dict, speed: list[dict] | None) -> list[str]:
         b = results[fam].get("baseline") or {"model": "(none)", "metrics": {}}
         sc, sb = speed_by.get(c["model"], {}), speed_by.get(b["model"], {})
         if not speed:  # no speed.py phase: the training runs' samples per second (evaluation time included)
-            sc = {"train_per_s": c.get("run_samples_per_s"), "unit": "samples/s (training run)"}
+            sc = {"train_per_s": c.get("run_samples_per_s"), "unit": "samples/s"}
             sb = {"train_per_s": b.get("run_samples_per_s")}
         for i, (name, key, f, fkey) in enumerate(METRICS[fam]):
             extra = ["", "", "", ""]
@@ -128,7 +128,8 @@ def metrics_table(results: dict, speed: list[dict] | None) -> list[str]:
                     f"{fmt((c['metrics'].get('params') or sc.get('params') or 0) / 1e6, '{:.2f}')} / "
                     f"{fmt((b['metrics'].get('params') or sb.get('params') or 0) / 1e6, '{:.2f}')}",
                     f"{fmt(sc.get('train_per_s'), '{:,.0f}')} / {fmt(sb.get('train_per_s'), '{:,.0f}')} {sc.get('unit', '')}",
-                    f"{fmt(sc.get('infer_per_s'), '{:,.0f}')} / {fmt(sb.get('infer_per_s'), '{:,.0f}')} {sc.get('unit', '')}",
+                    f"{fmt(sc.get('infer_per_s'), '{:,.0f}')} / {fmt(sb.get('infer_per_s'), '{:,.0f}')} "
+                    f"{sc.get('unit', '') if speed else ''}",
                     f"{fmt(sc.get('peak_mem_mb'), '{:,.0f}')} / {fmt(sb.get('peak_mem_mb'), '{:,.0f}')}",
                 ]
             lines.append(f"| {fam} ({c['model']} vs {b['model']}) | {name} | {value(c, key, f)} | {value(b, key, f)} | "
