@@ -40,6 +40,7 @@ from report_render import (  # noqa: E402,F401
     FAMILIES,
     METRICS,
     compare,
+    copy_overlays,
     flat_numbers,
     fmt,
     plot_layerwise,
@@ -352,12 +353,7 @@ def segmentation(progress: Progress, jobs: list[Job], work: Path, preset: dict, 
     cmds.append("uv run tools/segment.py overlay --model-dir " + " --model-dir ".join(rel(d) for d in dirs)
                 + f" --shapes 2 --skimage astronaut --out-dir {rel(ov_dir)}")
     progress.run(job)
-    overlays = []
-    for png in sorted(ov_dir.rglob("*.png"))[:6]:
-        dest = out / f"overlay-{png.parent.name}-{png.name}"
-        shutil.copy(png, dest)
-        overlays.append(dest.name)
-    results["_overlays"] = overlays
+    results["_overlays"] = copy_overlays(ov_dir, out)
     return seg
 
 

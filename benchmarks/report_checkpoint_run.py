@@ -5,14 +5,13 @@ overlays (vision), the reconstruction grid (MAE) and the top-activating contexts
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from report_checkpoints import PHOTOS, context_lines, measure
 from report_progress import Job, Progress
-from report_render import RULE, plot_layerwise, relativize
+from report_render import RULE, copy_overlays, plot_layerwise, relativize
 from report_verdicts import claim_verdicts, verdict_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +32,7 @@ def overlays(fam_path: Path, out: Path, work: Path, progress: Progress, job: Job
     args = ["overlay", *src, "--skimage", *PHOTOS[:3], "--shapes", "2", "--out-dir", str(ov)]
     job.cmd = [sys.executable, "tools/segment.py", *args]
     progress.run(job)
-    names = []
-    for png in sorted(ov.rglob("*.png"))[:6]:
-        dest = out / f"overlay-{png.parent.name}-{png.name}"
-        shutil.copy(png, dest)
-        names.append(dest.name)
-    return names, "uv run tools/segment.py " + " ".join(rel(a) if a.startswith("/") else a for a in args)
+    return copy_overlays(ov, out), "uv run tools/segment.py " + " ".join(rel(a) if a.startswith("/") else a for a in args)
 
 
 def run_checkpoints(out: Path, models: dict, specs: dict, env: dict, note: str | None, heads: dict | None = None

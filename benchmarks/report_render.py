@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 from report_verdicts import Z, verdict_lines
@@ -231,3 +232,14 @@ def compare(new: Path, old: Path) -> str:
         ratio = f"{vb / va:.3f}" if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and va else "-"
         lines.append(f"| {k} | {fmt(va)} | {fmt(vb)} | {ratio} |")
     return "\n".join(lines) + "\n"
+
+
+def copy_overlays(src: Path, out: Path, limit: int = 6) -> list[str]:
+    """Copy the first ``limit`` overlay PNGs of tools/segment.py (under ``src``) into the report folder
+    ``out`` as overlay-<folder>-<name>.png; returns their file names."""
+    names = []
+    for png in sorted(src.rglob("*.png"))[:limit]:
+        dest = out / f"overlay-{png.parent.name}-{png.name}"
+        shutil.copy(png, dest)
+        names.append(dest.name)
+    return names
