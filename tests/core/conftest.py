@@ -1,5 +1,7 @@
 """Fixtures shared by the core tests."""
 
+import os
+
 import pytest
 import torch
 
@@ -11,3 +13,18 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment for launched training processes: no inherited launch variables, one thread each,
+    wandb off, unbuffered output; bytecode cached outside the repo and shared by a module's launches
+    (torch._dynamo alone takes ~15 s to compile when PYTHONDONTWRITEBYTECODE is set)."""
+    e = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    e.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    e.pop("PYTHONDONTWRITEBYTECODE", None)
+    e.setdefault("PYTHONPYCACHEPREFIX", str(tmp_path_factory.mktemp("pycache")))
+    return e

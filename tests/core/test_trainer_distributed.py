@@ -8,7 +8,6 @@ crate_core/train/distributed.py) and uses torch's AdamW (torch_adam).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,20 +18,8 @@ from crate_core.train.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("_trainer_script.py")
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    e.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    # let the launched interpreters cache bytecode outside the repo (torch._dynamo alone takes ~15 s
-    # to compile when PYTHONDONTWRITEBYTECODE is set), shared by every launch of this module
-    e.pop("PYTHONDONTWRITEBYTECODE", None)
-    e.setdefault("PYTHONPYCACHEPREFIX", str(tmp_path_factory.mktemp("pycache")))
-    return e
 
 
 def launch(cmd, env, timeout=400):

@@ -27,22 +27,12 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("_trainer_script.py")
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 TOY_ARGS = ["--steps", "60", "--dim", "16", "--depth", "1", "--train-size", "200", "--micro-batch", "8",
             "--ckpt-every", "4", "--keep-last", "2", "--log-every", "5", "--eval-every", "0",
             "--wandb", "disabled", "--progress", "plain", "--lr", "3e-3", "--warmup-steps", "5",
             "--ckpt-minutes", "0"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    e.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    e.pop("PYTHONDONTWRITEBYTECODE", None)
-    e.setdefault("PYTHONPYCACHEPREFIX", str(tmp_path_factory.mktemp("pycache")))
-    return e
 
 
 def command(nproc: int, out: Path, extra: list[str]) -> list[str]:
