@@ -14,7 +14,6 @@ GPT-2, whose neurons are GELU(c_fc x) (4d). --data must be a token file of the m
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import crate_core
@@ -81,12 +80,14 @@ def label(spec: str, name: str | None) -> str:
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
+    """An existing --out is used only with --overwrite, and then the viewer's files are written over;
+    nothing else in the folder is deleted."""
     if out.exists():
         if not overwrite:
             raise ValueError(f"output folder {out} exists; pass --overwrite to replace it")
         if not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a folder")
-        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def main(argv=None) -> dict:

@@ -17,6 +17,7 @@ With ``--tokenizer char`` the character table is first built from every document
 from __future__ import annotations
 
 import argparse
+import codecs
 import hashlib
 import json
 import math
@@ -76,6 +77,17 @@ def default_out(args) -> Path:
 
 
 # ---- sources -----------------------------------------------------------------------------------
+def check_text_file(path: Path, probe: int = 1 << 20) -> None:
+    """ValueError naming ``path`` unless its first ``probe`` bytes are UTF-8 text without NUL bytes."""
+    head = path.read_bytes()[:probe] if path.stat().st_size <= probe else path.open("rb").read(probe)
+    if b"\0" in head:
+        raise ValueError(f"--input {path} is a binary file (it holds NUL bytes), not UTF-8 text")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--input {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 def local_files(paths: list[str]) -> tuple[str, list[str]]:
     """Expand files/directories into (datasets builder, files); one builder per run."""
     files = []
@@ -87,6 +99,8 @@ def local_files(paths: list[str]) -> tuple[str, list[str]]:
                 raise ValueError(
                     f"--input {p}: unsupported extension {p.suffix!r} (use {sorted(EXTENSIONS)})"
                 )
+            if EXTENSIONS[p.suffix] == "text":
+                check_text_file(p)
             files.append(str(p))
         else:
             raise FileNotFoundError(f"--input {p} does not exist")
