@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tokenizer", default="gpt2", help='"gpt2" or a SentencePiece .model (must match --data)')
     p.add_argument("--out", default="reports/neurons", help="output folder (refused if it exists)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing --out folder (the viewer's files are replaced, nothing else is deleted)")
     p.add_argument("--top-k", type=int, default=20, help="top activating contexts kept per neuron")
     p.add_argument("--before", type=int, default=8, help="context tokens left of the activating token")
     p.add_argument("--after", type=int, default=4, help="context tokens right of the activating token")
