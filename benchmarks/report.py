@@ -80,7 +80,7 @@ CHAR_LM = ["--tokenizer", CHAR_DATA, "--min-lr", "1e-4", "--warmup-steps", "100"
 PRESETS = {
     "quick": {
         "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=6500, micro_batch=128, lr=2e-3,
-                       extra=["--eval-every", "0"], prior_s=360),
+                       extra=["--eval-every", "0", "--train-size", "20000"], prior_s=360),
         "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=400, micro_batch=64, lr=1.5e-3,
                     extra=["--eval-every", "0"], prior_s=70),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=12, lr=1e-3,
