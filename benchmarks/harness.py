@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from crate_text.losses import causal_lm_loss as lm_loss  # noqa: F401  the text benchmarks' trainer loss
 from torch import nn
 
 AMP = ("none", "bf16")
@@ -171,13 +172,6 @@ def process_peak_bytes(device: torch.device) -> int:
 # ---------------------------------------------------------------------------------------------- models
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def lm_loss(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
-    """Next-token cross-entropy of a causal LM on a batch (x, y) (CRATE-GPT and the GPT-2 baseline share
-    ``forward(idx, targets) -> (logits, loss)``), with the token count the trainer turns into tokens/s."""
-    x, y = batch
-    return model(x, y)[1], {"tokens": x.numel()}
 
 
 def build_model(name: str, **overrides) -> nn.Module:

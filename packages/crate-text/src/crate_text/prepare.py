@@ -79,7 +79,8 @@ def default_out(args) -> Path:
 # ---- sources -----------------------------------------------------------------------------------
 def check_text_file(path: Path, probe: int = 1 << 20) -> None:
     """ValueError naming ``path`` unless its first ``probe`` bytes are UTF-8 text without NUL bytes."""
-    head = path.read_bytes()[:probe] if path.stat().st_size <= probe else path.open("rb").read(probe)
+    with path.open("rb") as f:
+        head = f.read(probe)
     if b"\0" in head:
         raise ValueError(f"--input {path} is a binary file (it holds NUL bytes), not UTF-8 text")
     try:
