@@ -53,18 +53,22 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class Periodic:
-    """An action of ``fit``'s table: due every ``every`` steps (0: never), and at the last step if
-    ``at_last``; ``timed`` actions do not count towards the interval's training time."""
+    """An action of ``fit``'s table: due every ``every`` steps (0: never), at the last step if
+    ``at_last``, at the first step of a fit if ``at_first`` (a run shows it is alive at once);
+    ``timed`` actions do not count towards the interval's training time."""
 
     name: str
     every: int
     at_last: bool
     run: Callable[[bool], None]
     timed: bool = True
+    at_first: bool = False
 
-    def due(self, step: int, last: bool) -> bool:
+    def due(self, step: int, last: bool, first: bool = False) -> bool:
         if not self.every:
             return False
+        if self.at_first and first:
+            return True
         return (self.at_last and last) or (step % self.every == 0 and (self.at_last or not last))
 
 
@@ -163,7 +167,7 @@ class Trainer:
             write_run_config(self)
         self.periodic = [  # fit's table, in the order the actions run after a step
             Periodic("eval", cfg.eval_every, at_last=False, run=self._periodic_eval),
-            Periodic("log", cfg.log_every, at_last=True, run=self._periodic_log, timed=False),
+            Periodic("log", cfg.log_every, at_last=True, run=self._periodic_log, timed=False, at_first=True),
             Periodic("layerwise", cfg.layerwise_every, at_last=True, run=lambda last: self.measure_layers(self.logger)),
             Periodic("checkpoint", cfg.ckpt_every, at_last=False, run=lambda last: self.save_checkpoint()),
         ]
@@ -179,15 +183,17 @@ class Trainer:
             try:
                 if self.cfg.layerwise_every and self.step == 0:
                     self.measure_layers(self.logger)
+                first_step = self.step + 1
                 while self.step < self.cfg.steps:
                     self.train_step()
-                    last = self.step == self.cfg.steps
-                    for action in self.periodic:
-                        if action.due(self.step, last):
-                            t0 = time.perf_counter()
-                            action.run(last)
-                            if action.timed:
-                                self._paused += time.perf_counter() - t0  # throughput counts training time only
+                    last, first = self.step == self.cfg.steps, self.step == first_step
+                    due = [a for a in self.periodic if a.due(self.step, last, first)]
+                    self._log_due = any(a.name == "log" for a in due)
+                    for action in due:
+                        t0 = time.perf_counter()
+                        action.run(last)
+                        if action.timed:
+                            self._paused += time.perf_counter() - t0  # throughput counts training time only
                     self._between_steps(signals, last)
                 self._final_eval()
                 if self._last_ckpt_step != self.step:
@@ -295,6 +301,7 @@ class Trainer:
         self._t_interval = time.perf_counter()
         self._consecutive_bad = 0
         self._eval_row: dict | None = None
+        self._log_due = False  # whether this step logs (fit sets it before the actions run)
         self.last_eval: dict = {}
         self.last_loss = float("nan")
         self._saved_at = time.monotonic()
@@ -302,7 +309,7 @@ class Trainer:
 
     def _periodic_eval(self, last: bool) -> None:
         self.last_eval = self.evaluate()
-        if self.step % self.cfg.log_every == 0:
+        if self._log_due:
             self._eval_row = self.last_eval  # goes into this step's log row
             return
         self.history.append({"step": self.step, **self.last_eval})
