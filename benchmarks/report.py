@@ -149,6 +149,13 @@ def plan(preset: dict, families: list[str], data: dict[str, str | None], seeds: 
     return runs
 
 
+def child_command(run: Run, run_dir: Path, resume: bool) -> list[str]:
+    """The training process of one run; with the report's --resume an interrupted run continues from its
+    newest checkpoint (``--resume auto``: a fresh start when it has none)."""
+    cmd = [sys.executable, run.tool, *run.args, "--out-dir", str(run_dir)]
+    return cmd + ["--resume", "auto"] if resume else cmd
+
+
 def read_layerwise(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -266,7 +273,7 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
     by_job = {}
     for run in runs:
         run_dir = work / run.label
-        cmd = [sys.executable, run.tool, *run.args, "--out-dir", str(run_dir)]
+        cmd = child_command(run, run_dir, args.resume)
         cmds.append(" ".join(["uv run", run.tool, *run.args, "--out-dir", rel(run_dir)]))
         spec = preset[run.family]
         job = Job(run.label, cmd, run_dir / "log.txt", spec["steps"], f"{run.family}-{run.role}", spec["prior_s"])

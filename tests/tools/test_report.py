@@ -105,6 +105,20 @@ def test_seeds_repeat_every_run_with_its_own_seed(report):
     assert all(r.args[r.args.index("--data") + 1] == report.CHAR_DATA for r in gpt)
 
 
+def test_resumed_report_continues_interrupted_runs_from_their_checkpoints(report, tmp_path):
+    """The trainer refuses a folder holding checkpoints unless told --resume; a resumed report tells it."""
+    run = report.plan(report.PRESETS["smoke"], ["gpt"], {})[0]
+    fresh = report.child_command(run, tmp_path / run.label, resume=False)
+    resumed = report.child_command(run, tmp_path / run.label, resume=True)
+    assert "--resume" not in fresh and fresh[fresh.index("--out-dir") + 1] == str(tmp_path / run.label)
+    assert resumed[:len(fresh)] == fresh and resumed[len(fresh):] == ["--resume", "auto"]
+    from crate_core.train import train_config_from_args
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    parser = importlib.import_module("pretrain_gpt").build_parser()
+    assert train_config_from_args(parser.parse_args(resumed[2:])).resume == "auto"
+
+
 def test_bad_seeds_and_checkpoints_fail_before_any_work(report, tmp_path, monkeypatch, capsys):
     import torch
 
