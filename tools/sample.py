@@ -45,11 +45,13 @@ def main(argv=None) -> list[str]:
     if not hasattr(model, "generate"):
         raise ValueError(f"--model {args.model} is not a causal LM (no generate)")
     tok_name = args.tokenizer or model.config.tokenizer
-    tok = get_tokenizer(tok_name) if tok_name == "gpt2" or Path(tok_name).is_file() else None
-    if tok is None:
+    try:  # "gpt2", "char", a char-vocab.json, the token directory holding one, or a SentencePiece .model
+        tok = get_tokenizer(tok_name)
+    except ValueError as err:
         raise ValueError(
-            f"the model was trained with tokenizer {tok_name!r}: pass its .model file with --tokenizer"
-        )
+            f"the model was trained with tokenizer {tok_name!r}, which is not at hand here: pass it with "
+            f"--tokenizer ({err})"
+        ) from None
     ids = tok.encode(args.prompt)
     if not ids:
         raise ValueError(f"--prompt {args.prompt!r} encodes to no tokens")

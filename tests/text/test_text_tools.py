@@ -105,3 +105,25 @@ def test_pretrain_bert(tool, data_dir, tmp_path, capsys):
     assert "masked-token accuracy" in capsys.readouterr().out
     assert 0 <= result["eval/accuracy"] <= 1 and math.isfinite(result["eval/loss"])
     assert crate_core.from_pretrained(out / "final").config.max_positions == 34
+
+
+def test_sample_decodes_with_a_character_vocabulary(tool, tmp_path):
+    """sample.py takes the token directory (holding char-vocab.json) or the table itself; a model whose
+    tokenizer is not at hand gets an error that names it."""
+    from crate_text import CRATEGPT, CRATEGPTConfig
+    from crate_text.tokenizers import save_char_vocab
+
+    chars = "\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    data = tmp_path / "chars"
+    vocab = save_char_vocab(data, chars)
+    tok = get_tokenizer(data)
+    model = CRATEGPT(CRATEGPTConfig(dim=32, depth=1, heads=2, block_size=16, vocab_size=tok.n_ids, n_tokens=len(chars),
+                                    tokenizer=str(tmp_path / "elsewhere")))
+    crate_core.save_pretrained(model, tmp_path / "m")
+    for source in (data, vocab):
+        texts = tool("sample").main(["--model", str(tmp_path / "m"), "--tokenizer", str(source), "--prompt",
+                                     "ROMEO:", "--max-new-tokens", "5", "--device", "cpu"])
+        assert texts[0].startswith("ROMEO:") and len(texts[0]) == len("ROMEO:") + 5
+        assert set(texts[0]) <= set(chars)
+    with pytest.raises(ValueError, match="elsewhere.*not at hand"):
+        tool("sample").main(["--model", str(tmp_path / "m"), "--prompt", "A", "--device", "cpu"])
