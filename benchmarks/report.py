@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report_* modules beside this file
 
-from report_progress import Job, Progress  # noqa: E402
+from report_progress import Job, Progress, run_many, threads_per_slot  # noqa: E402
 from report_render import (  # noqa: E402,F401
     FAMILIES,
     METRICS,
@@ -81,8 +82,8 @@ PRESETS = {
     "quick": {
         "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=6500, micro_batch=128, lr=2e-3,
                        extra=["--eval-every", "0", "--train-size", "20000"], prior_s=360),
-        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=400, micro_batch=64, lr=1.5e-3,
-                    extra=["--eval-every", "0"], prior_s=70),
+        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=1000, micro_batch=64, lr=1.5e-3,
+                    data="mnist", extra=["--eval-every", "0"], prior_s=320),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=12, lr=1e-3,
                     extra=[*CHAR_LM, "--block-size", "64", "--eval-batches", "200"],
                     prior_s=120),
@@ -140,8 +141,9 @@ def plan(preset: dict, families: list[str], data: dict[str, str | None], seeds: 
             if data.get(fam) and "--tokenizer" in extra:  # a character-level directory decodes with its own table
                 extra[extra.index("--tokenizer") + 1] = data[fam]
             common += extra
-            if data.get(fam) or DEFAULT_DATA.get(fam):
-                common += [DATA_FLAG[fam], data.get(fam) or DEFAULT_DATA[fam]]
+            source = data.get(fam) or spec.get("data") or DEFAULT_DATA.get(fam)
+            if source:
+                common += [DATA_FLAG[fam], source]
             runs.append(Run(fam, "crate", spec["crate"], TOOLS[fam], ["--model", spec["crate"], *common], seed))
             if spec["baseline"] is None:  # no standard-transformer trainer for this family yet (see README)
                 continue
@@ -179,7 +181,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "commit": (commit.stdout.strip() or "unknown") + (" (dirty)" if dirty.stdout.strip() else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_avg_1m": round(__import__("os").getloadavg()[0], 2),  # other work on the machine at the start
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine at the start
     }
 
 
@@ -198,10 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted report: finished runs are reused")
     p.add_argument("--compare", type=Path, default=None, help="an older report directory to set side by side")
     p.add_argument("--vision-data", default=None, help="tools/train_vision.py --data (default: offline shapes)")
-    p.add_argument("--mae-data", default=None, help="tools/pretrain_mae.py --data (default: offline shapes)")
+    p.add_argument("--mae-data", default=None,
+                   help="tools/pretrain_mae.py --data (default: the preset's, offline MNIST in quick)")
     p.add_argument("--text-data", default=None,
                    help=f"prepared character-level token directory for gpt and bert (default: {CHAR_DATA})")
     p.add_argument("--note", default=None, help="a line for report.md's header (e.g. the machine was shared)")
+    p.add_argument("--parallel", type=int, default=min(2, os.cpu_count() or 1),
+                   help="training runs side by side, each with cpu_count/N threads (default: 2, or 1 on one core)")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-segment", action="store_true")
     return p
@@ -218,8 +223,11 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"unknown family {bad}; choose from {list(FAMILIES)}")
     if args.seeds < 1:
         p.error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.parallel < 1:
+        p.error(f"--parallel must be at least 1, got {args.parallel}")
     for flag, path in (("--vision-data", args.vision_data), ("--mae-data", args.mae_data), ("--text-data", args.text_data)):
-        if path and ":" not in path and not Path(path).expanduser().exists():
+        offline = flag != "--text-data" and path in ("shapes", "mnist")  # the image sets that ship offline
+        if path and not offline and ":" not in path and not Path(path).expanduser().exists():
             p.error(f"{flag} {path}: no such file or directory")
     if args.compare and not (args.compare / "report.json").is_file():
         p.error(f"--compare {args.compare}: no report.json there")
@@ -258,7 +266,8 @@ def rel(path: Path | str) -> str:
 def run_training(args, families: list[str], out: Path, work: Path) -> Path:
     preset = PRESETS[args.preset]
     data = {"vision": args.vision_data, "mae": args.mae_data, "gpt": args.text_data, "bert": args.text_data}
-    env = environment()
+    data = {fam: path or preset.get(fam, {}).get("data") for fam, path in data.items()}  # a preset's own data
+    env = {**environment(), "parallel_runs": args.parallel, "threads_per_run": threads_per_slot(args.parallel)}
     t0 = time.perf_counter()
     cmds: list[str] = []
     results: dict = {"_reused": 0, "_reused_s": 0.0, "_phase_s": {}, "_seeds": args.seeds}
@@ -286,22 +295,24 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
     if preset["speed"] and not args.no_speed:
         jobs.append(Job("speed", [], work / "speed" / "log.txt", prior_s=80))
     progress = Progress(jobs)
-    entries: dict = {}
     for job in jobs:
-        run = by_job.get(job.name)
-        if run is None and job.name == "prepare-text":
+        if job.name == "prepare-text":
             progress.run(job)
-            continue
-        if run is None:
-            continue
-        run_dir = work / run.label
+    walls, to_run = {}, []
+    for job in (j for j in jobs if j.name in by_job):
+        run_dir = work / by_job[job.name].label
         if args.resume and (run_dir / "train_result.json").is_file() and (run_dir / "final").is_dir():
-            print(f"[report] {run.label}: reusing the finished run in {rel(run_dir)}", flush=True)
-            dt = float(json.loads((run_dir / "train_result.json").read_text()).get("time_s", 0.0))
+            print(f"[report] {job.name}: reusing the finished run in {rel(run_dir)}", flush=True)
+            walls[job.name] = float(json.loads((run_dir / "train_result.json").read_text()).get("time_s", 0.0))
             results["_reused"] += 1
-            results["_reused_s"] += dt
+            results["_reused_s"] += walls[job.name]
         else:
-            dt = progress.run(job)
+            to_run.append(job)
+    walls.update(run_many(progress, to_run, args.parallel))
+    entries: dict = {}
+    for job in (j for j in jobs if j.name in by_job):
+        run, dt = by_job[job.name], walls[job.name]
+        run_dir = work / run.label
         metrics = {}
         for name in ("train_result.json", "metrics.json"):  # the trainer's figures, then the tool's own
             if (run_dir / name).is_file():

@@ -163,6 +163,9 @@ def write_report(out: Path, env: dict, results: dict, speed, seg, cmds: list[str
              + (f"; {phases}" if phases else ""),
              f"- seeds: {results.get('_seeds', 1)}; 1-minute load average at the start: "
              f"{env.get('load_avg_1m', '?')} (on {env['cpu_cores']} cores; above the core count the machine was shared)"]
+    if env.get("parallel_runs", 1) > 1:
+        lines.append(f"- training runs: {env['parallel_runs']} side by side, {env['threads_per_run']} thread(s) each "
+                     "(their throughput figures are per run)")
     if note:
         lines.append(f"- note: {note}")
     lines += ["", "## Task metrics, CRATE vs the standard transformer (identical budgets)", ""]

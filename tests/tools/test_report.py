@@ -47,6 +47,10 @@ def test_plan_passes_data_paths_and_extra_flags(report):
     for r in runs:
         assert r.args[r.args.index("--data") + 1] == "data/mine"
         assert r.args[r.args.index("--eval-every") + 1] == "0"
+    mae = report.plan(report.PRESETS["quick"], ["mae"], {})  # the preset's own data unless --mae-data says otherwise
+    assert all(r.args[r.args.index("--data") + 1] == report.PRESETS["quick"]["mae"]["data"] for r in mae)
+    mae = report.plan(report.PRESETS["quick"], ["mae"], {"mae": "shapes"})
+    assert all(r.args[r.args.index("--data") + 1] == "shapes" for r in mae)
 
 
 def test_bad_input_is_refused_with_a_clear_error(report, tmp_path, monkeypatch, capsys):
@@ -236,6 +240,36 @@ def test_progress_lines_and_full_child_log(tmp_path):
     bad = rp.Job("bad", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "x" / "log.txt")
     with pytest.raises(RuntimeError, match="boom"):
         rp.Progress([bad], stream=io.StringIO(), live=False).run(bad)
+
+
+def test_runs_side_by_side_share_the_cores_and_keep_their_logs(tmp_path):
+    import io
+    import time
+
+    rp = bench("report_progress")
+    script = ("import os, time\nprint('threads', os.environ['OMP_NUM_THREADS'], flush=True)\n"
+              "for s in (1, 2, 3):\n    time.sleep(0.4)\n    print(f'step {s} | loss {1 / s:.4f}', flush=True)\n")
+    jobs = [rp.Job(f"run{i}", [sys.executable, "-c", script], tmp_path / f"run{i}" / "log.txt", steps=3,
+                   family=f"f{i}") for i in range(3)]
+    out = io.StringIO()
+    prog = rp.Progress(jobs, stream=out, live=False, print_every_s=0.0)
+    t = time.perf_counter()
+    walls = rp.run_many(prog, jobs, slots=2)
+    total = time.perf_counter() - t
+    assert set(walls) == {"run0", "run1", "run2"}
+    assert total < sum(walls.values()) - 0.5  # the first two ran at the same time
+    text = out.getvalue()
+    assert "2 side by side" in text and "run0: step" in text and "run1: step" in text and "left" in text
+    for job in jobs:
+        lines = job.log.read_text().splitlines()
+        assert f"threads {rp.threads_per_slot(2)}" in lines and lines[-1] == "step 3 | loss 0.3333"
+    slow = rp.Job("slow", [sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "s" / "log.txt")
+    bad = rp.Job("bad", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "x" / "log.txt")
+    prog = rp.Progress([slow, bad], stream=io.StringIO(), live=False)
+    t = time.perf_counter()
+    with pytest.raises(RuntimeError, match="boom"):
+        rp.run_many(prog, [slow, bad], slots=2)
+    assert time.perf_counter() - t < 20  # the failure stopped the other run instead of waiting for it
 
 
 def test_paths_are_made_relative_to_the_repository():
