@@ -80,16 +80,16 @@ CHAR_LM = ["--tokenizer", CHAR_DATA, "--min-lr", "1e-4", "--warmup-steps", "100"
 # prior_s: expected wall seconds of one run on 2 CPU cores (the progress line's first ETA).
 PRESETS = {
     "quick": {
-        "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=6500, micro_batch=128, lr=2e-3,
-                       extra=["--eval-every", "0", "--train-size", "20000"], prior_s=360),
-        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=1000, micro_batch=64, lr=1.5e-3,
-                    data="mnist", extra=["--eval-every", "0"], prior_s=320),
+        "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=5500, micro_batch=128, lr=2e-3,
+                       extra=["--eval-every", "0", "--train-size", "20000"], prior_s=600),
+        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=1600, micro_batch=32, lr=1e-3,
+                    data="mnist", extra=["--eval-every", "0"], prior_s=360),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=12, lr=1e-3,
                     extra=[*CHAR_LM, "--block-size", "64", "--eval-batches", "200"],
-                    prior_s=120),
+                    prior_s=100),
         "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=600, micro_batch=12,
                      lr=1e-3, extra=[*CHAR_LM[:-4], "--eval-every", "0", "--max-positions", "66", "--eval-batches", "100"],
-                     prior_s=80),
+                     prior_s=45),
         "layerwise_points": 4,
         "segment_images": 300,
         # no benchmarks/speed.py phase in the quick preset (time): the training runs' own throughput is shown
