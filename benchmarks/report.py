@@ -82,8 +82,8 @@ PRESETS = {
     "quick": {
         "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=5500, micro_batch=128, lr=2e-3,
                        extra=["--eval-every", "0", "--train-size", "20000"], prior_s=600),
-        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=1600, micro_batch=32, lr=1e-3,
-                    data="mnist", extra=["--eval-every", "0"], prior_s=360),
+        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=2000, micro_batch=32, lr=1e-3,
+                    data="mnist", extra=["--eval-every", "0"], prior_s=400),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=12, lr=1e-3,
                     extra=[*CHAR_LM, "--block-size", "64", "--eval-batches", "200"],
                     prior_s=100),
@@ -173,7 +173,8 @@ def environment() -> dict:
     except (OSError, StopIteration):
         cpu = platform.processor() or cpu
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/reports"], cwd=ROOT,
+                           capture_output=True, text=True)  # a report replacing a committed one is not a change
     return {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {cpu}",
         "cpu_cores": __import__("os").cpu_count(),
@@ -294,7 +295,7 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
                  Job("overlays", [], work / "overlays" / "log.txt", prior_s=15)]
     if preset["speed"] and not args.no_speed:
         jobs.append(Job("speed", [], work / "speed" / "log.txt", prior_s=80))
-    progress = Progress(jobs)
+    progress = Progress(jobs, slots=args.parallel)
     for job in jobs:
         if job.name == "prepare-text":
             progress.run(job)

@@ -35,6 +35,25 @@ def hms(seconds: float | None) -> str:
 
 
 @dataclass
+class Pace:
+    """The steps one child has logged. Its ETA comes from the rate since the first logged step (the
+    time before it is start-up, not training); until a second step is seen it is ``fallback``."""
+
+    first: tuple[int, float] | None = None
+    step: int | None = None
+
+    def see(self, step: int, now: float) -> None:
+        if self.first is None:
+            self.first = (step, now)
+        self.step = step
+
+    def eta(self, total: int, now: float, fallback: float) -> float:
+        if self.first is None or not total or self.step <= self.first[0]:
+            return max(0.0, fallback)
+        return (now - self.first[1]) / (self.step - self.first[0]) * max(0, total - self.step)
+
+
+@dataclass
 class Job:
     """One child command: ``name`` (the run label), ``steps`` (0: no step lines expected),
     ``family`` (runs of one family share a speed estimate), ``prior_s`` (expected wall seconds)."""
@@ -57,6 +76,7 @@ class Progress:
     print_every_s: float = 15.0
     done_s: dict = field(default_factory=dict)
     rate: dict = field(default_factory=dict)  # family -> seconds per step
+    slots: int = 1  # training runs side by side (run_many)
 
     def __post_init__(self):
         self.stream = self.stream or sys.stdout
@@ -70,16 +90,17 @@ class Progress:
         return job.prior_s
 
     def left_after(self, job: Job) -> float:
-        i = self.jobs.index(job)
-        return sum(self.expected(j) for j in self.jobs[i + 1 :])
+        """Expected seconds of the jobs after ``job``: training runs (jobs with steps) share ``slots``."""
+        later = self.jobs[self.jobs.index(job) + 1 :]
+        runs = sum(self.expected(j) for j in later if j.steps)
+        return runs / self.slots + sum(self.expected(j) for j in later if not j.steps)
 
-    def status(self, job: Job, step: int | None, loss: str | None, elapsed: float) -> str:
+    def status(self, job: Job, pace: Pace, loss: str | None, elapsed: float) -> str:
         i = self.jobs.index(job) + 1
-        if step and job.steps:
-            eta = elapsed / step * max(0, job.steps - step)
-            where = f"step {step}/{job.steps}"
+        eta = pace.eta(job.steps, time.perf_counter(), self.expected(job) - elapsed)
+        if pace.step and job.steps:
+            where = f"step {pace.step}/{job.steps}"
         else:
-            eta = max(0.0, self.expected(job) - elapsed)
             where = f"step 0/{job.steps}" if job.steps else "running"
         left = eta + self.left_after(job)
         return (
@@ -102,8 +123,8 @@ class Progress:
         job.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         t = time.perf_counter()
-        step, loss, last_print = None, None, 0.0
-        self.show(self.status(job, None, None, 0.0), final=not self.live)
+        pace, loss, last_print = Pace(), None, 0.0
+        self.show(self.status(job, pace, None, 0.0), final=not self.live)
         with open(job.log, "w") as log:
             log.write("$ " + " ".join(job.cmd) + "\n")
             proc = subprocess.Popen(
@@ -115,12 +136,12 @@ class Progress:
                 m = STEP_LINE.match(line.strip())
                 if not m:
                     continue
-                step = int(m.group(1))
+                now = time.perf_counter()
+                pace.see(int(m.group(1)), now)
                 lm = LOSS.search(m.group(2))
                 loss = lm.group(1) if lm else loss
-                now = time.perf_counter()
                 if self.live or now - last_print >= self.print_every_s:
-                    self.show(self.status(job, step, loss, now - t))
+                    self.show(self.status(job, pace, loss, now - t))
                     last_print = now
             code = proc.wait()
         dt = time.perf_counter() - t
@@ -144,7 +165,7 @@ class _Child:
     job: Job
     proc: subprocess.Popen
     t: float
-    step: int | None = None
+    pace: Pace = field(default_factory=Pace)
     loss: str | None = None
     reader: threading.Thread | None = None
 
@@ -164,7 +185,8 @@ def _follow(child: _Child) -> None:
             m = STEP_LINE.match(line.strip())
             if m:
                 lm = LOSS.search(m.group(2))
-                child.step, child.loss = int(m.group(1)), (lm.group(1) if lm else child.loss)
+                child.pace.see(int(m.group(1)), time.perf_counter())
+                child.loss = lm.group(1) if lm else child.loss
 
 
 def threads_per_slot(slots: int) -> int:
@@ -219,10 +241,7 @@ def run_many(progress: Progress, jobs: list[Job], slots: int) -> dict[str, float
 
 
 def _eta(progress: Progress, c: _Child, now: float) -> float:
-    elapsed = now - c.t
-    if c.step and c.job.steps:
-        return elapsed / c.step * max(0, c.job.steps - c.step)
-    return max(0.0, progress.expected(c.job) - elapsed)
+    return c.pace.eta(c.job.steps, now, progress.expected(c.job) - (now - c.t))
 
 
 def _many_status(progress: Progress, running: list[_Child], pending: list[Job], slots: int, now: float) -> str:
@@ -237,7 +256,7 @@ def _many_status(progress: Progress, running: list[_Child], pending: list[Job], 
     left = free[-1] + sum(progress.expected(j) for j in after)
     parts = []
     for c in running:
-        where = f"step {c.step}/{c.job.steps}" if c.step and c.job.steps else "starting"
+        where = f"step {c.pace.step}/{c.job.steps}" if c.pace.step and c.job.steps else "starting"
         parts.append(f"{c.job.name}: {where}" + (f", loss {c.loss}" if c.loss else "")
                      + f", ETA {hms(_eta(progress, c, now))}")
     first = min(progress.jobs.index(c.job) for c in running) + 1

@@ -242,6 +242,16 @@ def test_progress_lines_and_full_child_log(tmp_path):
         rp.Progress([bad], stream=io.StringIO(), live=False).run(bad)
 
 
+def test_eta_counts_from_the_first_logged_step_not_from_start_up():
+    rp = bench("report_progress")
+    pace = rp.Pace()
+    assert pace.eta(200, 5.0, fallback=42.0) == 42.0  # nothing logged yet
+    pace.see(1, 10.0)  # step 1 after 10 s of start-up
+    assert pace.eta(200, 10.0, fallback=42.0) == 42.0  # one step: no rate yet
+    pace.see(101, 20.0)  # then 100 steps in 10 s
+    assert pace.eta(201, 20.0, fallback=42.0) == pytest.approx(10.0)
+
+
 def test_runs_side_by_side_share_the_cores_and_keep_their_logs(tmp_path):
     import io
     import time

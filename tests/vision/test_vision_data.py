@@ -62,6 +62,7 @@ def test_mnist_subset_splits():
     tr, va, te = mnist_subset("train"), mnist_subset("val"), MNISTSubset("test", image_size=32, channels=3)
     assert (len(tr), len(va), len(te)) == (4000, 500, 500)
     assert np.bincount(va.labels.numpy()).tolist() == [50] * 10
+    assert np.bincount(va.labels[:100].numpy(), minlength=10).min() >= 4  # any prefix mixes the classes
     x, y = te[0]
     assert x.shape == (3, 32, 32) and 0 <= y < 10
     flat = {tuple(t.flatten()[::7].tolist()) for t in tr.images[:500]}

