@@ -20,6 +20,10 @@ on its own and then the Trainer (DeepSpeed across N); overhead against the bare 
     uv run benchmarks/trainer_overhead.py                          # both configurations, one process
     uv run benchmarks/trainer_overhead.py --torchrun 2             # plus the two-process row
     uv run benchmarks/trainer_overhead.py --chunk 2 --chunks 3 --rounds 1 --train-size 512   # smoke run
+The gpt step is about 1 s on 2 CPU cores (the 50,304-way head), so the defaults spend ~8 min on it; the
+committed figures (benchmarks/reports/trainer_overhead/README.md) used
+    uv run benchmarks/trainer_overhead.py --configs vision --rounds 4 --chunks 8 --torchrun 2
+    uv run benchmarks/trainer_overhead.py --configs gpt --chunk 10 --chunks 3 --rounds 2
 """
 
 from __future__ import annotations
