@@ -226,8 +226,10 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"--seeds must be at least 1, got {args.seeds}")
     if args.parallel < 1:
         p.error(f"--parallel must be at least 1, got {args.parallel}")
+    from crate_core.recipe import OFFLINE_FORMATS
+
     for flag, path in (("--vision-data", args.vision_data), ("--mae-data", args.mae_data), ("--text-data", args.text_data)):
-        offline = flag != "--text-data" and path in ("shapes", "mnist")  # the image sets that ship offline
+        offline = flag != "--text-data" and path in OFFLINE_FORMATS  # the image sets that ship offline
         if path and not offline and ":" not in path and not Path(path).expanduser().exists():
             p.error(f"{flag} {path}: no such file or directory")
     if args.compare and not (args.compare / "report.json").is_file():

@@ -2,12 +2,12 @@
 ``_work/<run>/log.txt`` and show, per run, its name, step/total, last loss, elapsed time and ETA,
 plus an overall line (run i of n, estimated time left).
 
-ETA of the running child: elapsed / step * (total - step) once it has logged a step. Time left
-overall: that ETA plus, for each run still to come, its expected duration (the measured seconds
+ETA of a running child: its rate since its first logged step (``Pace``) times the steps left. Time
+left overall: that ETA plus, for each run still to come, its expected duration (the measured seconds
 per step of a finished run of the same family times its steps, else ``prior_s``).
 
 ``run_many(jobs, slots)`` runs up to ``slots`` children side by side, each with cpu_count // slots
-threads (OMP_NUM_THREADS): on 2 cores two one-thread runs train about 1.25x more samples per second
+threads (OMP_NUM_THREADS): on 2 cores two one-thread runs train about 1.2x more samples per second
 in all than one two-thread run (small models spend much of a step in per-op threading overhead).
 Its time left is the remaining work list-scheduled onto the slots.
 """
@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 STEP_LINE = re.compile(r"^step (\d+) \| (.*)$")
 LOSS = re.compile(r"(?:^|\| )loss ([-+0-9.eE]+|nan|inf)")
@@ -64,6 +65,59 @@ class Job:
     steps: int = 0
     family: str = ""
     prior_s: float = 60.0
+
+
+def child_env(threads: int | None) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def threads_per_slot(slots: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, slots))
+
+
+@dataclass
+class _Child:
+    """A started job: its process, its open log, its start time and the last step / loss it logged."""
+
+    job: Job
+    proc: subprocess.Popen
+    log: TextIO
+    t: float
+    pace: Pace = field(default_factory=Pace)
+    loss: str | None = None
+    reader: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, job: Job, threads: int | None = None) -> _Child:
+        """Start ``job.cmd`` from the repository root; the log opens with the command line."""
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(job.log, "w")
+        log.write("$ " + (f"OMP_NUM_THREADS={threads} " if threads else "") + " ".join(job.cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(
+            job.cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, errors="replace", env=child_env(threads), bufsize=1,
+        )
+        return cls(job, proc, log, time.perf_counter())
+
+    def take(self, line: str) -> bool:
+        """Copy one output line into the log; True for a step line (its step and loss are remembered)."""
+        self.log.write(line)
+        m = STEP_LINE.match(line.strip())
+        if not m:
+            return False
+        self.pace.see(int(m.group(1)), time.perf_counter())
+        lm = LOSS.search(m.group(2))
+        self.loss = lm.group(1) if lm else self.loss
+        return True
+
+    def follow(self) -> None:
+        """Take every output line until the child closes its output (run in a reader thread)."""
+        for line in self.proc.stdout:
+            self.take(line)
 
 
 @dataclass
@@ -120,32 +174,27 @@ class Progress:
     def run(self, job: Job) -> float:
         """Run ``job.cmd`` from the repository root; returns its wall seconds. A failing child
         raises RuntimeError with the tail of its log."""
-        job.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        t = time.perf_counter()
-        pace, loss, last_print = Pace(), None, 0.0
-        self.show(self.status(job, pace, None, 0.0), final=not self.live)
-        with open(job.log, "w") as log:
-            log.write("$ " + " ".join(job.cmd) + "\n")
-            proc = subprocess.Popen(
-                job.cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, errors="replace", env=env, bufsize=1,
-            )
-            for line in proc.stdout:
-                log.write(line)
-                m = STEP_LINE.match(line.strip())
-                if not m:
-                    continue
-                now = time.perf_counter()
-                pace.see(int(m.group(1)), now)
-                lm = LOSS.search(m.group(2))
-                loss = lm.group(1) if lm else loss
-                if self.live or now - last_print >= self.print_every_s:
-                    self.show(self.status(job, pace, loss, now - t))
-                    last_print = now
-            code = proc.wait()
-        dt = time.perf_counter() - t
+        child = _Child.start(job)
+        self.show(self.status(job, child.pace, None, 0.0), final=not self.live)
+        last_print = 0.0
+        for line in child.proc.stdout:
+            now = time.perf_counter()
+            if child.take(line) and (self.live or now - last_print >= self.print_every_s):
+                self.show(self.status(job, child.pace, child.loss, now - child.t))
+                last_print = now
+        return self.finish(child, say_left=True)
+
+    def finish(self, child: _Child, others: list[_Child] = (), say_left: bool = False) -> float:
+        """Close a child whose output has ended; returns its wall seconds. A failure stops ``others``
+        and raises RuntimeError with the tail of its log; a success records its time (and its family's
+        seconds per step) and shows it done."""
+        code = child.proc.wait()
+        child.log.close()
+        dt = time.perf_counter() - child.t
+        job = child.job
         if code != 0:
+            for other in others:
+                other.proc.terminate()
             if self.live:
                 self.stream.write("\n")
             tail = job.log.read_text()[-3000:]
@@ -154,43 +203,9 @@ class Progress:
             self.rate[job.family] = dt / job.steps
         self.done_s[job.name] = dt
         self.show(f"[report {self.jobs.index(job) + 1}/{len(self.jobs)}] {job.name}: done in {hms(dt)}"
-                  + (f", final loss {loss}" if loss else "") + f"; ~{hms(self.left_after(job))} left", final=True)
+                  + (f", final loss {child.loss}" if child.loss else "")
+                  + (f"; ~{hms(self.left_after(job))} left" if say_left else ""), final=True)
         return dt
-
-
-@dataclass
-class _Child:
-    """A running job of ``run_many``: its process, start time and last step / loss seen."""
-
-    job: Job
-    proc: subprocess.Popen
-    t: float
-    pace: Pace = field(default_factory=Pace)
-    loss: str | None = None
-    reader: threading.Thread | None = None
-
-
-def child_env(threads: int | None) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    return env
-
-
-def _follow(child: _Child) -> None:
-    """Copy the child's output into its log; remember its last step and loss."""
-    with open(child.job.log, "a") as log:
-        for line in child.proc.stdout:
-            log.write(line)
-            m = STEP_LINE.match(line.strip())
-            if m:
-                lm = LOSS.search(m.group(2))
-                child.pace.see(int(m.group(1)), time.perf_counter())
-                child.loss = lm.group(1) if lm else child.loss
-
-
-def threads_per_slot(slots: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, slots))
 
 
 def run_many(progress: Progress, jobs: list[Job], slots: int) -> dict[str, float]:
@@ -203,36 +218,15 @@ def run_many(progress: Progress, jobs: list[Job], slots: int) -> dict[str, float
     last_print = 0.0
     while pending or running:
         while pending and len(running) < slots:
-            job = pending.pop(0)
-            job.log.parent.mkdir(parents=True, exist_ok=True)
-            job.log.write_text("$ OMP_NUM_THREADS=%d " % threads + " ".join(job.cmd) + "\n")
-            proc = subprocess.Popen(
-                job.cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, errors="replace", env=child_env(threads), bufsize=1,
-            )
-            child = _Child(job, proc, time.perf_counter())
-            child.reader = threading.Thread(target=_follow, args=(child,), daemon=True)
+            child = _Child.start(pending.pop(0), threads)
+            child.reader = threading.Thread(target=child.follow, daemon=True)
             child.reader.start()
             running.append(child)
         time.sleep(0.5)
         for child in [c for c in running if c.proc.poll() is not None]:
             child.reader.join()
             running.remove(child)
-            dt = time.perf_counter() - child.t
-            job = child.job
-            if child.proc.returncode != 0:
-                for other in running:
-                    other.proc.terminate()
-                if progress.live:
-                    progress.stream.write("\n")
-                tail = job.log.read_text()[-3000:]
-                raise RuntimeError(f"command failed ({child.proc.returncode}): {' '.join(job.cmd)}\n"
-                                   f"--- {job.log} (tail) ---\n{tail}")
-            if job.steps and job.family not in progress.rate:
-                progress.rate[job.family] = dt / job.steps
-            done[job.name] = progress.done_s[job.name] = dt
-            progress.show(f"[report {progress.jobs.index(job) + 1}/{len(progress.jobs)}] {job.name}: done in "
-                          f"{hms(dt)}" + (f", final loss {child.loss}" if child.loss else ""), final=True)
+            done[child.job.name] = progress.finish(child, others=running)
         now = time.perf_counter()
         if running and (progress.live or now - last_print >= progress.print_every_s):
             progress.show(_many_status(progress, running, pending, slots, now))
@@ -251,9 +245,8 @@ def _many_status(progress: Progress, running: list[_Child], pending: list[Job], 
     for job in pending:  # each pending run starts on the slot that frees first
         free[0] += progress.expected(job)
         free.sort()
-    after = [j for j in progress.jobs[progress.jobs.index(pending[-1]) + 1:]] if pending else \
-        progress.jobs[max(progress.jobs.index(c.job) for c in running) + 1:]
-    left = free[-1] + sum(progress.expected(j) for j in after)
+    last = pending[-1] if pending else max((c.job for c in running), key=progress.jobs.index)
+    left = free[-1] + sum(progress.expected(j) for j in progress.jobs[progress.jobs.index(last) + 1 :])
     parts = []
     for c in running:
         where = f"step {c.pace.step}/{c.job.steps}" if c.pace.step and c.job.steps else "starting"

@@ -95,7 +95,6 @@ class CRATEGPT(nn.Module):
             if name.endswith("mssa.out.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * c.depth))
 
-
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding else n
