@@ -182,6 +182,16 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert resumed["eval/loss"] == pytest.approx(straight["eval/loss"], rel=1e-6)
 
 
+def test_log_rows_at_the_first_step_then_every_log_every(tmp_path):
+    """A run shows it is alive at once: the first step of a fit is logged, then every log_every; an
+    evaluation joins the log row of its step instead of adding a row."""
+    res = make(tmp_path, steps=10, log_every=4, eval_every=4).fit()
+    rows = res["history"]
+    assert [r["step"] for r in rows] == [1, 4, 8, 10]
+    assert all("loss" in r for r in rows)
+    assert [r["step"] for r in rows if "eval/loss" in r] == [4, 8, 10]
+
+
 def test_fault_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = ckpt.write_client_state
