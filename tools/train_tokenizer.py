@@ -38,7 +38,7 @@ def main(argv=None) -> Path:
             if missing:
                 raise SystemExit(f"--input file(s) not found: {missing}")
         else:
-            from crate_text.data import shakespeare_plays
+            from crate_text.corpus import shakespeare_plays
 
             corpus = Path(tmp) / "shakespeare.txt"
             corpus.write_text("\n".join(text for _, text in shakespeare_plays()), encoding="utf-8")

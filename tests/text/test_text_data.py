@@ -1,4 +1,4 @@
-"""Token files (round trip, header checks, atomic writes), windows, the offline corpus, and
+"""Token files (round trip, header checks, atomic writes), windows, and
 tools/prepare_text.py (local files, streaming, resume after interruption)."""
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from crate_text import TokenDataset, TokenFileWriter, get_tokenizer, load_tokens, read_header, write_tokens
-from crate_text.data import HEADER_BYTES, MAGIC, markdown_to_text, shakespeare_plays
+from crate_text.data import HEADER_BYTES, MAGIC
 
 
 def test_round_trip_and_header(tmp_path):
@@ -74,20 +74,6 @@ def test_windows_shift_by_one(tmp_path):
     assert x.dtype == torch.int64 and x.tolist() == list(range(16, 24)) and y.tolist() == list(range(17, 25))
     with pytest.raises(ValueError, match="fewer than one window"):
         TokenDataset(path, block_size=64)
-
-
-def test_markdown_stripping():
-    md = "# Hamlet\n\n## ACT I\n\n_Enter BERNARDO_\n\n**BERNARDO**  \nWho's there?  \n_\\[Aside]_  \nNay & c"
-    text = markdown_to_text(md)
-    assert text == "Hamlet\n\nACT I\n\nEnter BERNARDO\n\nBERNARDO:\nWho's there?\n[Aside]\nNay & c\n"
-
-
-def test_offline_corpus():
-    plays = shakespeare_plays()
-    assert len(plays) == 38
-    names = dict(plays)
-    hamlet = names["tragedies/hamlet"]
-    assert "HAMLET:\nTo be, or not to be" in hamlet and "**" not in hamlet and "\\[" not in hamlet
 
 
 def run_prepare(tool, *args):
@@ -161,20 +147,8 @@ def test_prepare_local_files_and_resume(tool, tmp_path, monkeypatch):
 def test_prepare_text_files_streaming(tool, tmp_path):
     src = tmp_path / "t.txt"
     src.write_text("\n\n".join(f"Paragraph {i}: once more unto the breach." for i in range(30)))
-    out = run_prepare(
-        tool,
-        "--input",
-        str(src),
-        "--out",
-        str(tmp_path / "s"),
-        "--streaming",
-        "--sample-by",
-        "paragraph",
-        "--shard-docs",
-        "4",
-        "--val-fraction",
-        "0.25",
-    )
+    out = run_prepare(tool, "--input", str(src), "--out", str(tmp_path / "c"), "--tokenizer", "char",
+                      "--val-fraction", "0.34")
     tok = get_tokenizer("gpt2")
     train, _ = load_tokens(out / "train.bin", tok)
     val, _ = load_tokens(out / "val.bin", tok)
@@ -198,8 +172,17 @@ def test_prepare_char_builds_the_table_from_the_source(tool, tmp_path):
     docs = ["Once more unto the breach, dear friends!", "Zounds! Who's there?", "quick brown fox\njumps"]
     src = tmp_path / "c.jsonl"
     src.write_text("\n".join(json.dumps({"text": d}) for d in docs))
-    out = run_prepare(tool, "--input", str(src), "--out", str(tmp_path / "c"), "--tokenizer", "char",
-                      "--val-fraction", "0.34")
+    out = run_prepare(
+        tool,
+        "--input",
+        str(src),
+        "--out",
+        str(tmp_path / "c"),
+        "--tokenizer",
+        "char",
+        "--val-fraction",
+        "0.34",
+    )
     meta = json.loads((out / "meta.json").read_text())
     tok = get_tokenizer(str(out))  # the directory holds char-vocab.json
     assert meta["tokenizer_file"] == "char-vocab.json" and meta["tokenizer"] == tok.name

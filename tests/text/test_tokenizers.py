@@ -54,7 +54,7 @@ def test_non_string_input():
 
 
 def train_sp(tool, tmp_path, model_type="bpe", vocab=600):
-    from crate_text.data import shakespeare_plays
+    from crate_text.corpus import shakespeare_plays
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(shakespeare_plays()[0][1][:60000])
@@ -85,7 +85,7 @@ def test_sentencepiece_bad_file(tmp_path):
 
 
 def test_char_tokenizer_is_the_sorted_corpus_alphabet():
-    from crate_text.data import shakespeare_plays
+    from crate_text.corpus import shakespeare_plays
 
     text = "".join(t for _, t in shakespeare_plays())
     alphabet = sorted(set(text))  # the nanoGPT shakespeare_char convention, computed directly

@@ -11,6 +11,7 @@ from .bert import (
     mask_tokens,
 )
 from .convert import load_official
+from .corpus import shakespeare_plays
 from .data import (
     MLMDataset,
     TokenDataset,
@@ -18,7 +19,6 @@ from .data import (
     lm_datasets,
     load_tokens,
     read_header,
-    shakespeare_plays,
     vocab_overrides,
     write_tokens,
 )

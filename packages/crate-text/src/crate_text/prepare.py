@@ -25,6 +25,11 @@ import os
 import shutil
 from pathlib import Path
 
+from .corpus import shakespeare_plays
+from .data import TokenFileWriter, load_tokens, read_header
+from .shards import tokenize_shards
+from .tokenizers import char_tokenizer, char_vocabulary, get_tokenizer, save_char_vocab, tokenize_batch
+
 DEFAULT_OUT = "data/shakespeare-gpt2"
 EXTENSIONS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -118,7 +123,6 @@ def load_source(args, cache_dir: Path):
     import datasets
 
     if args.input is None and args.dataset is None:
-        from .data import shakespeare_plays
 
         names, texts = zip(*shakespeare_plays())
         return datasets.Dataset.from_dict({"name": list(names), "text": list(texts)})
@@ -188,7 +192,6 @@ def shards(ds, shard_docs: int):
 
 # ---- tokenization -------------------------------------------------------------------------------
 def tokenize_shard(shard, args, tok, part: Path) -> int:
-    from .data import TokenFileWriter, tokenize_batch
 
     shard = shard.select_columns([args.text_column])
     num_proc = max(1, min(args.num_proc, len(shard)))
@@ -210,7 +213,6 @@ def tokenize_shard(shard, args, tok, part: Path) -> int:
 
 
 def concat_parts(parts: list[Path], dest: Path, tok) -> int:
-    from .data import TokenFileWriter, load_tokens
 
     with TokenFileWriter(dest, tok.name, tok.n_ids) as w:
         for part in parts:
@@ -242,8 +244,6 @@ def plan_of(args) -> dict:
 
 
 def run_split(name: str, ds, args, tok, parts_dir: Path) -> tuple[Path, int]:
-    from .data import read_header
-    from .shards import tokenize_shards
 
     total = None if not hasattr(ds, "__len__") else max(1, math.ceil(len(ds) / args.shard_docs))
     # whole shards in --num-proc worker processes (crate_text.shards); finished shards of an earlier run are
@@ -286,7 +286,6 @@ def texts_of(ds, column: str):
 def char_table(args, splits, out: Path):
     """Build the character table of all ``splits``, save it as OUT/char-vocab.json and point the
     tokenization workers at that file; returns the tokenizer."""
-    from .tokenizers import char_tokenizer, char_vocabulary, save_char_vocab
 
     chars = char_vocabulary(t for ds in splits if ds is not None for t in texts_of(ds, args.text_column))
     args.tokenizer_spec = str(save_char_vocab(out, chars).resolve())
@@ -295,8 +294,6 @@ def char_table(args, splits, out: Path):
 
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
-    from .data import read_header
-    from .tokenizers import get_tokenizer
 
     tok = get_tokenizer(args.tokenizer)  # unknown names fail here, before any work
     out = Path(args.out) if args.out else default_out(args)

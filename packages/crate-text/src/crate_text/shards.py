@@ -21,6 +21,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any
 
+from .data import TokenFileWriter, read_header
+from .tokenizers import tokenize_batch
+
 BATCH_DOCS = 256  # documents encoded per call inside a worker
 
 
@@ -30,7 +33,6 @@ def part_path(parts_dir: str | Path, split: str, k: int) -> Path:
 
 def is_finished(part: Path) -> bool:
     """A complete part file (its header reads); temporary files of an interrupted write are not."""
-    from .data import read_header
 
     try:
         read_header(part)
@@ -41,7 +43,6 @@ def is_finished(part: Path) -> bool:
 
 def tokenize_texts(texts: list, tokenizer: str, part: Path, tok_name: str, n_ids: int) -> int:
     """Write one part: ids + end-of-text per non-blank document of ``texts``; returns the token count."""
-    from .data import TokenFileWriter, tokenize_batch
 
     with TokenFileWriter(part, tok_name, n_ids) as w:
         for s in range(0, len(texts), BATCH_DOCS):

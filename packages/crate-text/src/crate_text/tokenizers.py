@@ -28,6 +28,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from .corpus import shakespeare_plays
+
 GPT2_RANKS_FILE = "gpt2.tiktoken"
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_VOCAB = 50257
@@ -251,9 +253,7 @@ def load_char_vocab(path: str | os.PathLike) -> str:
 
 @lru_cache(maxsize=1)
 def shakespeare_chars() -> str:
-    """The character table of the offline Shakespeare corpus (crate_text.data.shakespeare_plays)."""
-    from .data import shakespeare_plays
-
+    """The character table of the offline Shakespeare corpus (crate_text.corpus.shakespeare_plays)."""
     return char_vocabulary(text for _, text in shakespeare_plays())
 
 
@@ -277,3 +277,18 @@ def get_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
         f"({CHAR_VOCAB_FILE}, written by tools/prepare_text.py --tokenizer char) or of a SentencePiece "
         "model file (train one with tools/train_tokenizer.py)"
     )
+
+
+# ---- tokenization for datasets.map (importable in worker processes) --------------------------
+@lru_cache(maxsize=4)
+def _cached_tokenizer(spec: str) -> Tokenizer:
+    return get_tokenizer(spec)
+
+
+def tokenize_batch(batch: dict, tokenizer: str, column: str = "text") -> dict:
+    """``datasets.map(batched=True)`` function: each non-blank document becomes its ids followed
+    by the end-of-text id; blank documents are dropped. ``tokenizer`` is a ``get_tokenizer`` spec
+    (a string, so the function pickles into worker processes)."""
+    tok = _cached_tokenizer(tokenizer)
+    ids = [tok.encode(t) + [tok.eot_token] for t in batch[column] if t and t.strip()]
+    return {"ids": ids, "n": [len(x) for x in ids]}
