@@ -147,8 +147,20 @@ def test_prepare_local_files_and_resume(tool, tmp_path, monkeypatch):
 def test_prepare_text_files_streaming(tool, tmp_path):
     src = tmp_path / "t.txt"
     src.write_text("\n\n".join(f"Paragraph {i}: once more unto the breach." for i in range(30)))
-    out = run_prepare(tool, "--input", str(src), "--out", str(tmp_path / "c"), "--tokenizer", "char",
-                      "--val-fraction", "0.34")
+    out = run_prepare(
+        tool,
+        "--input",
+        str(src),
+        "--out",
+        str(tmp_path / "s"),
+        "--streaming",
+        "--sample-by",
+        "paragraph",
+        "--shard-docs",
+        "4",
+        "--val-fraction",
+        "0.25",
+    )
     tok = get_tokenizer("gpt2")
     train, _ = load_tokens(out / "train.bin", tok)
     val, _ = load_tokens(out / "val.bin", tok)
@@ -172,17 +184,8 @@ def test_prepare_char_builds_the_table_from_the_source(tool, tmp_path):
     docs = ["Once more unto the breach, dear friends!", "Zounds! Who's there?", "quick brown fox\njumps"]
     src = tmp_path / "c.jsonl"
     src.write_text("\n".join(json.dumps({"text": d}) for d in docs))
-    out = run_prepare(
-        tool,
-        "--input",
-        str(src),
-        "--out",
-        str(tmp_path / "c"),
-        "--tokenizer",
-        "char",
-        "--val-fraction",
-        "0.34",
-    )
+    out = run_prepare(tool, "--input", str(src), "--out", str(tmp_path / "c"), "--tokenizer", "char",
+                      "--val-fraction", "0.34")
     meta = json.loads((out / "meta.json").read_text())
     tok = get_tokenizer(str(out))  # the directory holds char-vocab.json
     assert meta["tokenizer_file"] == "char-vocab.json" and meta["tokenizer"] == tok.name
