@@ -3,9 +3,13 @@
 import pytest
 import torch
 from core_formulas import crate_layer_reference
-from crate_core import CRATELayer, CRATEStack, LayerOutputs, build_stack
+from crate_core import CRATELayer, CRATEStack, LayerOutputs, TrunkConfig, build_stack
 
 DIM, HEADS, N = 8, 2, 5
+
+
+def trunk(depth: int = 1, **fields) -> TrunkConfig:
+    return TrunkConfig(dim=DIM, depth=depth, heads=HEADS, **fields)
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -34,7 +38,7 @@ def check_outputs(o: LayerOutputs, ref: dict, with_attn: bool = False):
 @pytest.mark.parametrize("variant", ["square", "alpha", "lm"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_layer_intermediates_match_formula(variant, causal):
-    layer = randomise(CRATELayer(DIM, HEADS, ista=variant, causal=causal, step_size=0.2, lambd=0.05))
+    layer = randomise(CRATELayer(trunk(ista=variant, step_size=0.2, lambd=0.05), causal=causal))
     z = torch.randn(2, N, DIM, dtype=torch.float64)
     ref = crate_layer_reference(layer, z)
     with torch.no_grad():
@@ -51,7 +55,7 @@ def test_layer_intermediates_match_formula(variant, causal):
 
 
 def test_layer_padding_mask_and_attention_maps():
-    layer = randomise(CRATELayer(DIM, HEADS, out_bias=False))
+    layer = randomise(CRATELayer(trunk(out_bias=False)))
     z = torch.randn(2, N, DIM, dtype=torch.float64)
     keep = torch.tensor([[True] * N, [True, True, True, False, False]])
     ref = crate_layer_reference(layer, z, keep=keep)
@@ -62,7 +66,7 @@ def test_layer_padding_mask_and_attention_maps():
 
 @pytest.mark.parametrize("variant", ["square", "alpha"])
 def test_stack_chains_layers(variant):
-    stack = randomise(CRATEStack(DIM, 3, HEADS, ista=variant, causal=True))
+    stack = randomise(CRATEStack(trunk(3, ista=variant), causal=True))
     z = torch.randn(2, N, DIM, dtype=torch.float64)
     keep = torch.tensor([[True] * N, [True, True, True, False, False]])  # key padding reaches every layer
     with torch.no_grad():
@@ -91,18 +95,22 @@ def test_build_stack_passes_options():
 
 def test_bad_layer_arguments():
     with pytest.raises(ValueError, match="ista must be one of"):
-        CRATELayer(DIM, HEADS, ista="mlp")
+        CRATELayer(trunk(ista="mlp"))
     with pytest.raises(ValueError, match="depth=0"):
-        CRATEStack(DIM, 0, HEADS)
+        CRATEStack(trunk(0))
     with pytest.raises(ValueError, match=r"dim=8.*heads=3"):
-        CRATELayer(DIM, 3)
+        CRATELayer(TrunkConfig(dim=DIM, heads=3))
+    with pytest.raises(TypeError, match="takes a crate_core.TrunkConfig"):
+        CRATEStack(DIM, 3, HEADS)  # the old value signature
+    with pytest.raises(ValueError, match="CRATELayer builds block='crate', but the config has block='tost'"):
+        CRATELayer(TrunkConfig(block="tost", dim=DIM, heads=HEADS))
 
 
 @pytest.mark.parametrize("variant", ["square", "alpha", "lm"])
 def test_cached_incremental_decoding_equals_full_causal_forward(variant):
     """Prefill, then one token at a time through the stack's w cache: the same Z^L as one causal
     forward over the whole sequence (the cache holds w = U LN1(z) of each layer, nothing else)."""
-    stack = randomise(CRATEStack(DIM, 3, HEADS, ista=variant, causal=True))
+    stack = randomise(CRATEStack(trunk(3, ista=variant), causal=True))
     z = torch.randn(2, 7, DIM, dtype=torch.float64)
     cache = stack.new_cache()
     with torch.no_grad():
@@ -117,8 +125,8 @@ def test_cached_incremental_decoding_equals_full_causal_forward(variant):
 
 
 def test_cache_errors():
-    stack = CRATEStack(DIM, 2, HEADS, causal=True)
+    stack = CRATEStack(trunk(2), causal=True)
     with pytest.raises(ValueError, match="cache has 3 layers, the stack 2"):
-        stack(torch.randn(1, 2, DIM), cache=CRATEStack(DIM, 3, HEADS).new_cache())
+        stack(torch.randn(1, 2, DIM), cache=CRATEStack(trunk(3)).new_cache())
     with pytest.raises(ValueError, match="needs causal MSSA"):
-        CRATEStack(DIM, 2, HEADS)(torch.randn(1, 2, DIM), cache=stack.new_cache())
+        CRATEStack(trunk(2))(torch.randn(1, 2, DIM), cache=stack.new_cache())

@@ -10,7 +10,7 @@ B, N, D, K = 2, 6, 12, 3
 
 def make(causal=False, out_bias=True, dim=D, heads=K, dim_head=None, seed=0):
     torch.manual_seed(seed)
-    m = MSSA(dim, heads, dim_head=dim_head, causal=causal, out_bias=out_bias).double().eval()
+    m = MSSA(dim, heads, dim_head=dim_head, causal=causal, out_bias=out_bias, dropout=0.0).double().eval()
     x = torch.randn(B, N, dim, dtype=torch.float64)
     return m, x
 
@@ -89,9 +89,9 @@ def test_subspaces_are_the_per_head_bases():
 
 def test_dim_not_divisible_by_heads_is_a_value_error():
     with pytest.raises(ValueError, match=r"dim=10.*heads=3"):
-        MSSA(10, 3)
+        MSSA(10, 3, out_bias=True, dropout=0.0)
     with pytest.raises(ValueError, match="heads=0"):
-        MSSA(8, 0)
+        MSSA(8, 0, out_bias=True, dropout=0.0)
 
 
 def test_bad_shapes_are_value_errors():
@@ -105,7 +105,7 @@ def test_bad_shapes_are_value_errors():
 @pytest.mark.parametrize("causal,padded", [(False, False), (True, False), (True, True)])
 def test_mssa_gradcheck(causal, padded):
     torch.manual_seed(1)
-    m = MSSA(4, 2, causal=causal).double()
+    m = MSSA(4, 2, out_bias=True, dropout=0.0, causal=causal).double()
     x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     keep = torch.tensor([[True, True, True], [True, True, False]]) if padded else None
     params = (m.U.weight, m.out.weight, m.out.bias)
@@ -128,7 +128,9 @@ def test_cached_decoding_equals_explicit_causal_softmax(chunks):
     with torch.no_grad():
         for t in chunks:
             out, attn = m(x[:, start : start + t], cache=cache, return_attention=True)
-            torch.testing.assert_close(attn, maps[:, :, start : start + t, : start + t], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(
+                attn, maps[:, :, start : start + t, : start + t], rtol=1e-10, atol=1e-12
+            )
             pieces.append(out)
             start += t
     assert cache.length == N and cache.w.shape == (B, K, N, D // K)

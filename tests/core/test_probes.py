@@ -19,7 +19,7 @@ class EncoderDecoder(nn.Module):
         self.embed = nn.Linear(5, 24)
         self.encoder = cc.build_stack(block, 24, 3, 4)
         self.norms = nn.ModuleList(nn.LayerNorm(24) for _ in range(2))
-        self.decoder = nn.ModuleList(cc.MSSA(24, 4) for _ in range(2))
+        self.decoder = nn.ModuleList(cc.MSSA(24, 4, out_bias=True, dropout=0.0) for _ in range(2))
 
     def forward(self, x):
         z = self.encoder(self.embed(x))
@@ -47,7 +47,8 @@ def test_probe_matches_direct_measurements():
             w = w / w.norm(dim=-1, keepdim=True)
             eye = torch.eye(11, dtype=torch.float64)
             want = sum(
-                0.5 * torch.logdet(eye + 6 / (11 * 0.1**2) * (w[:, k] @ w[:, k].mT).double()) for k in range(4)
+                0.5 * torch.logdet(eye + 6 / (11 * 0.1**2) * (w[:, k] @ w[:, k].mT).double())
+                for k in range(4)
             )
             torch.testing.assert_close(res["decoder"]["rc_official"][l], want)
             z = z - m(y)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from core_formulas import crate_layer_reference, half_logdet_rate
-from crate_core import CRATEStack, rate
+from crate_core import CRATEStack, TrunkConfig, rate
 
 EPS = 0.5
 
@@ -139,7 +139,7 @@ def test_official_compression_matches_direct_normalised_logdet():
 
 def test_layerwise_on_a_stack_matches_direct_computation():
     torch.manual_seed(0)
-    stack = CRATEStack(8, 3, 2).double().eval()
+    stack = CRATEStack(TrunkConfig(dim=8, depth=3, heads=2)).double().eval()
     x = torch.randn(4, 6, 8, dtype=torch.float64)
     m = rate.layerwise(stack, x, eps=EPS)
     assert set(m) >= {"rc", "rc_official", "sparsity", "code_sparsity"}

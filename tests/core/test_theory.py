@@ -33,7 +33,7 @@ def union_of_subspaces(U: torch.Tensor, per_subspace: int, scale: float, noise: 
 def true_mssa(U: torch.Tensor) -> MSSA:
     """An MSSA whose projection is [U_1 .. U_K]^T and whose output map is U_out = [U_1 .. U_K]."""
     K, d, p = U.shape
-    m = MSSA(d, K, dim_head=p, out_bias=False).double()
+    m = MSSA(d, K, dim_head=p, out_bias=False, dropout=0.0).double()
     with torch.no_grad():
         m.U.weight.copy_(torch.cat([U[k].T for k in range(K)]))  # w_k = z U_k
         m.out.weight.copy_(torch.cat([U[k] for k in range(K)], dim=1))  # U_out (d, K p)

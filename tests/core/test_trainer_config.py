@@ -97,9 +97,9 @@ def test_flop_counter_counts_ops_not_6n():
     x = torch.randn(b, i, requires_grad=True)
     flops, _ = count_flops(lambda: lin(x).sum().backward())
     assert flops == 2 * b * i * o + 2 * (2 * b * i * o)  # forward, then grad wrt input and weight
-    # ISTA forms W = I + eta (D - D^T D) every forward: 2 d^3 on top of the 2 B N d^2 token matmul
+    # ISTA forms W = I + eta (D - D^T D) every training forward: 2 d^3 on top of the 2 B N d^2 token matmul
     d, B, N = 6, 2, 5
-    ista = crate_core.ISTA(d)
+    ista = crate_core.ISTA(d, step_size=0.1, lambd=0.1)
     flops, _ = count_flops(lambda: ista(torch.randn(B, N, d)))
     assert flops == 2 * d**3 + 2 * B * N * d * d
     assert peak_flops(torch.device("cpu"), torch.float32) is None

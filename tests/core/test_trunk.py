@@ -111,13 +111,49 @@ def test_unknown_fields_and_blocks_are_named():
         TrunkConfig(ista="mlp")
     with pytest.raises(ValueError, match="depth must be positive, got depth=0"):
         TrunkConfig(depth=0)
-    # each block takes exactly its own options
-    with pytest.raises(TypeError, match="step_size"):
-        ToSTStack(8, 1, 2, step_size=0.1)
-    with pytest.raises(TypeError, match="mlp_ratio"):
-        CRATEStack(8, 1, 2, mlp_ratio=2.0)
-    with pytest.raises(ValueError, match=r"ista_steps=3 does not apply to ista='square'"):
-        CRATELayer(8, 2, ista_steps=3)
+    # each block takes the config itself, for its own block only
+    with pytest.raises(ValueError, match="ToSTStack builds block='tost', but the config has block='crate'"):
+        ToSTStack(TrunkConfig(dim=8, depth=1, heads=2))
+    with pytest.raises(ValueError, match="CRATEStack builds block='crate', but the config has block='tost'"):
+        CRATEStack(TrunkConfig(block="tost", dim=8, depth=1, heads=2))
+    with pytest.raises(TypeError, match="CRATELayer takes a crate_core.TrunkConfig"):
+        CRATELayer(8, 2)  # the old value signature
+    config = TrunkConfig(dim=8, depth=1, heads=2)
+    config.ista_steps = 3  # changed after construction: the block checks the config again
+    with pytest.raises(ValueError, match=r"ista_steps=3 does not apply to block='crate' with ista='square'"):
+        CRATELayer(config)
+
+
+def test_defaults_are_the_trunk_configs():
+    """A block built from a default TrunkConfig has TrunkConfig's values (one place for each default)."""
+    defaults = TrunkConfig(block="tost", dim=8, depth=1, heads=2)
+    assert defaults.qkv_bias and defaults.mlp_ratio == 4.0
+    block = ToSTStack(defaults).layers[0]
+    assert block.tssa.U.bias is not None and block.fc1.out_features == 32 and block.gamma1 is None
+    layer = CRATEStack(TrunkConfig(dim=8, depth=1, heads=2)).layers[0]
+    c = TrunkConfig()
+    assert (layer.ista.step_size, layer.ista.lambd, layer.norm1.eps) == (c.step_size, c.lambd, c.norm_eps)
+    assert (layer.mssa.out.bias is not None) == c.out_bias and layer.mssa.dropout == c.dropout
+
+
+def test_register_stack(monkeypatch):
+    """A builder registered for a block name of trunk.BLOCKS is what build_stack calls; a name
+    TrunkConfig does not know is refused at registration."""
+    from crate_core import stacks, trunk
+
+    monkeypatch.setattr(stacks, "_STACKS", dict(stacks._STACKS))
+    calls = []
+
+    def builder(config, causal=False, max_len=None):
+        calls.append((config.block, causal, max_len))
+        return ToSTStack(config, causal=causal, max_len=max_len)
+
+    crate_core.register_stack("tost", builder)
+    stack = build_stack(TrunkConfig(block="tost", dim=8, depth=1, heads=2), causal=True, max_len=4)
+    assert isinstance(stack, ToSTStack) and calls == [("tost", True, 4)]
+    assert "tost" in trunk.BLOCKS
+    with pytest.raises(ValueError, match=r"block 'myblock' is not in crate_core.trunk.BLOCKS"):
+        crate_core.register_stack("myblock", builder)
 
 
 def test_build_stack_checks_its_input():

@@ -17,7 +17,7 @@ UV = shutil.which("uv")
 
 CHECK = """
 import crate_core, crate_text, torch
-out = crate_core.MSSA(8, 2)(torch.randn(1, 3, 8))
+out = crate_core.MSSA(8, 2, out_bias=True, dropout=0.0)(torch.randn(1, 3, 8))
 assert out.shape == (1, 3, 8), out.shape
 print(crate_core.__version__, crate_text.__file__)
 """

@@ -4,8 +4,10 @@ Square block (official CRATE): one non-negative proximal-gradient step on
     lambda ||a||_1 + 1/2 ||u - a D^T||^2,  a >= 0,  warm-started at a = u,
     ISTA(u) = ReLU(u + eta (u D - u D^T D) - eta lambda)        (D is d x d)
 (column form ReLU(u + eta D^T (u - D u) - eta lambda)). There is no residual around it.
-Since u D - u D^T D = u (D - D^T D), the forward forms W = I + eta (D - D^T D) once and
-does a single (d x d) matmul per token.
+Since u D - u D^T D = u (D - D^T D), the forward forms the operator W = I + eta (D - D^T D)
+once and does a single (d x d) matmul per token. W depends only on D and eta, so in eval mode
+(when no gradient to D is wanted) ``ISTA`` keeps it between forwards (``ISTA.operator``) and forms
+it again only when D changes.
 
 Overcomplete block (CRATE-alpha, CRATE-LM): D is d x m (m = ratio * d), T steps from a = 0,
     a_1 = ReLU(eta u D - eta lambda)
@@ -22,6 +24,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 
 def _kaiming(shape: tuple[int, int]) -> nn.Parameter:
@@ -43,13 +46,22 @@ def check_last_dim(u: torch.Tensor, dim: int, name: str) -> None:
         raise ValueError(f"{name} expects last dimension {dim}, got {tuple(u.shape)}")
 
 
-def square_ista(u: torch.Tensor, D: torch.Tensor, eta: float, lambd: float) -> torch.Tensor:
-    """ReLU(u + eta (u D - u D^T D) - eta lambda), by the cheaper of two orders (a torch.fx leaf: the
+def ista_operator(D: torch.Tensor, eta: float) -> torch.Tensor:
+    """W = I + eta (D - D^T D), (d x d): u W = u + eta (u D - u D^T D)."""
+    return torch.eye(D.shape[0], device=D.device, dtype=D.dtype) + eta * (D - D.t() @ D)
+
+
+def square_ista(
+    u: torch.Tensor, D: torch.Tensor, eta: float, lambd: float, W: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ReLU(u + eta (u D - u D^T D) - eta lambda). With the operator W = ista_operator(D, eta) given,
+    one matmul ReLU(u W - eta lambda); without it, the cheaper of two orders (a torch.fx leaf: the
     choice reads the token count)."""
-    dim = D.shape[0]
-    if 2 * (u.numel() // dim) < dim:  # few tokens (e.g. decoding): 3 N d^2 < d^3 + N d^2
-        return F.relu(u + eta * (u @ D - (u @ D.t()) @ D) - eta * lambd)
-    W = torch.eye(dim, device=D.device, dtype=D.dtype) + eta * (D - D.t() @ D)
+    if W is None:
+        dim = D.shape[0]
+        if 2 * (u.numel() // dim) < dim:  # few tokens (e.g. decoding): 3 N d^2 < d^3 + N d^2
+            return F.relu(u + eta * (u @ D - (u @ D.t()) @ D) - eta * lambd)
+        W = ista_operator(D, eta)
     return F.relu(u @ W - eta * lambd)
 
 
@@ -58,18 +70,67 @@ torch.fx.wrap("square_ista")
 
 
 class ISTA(nn.Module):
-    """Official square-dictionary ISTA step: ReLU(u + eta (u D - u D^T D) - eta lambda)."""
+    """Official square-dictionary ISTA step: ReLU(u + eta (u D - u D^T D) - eta lambda).
 
-    def __init__(self, dim: int, step_size: float = 0.1, lambd: float = 0.1):
+    The operator W = I + eta (D - D^T D) is cached between forwards only when that cannot change a
+    result or a gradient: in eval mode, with no gradient to D being recorded, outside torch.compile,
+    torch.fx tracing and TorchScript. The cache is keyed on D itself (the object, its storage,
+    dtype, device and in-place version counter, which optimizer steps, ``load_state_dict`` and
+    ``nn.init`` under no_grad all advance), on eta and on the autocast dtype (W is kept already cast
+    to it), and dropped by ``train()``. An edit through
+    ``D.data`` bypasses the version counter: call ``clear_cache()`` after one."""
+
+    __jit_ignored_attributes__ = ["_operator_cache"]
+
+    def __init__(self, dim: int, *, step_size: float, lambd: float):
         super().__init__()
         _check(step_size, lambd)
         self.dim, self.step_size, self.lambd = dim, step_size, lambd
         self.D = _kaiming((dim, dim))
+        self._operator_cache: tuple | None = None
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        W: torch.Tensor | None = None
         if not torch.jit.is_scripting():
             check_last_dim(u, self.dim, "ISTA")
-        return square_ista(u, self.D, self.step_size, self.lambd)
+            W = self.operator()
+        return square_ista(u, self.D, self.step_size, self.lambd, W)
+
+    @torch.jit.unused
+    def operator(self) -> torch.Tensor | None:
+        """The cached W = I + eta (D - D^T D) when caching is safe (see the class docstring), else None
+        (the forward then forms it, or skips it for a few tokens)."""
+        if is_fx_symbolic_tracing() or torch.compiler.is_compiling() or self.training:
+            return None
+        D = self.D
+        if (
+            torch.is_grad_enabled() and D.requires_grad
+        ) or D.is_inference():  # inference tensors have no version
+            return None
+        device = D.device.type
+        # under autocast the matmul u @ W casts W to the autocast dtype: keep it cast once
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else D.dtype
+        key = (
+            D._version,
+            D.data_ptr(),
+            D.dtype,
+            D.device,
+            dtype,
+            self.step_size,
+            torch.is_inference_mode_enabled(),
+        )
+        cache = self._operator_cache
+        if cache is None or cache[0] is not D or cache[1] != key:
+            with torch.no_grad():
+                cache = self._operator_cache = (D, key, ista_operator(D, self.step_size).to(dtype))
+        return cache[2]
+
+    def clear_cache(self) -> None:
+        self._operator_cache = None
+
+    def train(self, mode: bool = True) -> ISTA:
+        self.clear_cache()
+        return super().train(mode)
 
     def codes(self, u: torch.Tensor) -> torch.Tensor:
         """The sparse code (for the square block it is the output itself)."""
@@ -81,21 +142,14 @@ class ISTA(nn.Module):
 
 
 class OvercompleteISTA(nn.Module):
-    """T-step ISTA over an overcomplete dictionary D (d x ratio*d), from a = 0.
+    """T-step ISTA over an overcomplete dictionary D (d x ratio*d), from a = 0. Every value is given
+    (no defaults here: a CRATE trunk takes them from its TrunkConfig).
 
     tied=False: CRATE-alpha, decoded with a separate D1 (the layer adds a residual).
     tied=True: CRATE-LM, decoded with D itself (no residual).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        ratio: int = 4,
-        steps: int = 2,
-        step_size: float = 0.1,
-        lambd: float = 0.1,
-        tied: bool = False,
-    ):
+    def __init__(self, dim: int, *, ratio: int, steps: int, step_size: float, lambd: float, tied: bool):
         super().__init__()
         _check(step_size, lambd)
         if ratio < 1 or steps < 1:

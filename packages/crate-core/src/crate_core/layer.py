@@ -3,7 +3,7 @@
 One layer is one step of alternating minimisation of the sparse rate reduction:
     z_half = z + MSSA(LN1(z))                  compress against K learned subspaces
     z_next = ISTA(LN2(z_half))                 sparsify against a learned dictionary
-The ISTA variant is chosen by configuration:
+The ISTA variant is chosen by the TrunkConfig field ``ista`` (crate_core.trunk.ISTA_VARIANTS):
     "square": official CRATE, D is d x d, no residual
     "alpha":  CRATE-alpha, overcomplete D and decoupled D1, z_next = z_half + D1 a
     "lm":     CRATE-LM, overcomplete D, tied decoder, no residual
@@ -14,18 +14,13 @@ w = U LN1(z) (``WCache``) runs through the same forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .ista import ISTA, OvercompleteISTA
 from .mssa import MSSA, PastW
-
-if TYPE_CHECKING:
-    from .trunk import TrunkConfig
-
-ISTA_VARIANTS = ("square", "alpha", "lm")
+from .trunk import TrunkConfig, require_block
 
 
 @dataclass
@@ -78,46 +73,31 @@ class WCache:
 class CRATELayer(nn.Module):
     """z_half = z + MSSA(LN1 z); z_next = ISTA(LN2 z_half) (+ z_half for CRATE-alpha).
 
-    overcomplete (ratio m/d) and ista_steps belong to the overcomplete variants ("alpha", "lm");
-    with ista="square" they must keep their defaults."""
+    Reads its fields from ``config`` (a ``TrunkConfig`` with block="crate"): dim, heads, dim_head,
+    out_bias, dropout, norm_eps, the ISTA variant ``ista`` with step_size and lambd, and for the
+    overcomplete variants ("alpha", "lm") overcomplete (ratio m/d) and ista_steps. ``causal``:
+    token i attends only to tokens j <= i (a property of the model, not of the trunk config)."""
 
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        dim_head: int | None = None,
-        causal: bool = False,
-        out_bias: bool = True,
-        ista: str = "square",
-        step_size: float = 0.1,
-        lambd: float = 0.1,
-        overcomplete: int = 4,
-        ista_steps: int = 2,
-        dropout: float = 0.0,
-        norm_eps: float = 1e-5,
-    ):
+    def __init__(self, config: TrunkConfig, causal: bool = False):
         super().__init__()
-        if ista not in ISTA_VARIANTS:
-            raise ValueError(f"ista must be one of {ISTA_VARIANTS}, got ista={ista!r}")
-        if ista == "square" and (overcomplete, ista_steps) != (4, 2):
-            name, value = ("overcomplete", overcomplete) if overcomplete != 4 else ("ista_steps", ista_steps)
-            raise ValueError(f"{name}={value} does not apply to ista='square' (only to 'alpha' and 'lm')")
-        self.variant = ista
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mssa = MSSA(dim, heads, dim_head, causal=causal, out_bias=out_bias, dropout=dropout)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        if ista == "square":
-            self.ista = ISTA(dim, step_size=step_size, lambd=lambd)
+        require_block(config, "crate", "CRATELayer")
+        c = config
+        self.variant = c.ista
+        self.norm1 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.mssa = MSSA(c.dim, c.heads, c.dim_head, causal=causal, out_bias=c.out_bias, dropout=c.dropout)
+        self.norm2 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        if c.ista == "square":
+            self.ista = ISTA(c.dim, step_size=c.step_size, lambd=c.lambd)
         else:
             self.ista = OvercompleteISTA(
-                dim,
-                ratio=overcomplete,
-                steps=ista_steps,
-                step_size=step_size,
-                lambd=lambd,
-                tied=(ista == "lm"),
+                c.dim,
+                ratio=c.overcomplete,
+                steps=c.ista_steps,
+                step_size=c.step_size,
+                lambd=c.lambd,
+                tied=(c.ista == "lm"),
             )
-        self.residual_ista = ista == "alpha"
+        self.residual_ista = c.ista == "alpha"
 
     def sparsify(self, z_half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ISTA half: codes = ISTA(LN2 z_half); z_next = decode(codes) (+ z_half for CRATE-alpha)."""
@@ -154,67 +134,18 @@ class CRATELayer(nn.Module):
 
 
 class CRATEStack(nn.Module):
-    """``depth`` CRATE layers with the same options (see CRATELayer)."""
+    """``config.depth`` CRATE layers built from one ``TrunkConfig`` (block="crate"; see CRATELayer).
+
+    ``max_len`` is accepted for the common stack signature of ``crate_core.build_stack`` and not
+    used: MSSA takes sequences of any length."""
 
     supports_cache = True  # incremental causal decoding with a WCache
 
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        heads: int,
-        dim_head: int | None = None,
-        causal: bool = False,
-        out_bias: bool = True,
-        ista: str = "square",
-        step_size: float = 0.1,
-        lambd: float = 0.1,
-        overcomplete: int = 4,
-        ista_steps: int = 2,
-        dropout: float = 0.0,
-        norm_eps: float = 1e-5,
-    ):
+    def __init__(self, config: TrunkConfig, causal: bool = False, max_len: int | None = None):
         super().__init__()
-        if depth <= 0:
-            raise ValueError(f"depth must be positive, got depth={depth}")
-        self.dim, self.depth, self.heads = dim, depth, heads
-        self.layers = nn.ModuleList(
-            CRATELayer(
-                dim,
-                heads,
-                dim_head=dim_head,
-                causal=causal,
-                out_bias=out_bias,
-                ista=ista,
-                step_size=step_size,
-                lambd=lambd,
-                overcomplete=overcomplete,
-                ista_steps=ista_steps,
-                dropout=dropout,
-                norm_eps=norm_eps,
-            )
-            for _ in range(depth)
-        )
-
-    @classmethod
-    def from_trunk(cls, trunk: TrunkConfig, causal: bool = False, max_len: int | None = None) -> CRATEStack:
-        """The stack a ``crate_core.TrunkConfig`` with block="crate" describes (MSSA takes any
-        length, so ``max_len`` is not needed)."""
-        return cls(
-            trunk.dim,
-            trunk.depth,
-            trunk.heads,
-            dim_head=trunk.dim_head,
-            causal=causal,
-            out_bias=trunk.out_bias,
-            ista=trunk.ista,
-            step_size=trunk.step_size,
-            lambd=trunk.lambd,
-            overcomplete=trunk.overcomplete,
-            ista_steps=trunk.ista_steps,
-            dropout=trunk.dropout,
-            norm_eps=trunk.norm_eps,
-        )
+        require_block(config, "crate", "CRATEStack")
+        self.dim, self.depth, self.heads = config.dim, config.depth, config.heads
+        self.layers = nn.ModuleList(CRATELayer(config, causal=causal) for _ in range(config.depth))
 
     def new_cache(self) -> WCache:
         return WCache(len(self.layers))

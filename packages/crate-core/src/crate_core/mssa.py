@@ -113,13 +113,14 @@ class SubspaceHeads(nn.Module):
 class MSSA(SubspaceHeads):
     """Multi-head subspace self-attention with a tied q = k = v projection.
 
-    Args:
+    Args (the model's values, ``out_bias`` and ``dropout``, have no defaults here: a CRATE trunk
+    takes them from its TrunkConfig):
         dim: token width d.
         heads: number of subspaces K.
-        dim_head: subspace dimension p (default d / K).
-        causal: query i attends only to keys j <= i.
+        dim_head: subspace dimension p (None: d / K).
         out_bias: bias in the output projection (official CRATE: yes; CRATE-alpha, CRATE-BERT: no).
         dropout: attention-probability and output dropout during training.
+        causal: query i attends only to keys j <= i.
     """
 
     def __init__(
@@ -127,9 +128,10 @@ class MSSA(SubspaceHeads):
         dim: int,
         heads: int,
         dim_head: int | None = None,
+        *,
+        out_bias: bool,
+        dropout: float,
         causal: bool = False,
-        out_bias: bool = True,
-        dropout: float = 0.0,
     ):
         super().__init__()
         self.dim, self.heads = dim, heads
@@ -185,7 +187,9 @@ class MSSA(SubspaceHeads):
         if return_attention:
             scores = (w @ keys.transpose(-2, -1)) / math.sqrt(self.dim_head)
             if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+                scores = (
+                    scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+                )
             attn = scores.softmax(dim=-1)
             o = F.dropout(attn, p_drop, self.training) @ keys
         else:

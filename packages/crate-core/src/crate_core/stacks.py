@@ -2,36 +2,38 @@
 (or a family config inheriting it) describes, so its ``block`` field swaps the layer type
 without copying models.
 
-Each block kind maps to a builder ``builder(trunk, causal, max_len)`` that reads the block's own
-fields by name (``CRATEStack.from_trunk``, ``ToSTStack.from_trunk``). Every stack takes
-(B, N, d) tokens and has the CRATEStack call signature
-``stack(x, attn_mask=None, return_intermediates=False, return_attention=False)``.
+Each block name of ``crate_core.trunk.BLOCKS`` maps to a builder ``builder(trunk, causal=...,
+max_len=...)``, by default the stack class itself (``CRATEStack``, ``ToSTStack``), which reads the
+block's own fields from the config. Every stack takes (B, N, d) tokens and has the CRATEStack call
+signature ``stack(x, attn_mask=None, return_intermediates=False, return_attention=False)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from .layer import CRATEStack
 from .tost import ToSTStack
-
-if TYPE_CHECKING:
-    from .trunk import TrunkConfig
+from .trunk import BLOCKS, TRUNK_FIELDS, TrunkConfig, check_trunk
 
 Builder = Callable[..., nn.Module]  # (trunk, causal=..., max_len=...) -> stack
-_STACKS: dict[str, Builder] = {"crate": CRATEStack.from_trunk, "tost": ToSTStack.from_trunk}
+_STACKS: dict[str, Builder] = {"crate": CRATEStack, "tost": ToSTStack}
 
 
 def register_stack(block: str, builder: Builder) -> None:
-    """Make ``build_stack`` call ``builder(trunk, causal=..., max_len=...)`` for ``block``; the
-    block's fields must be TrunkConfig fields whose metadata names it."""
+    """Make ``build_stack`` call ``builder(trunk, causal=..., max_len=...)`` for ``block``, a name
+    of ``crate_core.trunk.BLOCKS`` (the block's fields are TrunkConfig fields whose metadata names it)."""
+    if block not in BLOCKS:
+        raise ValueError(
+            f"block {block!r} is not in crate_core.trunk.BLOCKS {list(BLOCKS)}; add it there first"
+        )
     _STACKS[block] = builder
 
 
 def known_blocks() -> list[str]:
+    """The block names that have a builder."""
     return sorted(_STACKS)
 
 
@@ -43,8 +45,6 @@ def build_stack(
 
     Short form for tests and scripts: ``build_stack(block, dim, depth, heads, **fields)`` makes
     ``TrunkConfig(block=block, dim=..., **fields)`` first (unknown or inapplicable fields raise)."""
-    from .trunk import TRUNK_FIELDS, TrunkConfig, check_trunk
-
     if isinstance(trunk, str):
         if len(shape) != 3:
             raise TypeError(f"build_stack({trunk!r}, dim, depth, heads, ...) needs 3 sizes, got {len(shape)}")
@@ -57,4 +57,6 @@ def build_stack(
     elif shape or fields:
         raise TypeError("build_stack(trunk_config, causal=..., max_len=...) takes no other arguments")
     check_trunk(trunk)  # again: the config may have been changed since it was made
+    if trunk.block not in _STACKS:
+        raise ValueError(f"no stack is registered for block {trunk.block!r} (crate_core.register_stack)")
     return _STACKS[trunk.block](trunk, causal=causal, max_len=max_len)

@@ -30,18 +30,13 @@ their outputs are zero before the output projection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from .layer import LayerOutputs
 from .mssa import SubspaceHeads, check_heads
-
-if TYPE_CHECKING:
-    from .trunk import TrunkConfig
+from .trunk import TrunkConfig, require_block
 
 
 def _tiny(t: torch.Tensor) -> float:
@@ -103,28 +98,30 @@ def token_statistics(
 class TSSA(SubspaceHeads):
     """Token Statistics Self-Attention (linear in the number of tokens).
 
-    Args:
+    Args (the model's values, ``qkv_bias`` and ``dropout``, have no defaults here: a ToST trunk
+    takes them from its TrunkConfig):
         dim: token width d.
         heads: number of subspaces K.
-        causal: token i uses only the statistics of tokens j <= i (running cumulative sums).
-        dim_head: per-head width p (default d / K).
+        dim_head: per-head width p (None: d / K).
         qkv_bias: bias in the projection U (the official ToST presets use one).
+        dropout: output dropout during training.
+        causal: token i uses only the statistics of tokens j <= i (running cumulative sums).
         max_len: longest sequence accepted (None = any length); longer input raises ValueError.
             A causal TSSA with max_len also learns the official per-head, per-position bias b
             (init 0) on the membership scores, tau_k * (sum_j w_hat_ij^2 + b_ki): early tokens'
             running norms cover few tokens, and b lets the model recalibrate them.
-        dropout: output dropout during training.
     """
 
     def __init__(
         self,
         dim: int,
         heads: int,
-        causal: bool = False,
         dim_head: int | None = None,
-        qkv_bias: bool = False,
+        *,
+        qkv_bias: bool,
+        dropout: float,
+        causal: bool = False,
         max_len: int | None = None,
-        dropout: float = 0.0,
     ):
         super().__init__()
         self.dim, self.heads = dim, heads
@@ -161,45 +158,39 @@ class TSSA(SubspaceHeads):
         ws = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
         pi, moment = token_statistics(ws, self.temperature, mask, self.causal, bias)
         o = (-pi[..., None] * ws / (1.0 + moment)).to(w.dtype)
-        out = self.out_drop(self.out(rearrange(o, "b k n p -> b n (k p)")))
+        out = self.out_drop(self.out(o.transpose(1, 2).flatten(2)))  # concat_k o_k: (B, N, K*p)
         return (out, pi) if return_memberships else out
 
 
 class ToSTBlock(nn.Module):
     """z_half = z + gamma1 * TSSA(LN1 z); z_next = z_half + gamma2 * MLP(LN2 z_half).
 
-    MLP: Linear(d, r*d) -> GELU -> Linear(r*d, d). ``layerscale`` None = no scaling,
-    a float = learnable per-channel gammas initialised to that value (ToST: 1.0 for 12
-    layers, 1e-5 for 24)."""
+    Reads its fields from ``config`` (a ``TrunkConfig`` with block="tost"): dim, heads, dim_head,
+    qkv_bias, dropout, norm_eps, mlp_ratio and layerscale. MLP: Linear(d, r*d) -> GELU ->
+    Linear(r*d, d). ``layerscale`` None = no scaling, a float = learnable per-channel gammas
+    initialised to that value (ToST: 1.0 for 12 layers, 1e-5 for 24). ``causal`` and ``max_len``
+    are the model's (see TSSA)."""
 
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        causal: bool = False,
-        dim_head: int | None = None,
-        qkv_bias: bool = True,
-        max_len: int | None = None,
-        mlp_ratio: float = 4.0,
-        layerscale: float | None = None,
-        dropout: float = 0.0,
-        norm_eps: float = 1e-5,
-    ):
+    def __init__(self, config: TrunkConfig, causal: bool = False, max_len: int | None = None):
         super().__init__()
-        hidden = int(round(dim * mlp_ratio))
+        require_block(config, "tost", "ToSTBlock")
+        c = config
+        hidden = int(round(c.dim * c.mlp_ratio))
         if hidden <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got mlp_ratio={mlp_ratio}")
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.tssa = TSSA(dim, heads, causal, dim_head, qkv_bias, max_len, dropout)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.mlp_drop = nn.Dropout(dropout)
-        if layerscale is None:
+            raise ValueError(f"mlp_ratio must be positive, got mlp_ratio={c.mlp_ratio}")
+        self.norm1 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.tssa = TSSA(
+            c.dim, c.heads, c.dim_head, qkv_bias=c.qkv_bias, dropout=c.dropout, causal=causal, max_len=max_len
+        )
+        self.norm2 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.fc1 = nn.Linear(c.dim, hidden)
+        self.fc2 = nn.Linear(hidden, c.dim)
+        self.mlp_drop = nn.Dropout(c.dropout)
+        if c.layerscale is None:
             self.gamma1 = self.gamma2 = None
         else:
-            self.gamma1 = nn.Parameter(torch.full((dim,), float(layerscale)))
-            self.gamma2 = nn.Parameter(torch.full((dim,), float(layerscale)))
+            self.gamma1 = nn.Parameter(torch.full((c.dim,), float(c.layerscale)))
+            self.gamma2 = nn.Parameter(torch.full((c.dim,), float(c.layerscale)))
 
     def forward(
         self, z: torch.Tensor, attn_mask: torch.Tensor | None = None, return_intermediates: bool = False
@@ -217,54 +208,18 @@ class ToSTBlock(nn.Module):
 
 
 class ToSTStack(nn.Module):
-    """``depth`` ToST blocks, with the CRATEStack call signature.
-
-    Takes exactly the ToST block's options (see ToSTBlock); qkv_bias defaults to True as in the
-    ToST presets. Built from a ``crate_core.TrunkConfig`` by ``from_trunk``."""
+    """``config.depth`` ToST blocks built from one ``TrunkConfig`` (block="tost"; see ToSTBlock),
+    with the CRATEStack call signature. ``max_len``: the longest sequence the model feeds (a
+    causal stack learns a position bias up to it)."""
 
     supports_cache = False
 
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        heads: int,
-        causal: bool = False,
-        dropout: float = 0.0,
-        mlp_ratio: float = 4.0,
-        layerscale: float | None = None,
-        dim_head: int | None = None,
-        norm_eps: float = 1e-5,
-        qkv_bias: bool = True,
-        max_len: int | None = None,
-    ):
+    def __init__(self, config: TrunkConfig, causal: bool = False, max_len: int | None = None):
         super().__init__()
-        if depth <= 0:
-            raise ValueError(f"depth must be positive, got depth={depth}")
-        self.dim, self.depth, self.heads = dim, depth, heads
+        require_block(config, "tost", "ToSTStack")
+        self.dim, self.depth, self.heads = config.dim, config.depth, config.heads
         self.layers = nn.ModuleList(
-            ToSTBlock(
-                dim, heads, causal, dim_head, qkv_bias, max_len, mlp_ratio, layerscale, dropout, norm_eps
-            )
-            for _ in range(depth)
-        )
-
-    @classmethod
-    def from_trunk(cls, trunk: TrunkConfig, causal: bool = False, max_len: int | None = None) -> ToSTStack:
-        """The stack a ``crate_core.TrunkConfig`` with block="tost" describes; ``max_len`` is the
-        longest sequence the model feeds (a causal stack learns a position bias up to it)."""
-        return cls(
-            trunk.dim,
-            trunk.depth,
-            trunk.heads,
-            causal=causal,
-            dropout=trunk.dropout,
-            mlp_ratio=trunk.mlp_ratio,
-            layerscale=trunk.layerscale,
-            dim_head=trunk.dim_head,
-            norm_eps=trunk.norm_eps,
-            qkv_bias=trunk.qkv_bias,
-            max_len=max_len,
+            ToSTBlock(config, causal=causal, max_len=max_len) for _ in range(config.depth)
         )
 
     def forward(

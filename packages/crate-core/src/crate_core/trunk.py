@@ -8,14 +8,18 @@ reaches the layer through named calls, e.g. ``tools/train_vision.py --set step_s
     crate_core.registry.get_config                  dataclasses.replace(preset config, step_size=0.2):
       TrunkConfig.__post_init__ -> check_trunk      the field exists and applies to config.block
     CRATEClassifier(config)                         crate_core.build_stack(config) (crate_core.stacks)
-    CRATEStack.from_trunk -> CRATEStack(...)        step_size=trunk.step_size
-      -> CRATELayer(..., step_size=...)             (crate_core.layer)
+    CRATEStack(config) -> CRATELayer(config)        (crate_core.layer) reads config.step_size
       -> ISTA(dim, step_size=..., lambd=...)        ReLU(u + eta (u D - u D^T D) - eta lambda)
 
 Each field's metadata names the blocks that read it (``blocks``; absent = every block) and, for
 the CRATE block, the ISTA variants (``ista``). A field that does not apply to the chosen block
 (or variant) must keep its default (the family config's default): anything else is an error
 naming the field, so ``step_size`` given to a ToST trunk is never silently ignored.
+
+This module is the config alone: it imports nothing from the package. It owns the block names
+(``BLOCKS``) and the ISTA variants (``ISTA_VARIANTS``); ``crate_core.stacks`` maps each block
+name to the stack class that builds it, and the blocks (``CRATEStack``, ``ToSTStack``) take the
+config itself, so every default is written once, here.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .layer import ISTA_VARIANTS
-from .stacks import known_blocks
+BLOCKS = ("crate", "tost")  # a new block adds its name here and its fields below (ARCHITECTURE.md)
+ISTA_VARIANTS = ("square", "alpha", "lm")  # crate_core.layer.CRATELayer builds each
 
 _CRATE = {"blocks": ("crate",)}
 _OVERCOMPLETE = {"blocks": ("crate",), "ista": ("alpha", "lm")}
@@ -75,9 +79,8 @@ def block_fields(block: str, ista: str = "square") -> list[str]:
 def check_trunk(config: TrunkConfig) -> None:
     """Raise ValueError naming the first trunk field that is invalid or set (away from the
     config class's default) for a block or ISTA variant that does not read it."""
-    blocks = known_blocks()
-    if config.block not in blocks:
-        raise ValueError(f"unknown block {config.block!r}; known blocks: {blocks}")
+    if config.block not in BLOCKS:
+        raise ValueError(f"unknown block {config.block!r}; known blocks: {list(BLOCKS)}")
     for name in ("dim", "depth", "heads"):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {name}={getattr(config, name)}")
@@ -95,3 +98,14 @@ def check_trunk(config: TrunkConfig) -> None:
             f"{name}={value!r} does not apply to {where} (it reads {block_fields(config.block, config.ista)}); "
             f"leave {name} at its default {defaults[name]!r}"
         )
+
+
+def require_block(config: TrunkConfig, block: str, who: str) -> None:
+    """Raise unless ``config`` is a valid TrunkConfig for ``block`` (what the class ``who`` builds)."""
+    if not isinstance(config, TrunkConfig):
+        raise TypeError(
+            f"{who} takes a crate_core.TrunkConfig (or a family config inheriting it), got {type(config).__name__}"
+        )
+    if config.block != block:
+        raise ValueError(f"{who} builds block={block!r}, but the config has block={config.block!r}")
+    check_trunk(config)
