@@ -1,20 +1,9 @@
 """tools/pretrain_mae.py and tools/linear_probe.py end to end on a tiny model (CPU, seconds)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +11,9 @@ def _no_wandb(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
-def test_pretrain_then_probe(tmp_path):
+def test_pretrain_then_probe(tmp_path, tool):
     run = tmp_path / "run"
-    result = _tool("pretrain_mae").main(
+    result = tool("pretrain_mae").main(
         [
             "--model",
             "crate-mae-tiny-test",
@@ -62,7 +51,7 @@ def test_pretrain_then_probe(tmp_path):
     assert final["mse01"] == pytest.approx(0.25 * final["mse"], rel=1e-4)
     assert result["history"][0]["loss"] > 0
 
-    probe = _tool("linear_probe").main(
+    probe = tool("linear_probe").main(
         [
             "--checkpoint",
             str(run / "final"),
@@ -84,6 +73,6 @@ def test_pretrain_then_probe(tmp_path):
     assert json.loads((tmp_path / "probe.json").read_text())["pool"] == "cls"
 
 
-def test_probe_tool_bad_checkpoint(tmp_path):
+def test_probe_tool_bad_checkpoint(tmp_path, tool):
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        _tool("linear_probe").main(["--checkpoint", str(tmp_path / "nope")])
+        tool("linear_probe").main(["--checkpoint", str(tmp_path / "nope")])

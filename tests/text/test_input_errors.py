@@ -1,13 +1,8 @@
 """Issue 17: text preparation names a binary or non-UTF-8 input file; the neuron viewer's --overwrite
 writes over its own output and deletes nothing else."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from crate_text.prepare import check_text_file, local_files
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_binary_and_non_utf8_text_inputs_are_named(tmp_path):
@@ -27,17 +22,15 @@ def test_binary_and_non_utf8_text_inputs_are_named(tmp_path):
     check_text_file(cut, probe=10)
 
 
-def test_neuron_viewer_overwrite_keeps_other_files(tmp_path):
-    spec = importlib.util.spec_from_file_location("neurons_tool", ROOT / "tools" / "neurons.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_neuron_viewer_overwrite_keeps_other_files(tmp_path, tool):
+    neurons = tool("neurons")
     out = tmp_path / "viewer"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="exists; pass --overwrite"):
-        tool.prepare_out(out, overwrite=False)
-    tool.prepare_out(out, overwrite=True)
+        neurons.prepare_out(out, overwrite=False)
+    neurons.prepare_out(out, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is not a folder"):
-        tool.prepare_out(tmp_path / "file", overwrite=True)
+        neurons.prepare_out(tmp_path / "file", overwrite=True)

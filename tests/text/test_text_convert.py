@@ -183,10 +183,7 @@ def test_command_line(tmp_path, capsys):
     assert e.value.code == 0 and "CRATE-LM" in capsys.readouterr().out
 
 
-def test_eval_lm_reads_an_official_file(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
+def test_eval_lm_reads_an_official_file(tmp_path, tool):
     from crate_text import get_tokenizer, write_tokens
 
     sd = official_state("overcomplete", vocab=50304)  # GPT-2 vocabulary padded, as crate-lm trains it
@@ -194,10 +191,7 @@ def test_eval_lm_reads_an_official_file(tmp_path):
     ids = torch.randint(0, 50257, (33,), generator=torch.Generator().manual_seed(3))
     tok = get_tokenizer("gpt2")
     write_tokens(tmp_path / "val.bin", ids.numpy().astype("uint16"), tok.name, tok.n_ids)
-    spec = importlib.util.spec_from_file_location("tool_eval_lm", Path(__file__).parents[2] / "tools" / "eval_lm.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    res = tool.main(["--model", str(src), "--data", str(tmp_path / "val.bin"), "--device", "cpu"])
+    res = tool("eval_lm").main(["--model", str(src), "--data", str(tmp_path / "val.bin"), "--device", "cpu"])
     windows = ids[:32].view(2, 16), ids[1:33].view(2, 16)  # two windows of 16 predictions each
     logits = official_forward(sd, windows[0], K, "overcomplete")
     ref = F.cross_entropy(logits.flatten(0, 1), windows[1].flatten()).item()

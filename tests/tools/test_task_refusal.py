@@ -1,9 +1,6 @@
 """Every installed preset declares its registry task, and each training tool refuses a model of
 another task with one line, before any data, trainer or process group is set up."""
 
-import importlib.util
-from pathlib import Path
-
 import crate_core
 import crate_core.train
 import crate_mae  # noqa: F401  registers presets
@@ -11,15 +8,6 @@ import crate_text  # noqa: F401
 import crate_vision  # noqa: F401
 import pytest
 from crate_core import registry
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"task_tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_every_installed_preset_declares_its_task():
@@ -35,7 +23,7 @@ def test_every_installed_preset_declares_its_task():
 
 
 @pytest.mark.parametrize(
-    "tool, model, task, expected",
+    "name, model, task, expected",
     [
         ("train_vision", "crate-gpt-nano", "causal-lm", "classify"),
         ("pretrain_mae", "crate-mini-shapes", "classify", "mae"),
@@ -44,11 +32,11 @@ def test_every_installed_preset_declares_its_task():
         ("pretrain_bert", "crate-bert-nano-cls", "text-classify", "masked-lm"),
     ],
 )
-def test_tool_refuses_a_model_of_another_task(tool, model, task, expected, monkeypatch, tmp_path):
+def test_tool_refuses_a_model_of_another_task(name, model, task, expected, monkeypatch, tmp_path, tool):
     def no_trainer(*args, **kwargs):
         raise AssertionError("the trainer was built for a model of the wrong task")
 
-    mod = load_tool(tool)
+    mod = tool(name)
     monkeypatch.setattr(crate_core.train, "Trainer", no_trainer)
     if hasattr(mod, "Trainer"):
         monkeypatch.setattr(mod, "Trainer", no_trainer)

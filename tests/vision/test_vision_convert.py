@@ -334,16 +334,11 @@ def test_one_line_errors_and_protected_destination(tmp_path, capsys):
     assert a_file.read_text() == "x"
 
 
-def test_segment_overlay_accepts_the_demo_checkpoint(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
+def test_segment_overlay_accepts_the_demo_checkpoint(tmp_path, tool):
     import numpy as np
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("tool_segment", Path(__file__).parents[2] / "tools" / "segment.py")
-    seg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seg)
+    seg = tool("segment")
     torch.save({"model": official_demo_state()}, tmp_path / "crate-demo.pth")
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photo)

@@ -1,21 +1,10 @@
 """End-to-end runs of the vision tools at test size: train -> eval -> fine-tune -> segment; convert."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import crate_core
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +17,8 @@ COMMON = ["--steps", "3", "--micro-batch", "8", "--eval-batches", "1", "--log-ev
           "--progress", "off", "--warmup-steps", "1"]
 
 
-def test_train_eval_finetune_segment(tmp_path):
-    train = load_tool("train_vision")
+def test_train_eval_finetune_segment(tmp_path, tool):
+    train = tool("train_vision")
     out = tmp_path / "run"
     summary = train.main(["--model", "crate-tiny-test", "--train-size", "32", "--eval-size", "24",
                           "--out-dir", str(out), *COMMON])
@@ -40,7 +29,7 @@ def test_train_eval_finetune_segment(tmp_path):
     model = crate_core.from_pretrained(out / "final")
     assert model.config.num_classes == 6
 
-    evaluation = load_tool("eval_vision").main([str(out / "final"), "--size", "24", "--json", str(tmp_path / "e.json")])
+    evaluation = tool("eval_vision").main([str(out / "final"), "--size", "24", "--json", str(tmp_path / "e.json")])
     assert evaluation["n"] == 24 and (tmp_path / "e.json").is_file()
 
     # fine-tune on the MNIST subset at another image size: new 10-class head, positions resampled
@@ -51,7 +40,7 @@ def test_train_eval_finetune_segment(tmp_path):
     assert tuned.config.num_classes == 10 and tuned.config.image_size == 48
     assert torch.equal(tuned.trunk.layers[0].ista.D, model.trunk.layers[0].ista.D) is False  # it trained
 
-    seg = load_tool("segment")
+    seg = tool("segment")
     seg.main(["overlay", "--model-dir", str(out / "final"), "--skimage", "astronaut", "--shapes", "1",
               "--out-dir", str(tmp_path / "seg")])
     assert (tmp_path / "seg" / "astronaut_layer-1.png").stat().st_size > 1000
@@ -60,8 +49,8 @@ def test_train_eval_finetune_segment(tmp_path):
     assert 0 <= r["miou"] <= 1 and r["n"] == 10
 
 
-def test_segment_compare_tiny(tmp_path):
-    seg = load_tool("segment")
+def test_segment_compare_tiny(tmp_path, tool):
+    seg = tool("segment")
     rows = seg.main(["compare", "--crate", "crate-tiny-test", "--vit", "vit-tiny-test", "--steps", "2",
                      "--micro-batch", "8", "--train-size", "16", "--n", "8", "--overlays", "1",
                      "--out-dir", str(tmp_path)])
@@ -70,8 +59,8 @@ def test_segment_compare_tiny(tmp_path):
     assert (tmp_path / "vit-tiny-test_shapes0.png").is_file()
 
 
-def test_bad_data_and_model_errors(tmp_path):
-    train = load_tool("train_vision")
+def test_bad_data_and_model_errors(tmp_path, tool):
+    train = tool("train_vision")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train.main(["--data", f"imagefolder:{tmp_path / 'missing'}", "--out-dir", str(tmp_path / "r"), *COMMON])
     with pytest.raises(crate_core.UnknownModelError, match="did you mean"):
@@ -111,10 +100,8 @@ def test_vit_baseline_attention_matches_timm_internals():
 
 
 @pytest.mark.slow
-def test_vision_speed_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("vision_speed", ROOT / "benchmarks" / "vision_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_vision_speed_smoke(tmp_path, tool):
+    mod = tool("benchmarks/vision_speed")
     rows = mod.main(["--models", "crate-tiny-test", "timm:vit_tiny_patch16_224", "--image-size", "32", "--batch", "2",
                      "--repeats", "1", "--out-dir", str(tmp_path)])
     assert set(rows) == {"crate-tiny-test", "timm:vit_tiny_patch16_224"}
