@@ -1,5 +1,7 @@
-"""crate_core.hub on huggingface_hub: Hub repo ids read from the local Hugging Face cache (offline by
-default, HF_HUB_OFFLINE respected), revisions, push_to_hub, the generated model card, protected destinations."""
+"""crate_core.hub: safetensors + config.json export and import (round trip, overwrite, clear errors
+for missing, corrupt or mismatched files), and on huggingface_hub: Hub repo ids read from the local
+Hugging Face cache (offline by default, HF_HUB_OFFLINE respected), revisions, push_to_hub, the
+generated model card, protected destinations."""
 
 import json
 import os
@@ -8,8 +10,10 @@ import stat
 
 import crate_core
 import pytest
+import torch
 from crate_core import hub
-from test_registry_hub import TinyConfig, TinyModel, make_model  # noqa: F401  (tests/core helpers)
+from tiny_model import OtherModel, TinyModel, make_model
+from torch import nn
 
 COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
 
@@ -142,3 +146,89 @@ def test_model_card_for_an_export_already_written(tmp_path):
     card = hub.write_model_card(out).read_text()
     assert "| loss | 1.5 |" in card and "Scaling White-Box Transformers for Vision" in card  # CRATE-alpha citation
     assert len(crate_core.from_pretrained(out).trunk.layers) == 2  # a card does not stop the folder loading
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = make_model(ista="alpha", sizes=(3, 4, 5))
+    out = crate_core.save_pretrained(model, tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["ista"] == "alpha" and meta["model_class"].endswith(":TinyModel")
+    loaded = crate_core.from_pretrained(out)
+    assert type(loaded) is TinyModel and loaded.config == model.config
+    assert loaded.config.sizes == (3, 4, 5)  # tuples survive JSON
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="holds a TinyModel, not a OtherModel"):
+        crate_core.from_pretrained(out, expected=OtherModel)
+
+
+def test_overwrite_replaces_export_and_leaves_no_temp_dirs(tmp_path):
+    crate_core.save_pretrained(make_model(depth=1), tmp_path / "export")
+    crate_core.save_pretrained(make_model(depth=3), tmp_path / "export")
+    assert len(crate_core.from_pretrained(tmp_path / "export").trunk.layers) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_missing_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json in"):
+        crate_core.from_pretrained(tmp_path / "nowhere")
+    out = crate_core.save_pretrained(make_model(), tmp_path / "export")
+    (out / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors in"):
+        crate_core.from_pretrained(out)
+
+
+def test_corrupt_files_are_clear_errors(tmp_path):
+    out = crate_core.save_pretrained(make_model(), tmp_path / "export")
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        crate_core.from_pretrained(out)
+    weights.write_bytes(b"not safetensors at all")
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
+        crate_core.from_pretrained(out)
+    (out / "config.json").write_text("{ broken")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        crate_core.from_pretrained(out)
+    (out / "config.json").write_text(json.dumps({"config": {}}))
+    with pytest.raises(ValueError, match="lacks the field 'model_class'"):
+        crate_core.from_pretrained(out)
+
+
+def test_weights_of_another_shape_are_a_clear_error(tmp_path):
+    out = crate_core.save_pretrained(make_model(depth=2), tmp_path / "export")
+    meta = json.loads((out / "config.json").read_text())
+    meta["config"]["depth"] = 3
+    (out / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not fit TinyModel: missing"):
+        crate_core.from_pretrained(out)
+    meta["config"]["colour"] = "red"
+    (out / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"fields \['colour'\]"):
+        crate_core.from_pretrained(out)
+
+
+def test_failed_save_keeps_existing_export(tmp_path, monkeypatch):
+    out = crate_core.save_pretrained(make_model(depth=1), tmp_path / "export")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    class NoConfig(nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match="must be a dataclass instance"):
+        crate_core.save_pretrained(NoConfig(), out)
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(crate_core.hub, "save_model", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        crate_core.save_pretrained(make_model(depth=3), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]  # no half-written temp folder left
+    monkeypatch.undo()
+    assert len(crate_core.from_pretrained(out).trunk.layers) == 1

@@ -227,7 +227,6 @@ def test_bad_input():
 
 
 def test_tost_encoder_preset():
-    pytest.importorskip("crate_core.tost")
     torch.manual_seed(0)
     model = crate_core.create("tost-mae-tiny-test")
     out = model(_images(), return_intermediates=True)

@@ -195,7 +195,6 @@ def test_bad_input():
 
 
 def test_tost_preset_builds_and_is_causal():
-    pytest.importorskip("crate_core.tost")
     m = crate_core.create("tost-gpt-nano", vocab_size=96, n_tokens=90, block_size=16).eval()
     idx = torch.randint(0, 90, (2, 12))
     changed = idx.clone()

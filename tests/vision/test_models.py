@@ -166,7 +166,6 @@ def test_training_step_lowers_loss():
 
 
 def test_tost_presets():
-    pytest.importorskip("crate_core.tost")
     m = crate_core.create("tost-tiny-test")
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     with torch.device("meta"):

@@ -74,11 +74,6 @@ RULES = KeyRules(
 )
 
 
-def unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:
-    """The flat state dict inside an official checkpoint (``model`` / ``state_dict`` / bare), prefixes stripped."""
-    return read_checkpoint(checkpoint).state
-
-
 def _is_mae(state: Mapping) -> bool:
     return all(k in state for k in _MARKERS)
 
