@@ -121,7 +121,7 @@ def workers_table(rates: dict) -> list[dict]:
         pipe = recipe_pipeline(r.raw)
         if pipe is None:
             continue
-        samples = r.steps * r.raw["batch"]["global"]
+        samples = r.steps * r.flags["global_batch"]
         per_gpu = samples / (r.raw["recipe"]["gpu_hours"] * 3600)
         rows.append(
             {

@@ -75,7 +75,7 @@ class Run:
 # batch 12, 2000 iterations, lr 1e-3 cosine to 1e-4 after 100 warm-up steps, AdamW betas 0.9/0.99,
 # weight decay 0.1, clipping 1.0, no dropout), on characters
 CHAR_LM = ["--tokenizer", CHAR_DATA, "--min-lr", "1e-4", "--warmup-steps", "100", "--weight-decay", "0.1",
-           "--betas", "0.9", "0.99", "--grad-clip", "1.0", "--dropout", "0", "--eval-every", "0"]
+           "--betas", "0.9", "0.99", "--grad-clip", "1.0", "--set", "dropout=0", "--eval-every", "0"]
 # Per preset: the shared budget of each family and the model pairs. Budgets are equal within a family.
 # prior_s: expected wall seconds of one run on 2 CPU cores (the progress line's first ETA).
 PRESETS = {

@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    from crate_core.recipe import compare_to_published, parse_eval_with_recipe
+    from crate_core.recipe_cli import compare_to_published, parse_eval_with_recipe
 
     args = parse_eval_with_recipe(p, argv, "eval_lm")  # --recipe PATH: its run's export and val.bin
     if args.model is None or args.data is None:

@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None, help="also write the metrics here")
-    from crate_core.recipe import compare_to_published, parse_eval_with_recipe
+    from crate_core.recipe_cli import compare_to_published, parse_eval_with_recipe
 
     args = parse_eval_with_recipe(p, argv, "eval_vision")  # --recipe PATH: its run's export and data
     if args.model is None:

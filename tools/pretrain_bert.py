@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         log_every=20,
     )
     add_lm_args(p, TASK, default_model="crate-bert-nano")
-    p.add_argument("--max-positions", type=int, default=None, help="sequence length (default: the model's)")
+    p.add_argument(
+        "--max-positions", type=int, default=None, help="sequence length (--set max_positions; default: the model's)"
+    )
     p.add_argument("--mask-prob", type=float, default=0.15)
     return p
 

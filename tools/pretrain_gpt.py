@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         log_every=20,
     )
     add_lm_args(p, TASK, default_model="crate-gpt-nano")
-    p.add_argument("--block-size", type=int, default=None, help="training context (default: the model's)")
-    p.add_argument("--ista", choices=["square", "lm"], default=None, help="override the preset's ISTA block")
-    p.add_argument("--dropout", type=float, default=None)
+    p.add_argument(
+        "--block-size", type=int, default=None, help="training context (--set block_size; default: the model's)"
+    )
     p.add_argument("--prompt", default="ROMEO:\n", help="prompt of the final sample")
     p.add_argument("--sample-tokens", type=int, default=120)
     return p
@@ -55,12 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     import os
 
-    from crate_core.recipe import check_cpu_budget, parse_with_recipe
+    from crate_core.cli import check_cpu_budget
+    from crate_core.recipe_cli import parse_with_recipe
 
     args = parse_with_recipe(build_parser(), argv, tool="pretrain_gpt")  # --recipe PATH: its values become defaults
     cfg = train_config_from_args(args)
     # a model of another task fails here, before any process group starts
-    run = lm_run(args, TASK, dict(block_size=args.block_size, ista=args.ista, dropout=args.dropout))
+    run = lm_run(args, TASK, dict(block_size=args.block_size))
     model, tok, train, val = run.model, run.tok, run.train, run.val
     block = model.config.block_size
     # a GPU-sized run started without a GPU stops here with the estimate and what to run on a CPU

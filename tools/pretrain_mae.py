@@ -9,6 +9,7 @@ OUT/metrics.json.
     uv run python tools/pretrain_mae.py                                   # offline default
     uv run python tools/pretrain_mae.py --model vit-mae-nano              # the baseline
     uv run python tools/pretrain_mae.py --data mnist --steps 300
+    uv run python tools/pretrain_mae.py --set mask_ratio=0.5 --set lambd=0.1   # any model config field
     uv run python tools/pretrain_mae.py --data /data/imagenette --model crate-mae-tiny --image-size 224
     deepspeed tools/pretrain_mae.py --model crate-mae-base --data /data/imagenet --zero-stage 2
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import crate_core
 import crate_mae  # noqa: F401  registers the presets
 import torch
+from crate_core.cli import add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
 from crate_mae.data import load_split
 from crate_mae.pretrain import pretrain
@@ -53,15 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval-size", type=int, default=256, help="validation images for the metrics")
     p.add_argument("--grid-images", type=int, default=8, help="rows in each reconstruction PNG")
-    p.add_argument("--image-size", type=int, default=None, help="override the preset's image size")
-    p.add_argument("--mask-ratio", type=float, default=None)
+    add_set_arg(p)
+    # named model flags: --image-size 64 is --set image_size=64 (a --set of the same field wins)
+    p.add_argument("--image-size", type=int, default=None, help="the preset's image size (--set image_size)")
     p.add_argument(
         "--mask-mode",
         choices=("token", "drop"),
         default=None,
-        help="token: official CRATE-MAE (mask tokens encoded); drop: MAE-style (cheaper)",
+        help="token: official CRATE-MAE (mask tokens encoded); drop: MAE-style (cheaper) (--set mask_mode)",
     )
-    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None, help="(--set norm_pix_loss)"
+    )
     p.add_argument(
         "--cache-dir", default="runs/cache", help="keeps rendered offline image sets ('' to disable)"
     )
@@ -69,20 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from crate_core.recipe import parse_with_recipe
+    from crate_core.recipe_cli import parse_with_recipe
 
     args = parse_with_recipe(build_parser(), argv, tool="pretrain_mae")  # --recipe PATH: its values become defaults
-    crate_core.registry.resolve_for_task(args.model, "mae")  # a wrong model fails before any process group
-    overrides = {
-        k: v
-        for k, v in {
-            "image_size": args.image_size,
-            "mask_ratio": args.mask_ratio,
-            "mask_mode": args.mask_mode,
-            "norm_pix_loss": args.norm_pix_loss,
-        }.items()
-        if v is not None
-    }
+    entry = crate_core.registry.resolve_for_task(args.model, "mae")  # a wrong model fails before any process group
+    named = {"image_size": args.image_size, "mask_mode": args.mask_mode, "norm_pix_loss": args.norm_pix_loss}
+    overrides = parse_sets(args.set, type(entry.config), flags=named)
     torch.manual_seed(args.seed)  # the initialisation is part of the run
     model = crate_core.create(args.model, **overrides)
     size = model.config.image_size

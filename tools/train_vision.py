@@ -21,8 +21,12 @@ from pathlib import Path
 
 import crate_core
 import crate_vision  # noqa: F401  registers the vision presets
+from crate_core.cli import add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
-from crate_vision.training import build_model, load_weights, parse_overrides, train_classifier
+from crate_vision.training import build_model, load_weights, train_classifier
+
+# model fields the data decides (build_model sets them from the data's spec)
+FROM_DATA = {"num_classes": "the data (--data, --num-classes)", "in_channels": "the data (--data)"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,11 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--model", default="crate-mini-shapes", help="registered preset (crate_core.list_models(task='classify'))"
     )
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
+    add_set_arg(g)
     g.add_argument(
         "--data", default="shapes", help="shapes | mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH | hf:PATH_OR_NAME"
     )
-    g.add_argument("--image-size", type=int, default=None, help="default: the preset's image size")
+    g.add_argument(
+        "--image-size", type=int, default=None, help="the data's and the model's (--set image_size); default: the preset's"
+    )
     g.add_argument(
         "--train-size", type=int, default=50000, help="shapes only: training images (default 50000)"
     )
@@ -62,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--mix-prob", type=float, default=1.0)
     g.add_argument("--randaugment", type=int, nargs=2, default=None, metavar=("N", "M"))
     g.add_argument("--test-split", default="test", choices=["val", "test"])
-    from crate_core.recipe import parse_with_recipe
+    from crate_core.recipe_cli import parse_with_recipe
 
     return parse_with_recipe(p, argv, tool="train_vision")  # --recipe PATH: its values become defaults
 
@@ -71,16 +77,20 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from crate_vision.data.datasets import build_dataset  # torchvision: imported after --help
 
-    if not args.finetune:  # a model of another task fails here, before any process group starts
-        crate_core.registry.resolve_for_task(args.model, "classify")
     cfg = train_config_from_args(args)
-    base = load_weights(args.finetune) if args.finetune else None
-    preset_size = base.config.image_size if base is not None else crate_core.get_config(args.model).image_size
-    image_size = args.image_size or preset_size
+    if args.finetune:
+        if args.set:
+            raise ValueError(f"--set {' '.join(args.set)} cannot be combined with --finetune (the weights fix the model)")
+        base, sets = load_weights(args.finetune), {}
+        image_size = args.image_size or base.config.image_size
+    else:  # a model of another task, or a setting it does not have, fails here, before any process group starts
+        entry = crate_core.registry.resolve_for_task(args.model, "classify")
+        sets = parse_sets(args.set, type(entry.config), flags={"image_size": args.image_size}, fixed=FROM_DATA)
+        base, image_size = None, crate_core.get_config(args.model, **sets).image_size
     _, spec = build_dataset(
         args.data, "val", image_size, num_classes=args.num_classes
     )  # fails fast on bad data
-    model = build_model(args.model, spec, finetune=base, overrides=parse_overrides(args.set))
+    model = build_model(args.model, spec, finetune=base, overrides=sets)
     start, cpu_start = time.time(), time.process_time()
     out = train_classifier(
         cfg,

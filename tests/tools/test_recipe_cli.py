@@ -1,5 +1,5 @@
 """Applying a recipe in the evaluation tools (crate_core.recipe_cli): their defaults from the recipe, the
-measured-vs-published line, and a GPU-sized run refused on a CPU (moved from test_recipes.py)."""
+measured-vs-published line; and a GPU-sized run refused on a CPU (crate_core.cli.check_cpu_budget)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from crate_core.recipe import RecipeError, RecipeWarning, load_recipe
+from crate_core.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_eval_defaults_and_the_comparison_line(tmp_path):
-    from crate_core.recipe import compare_to_published, eval_defaults, parse_eval_with_recipe
+    from crate_core.recipe_cli import compare_to_published, eval_defaults, parse_eval_with_recipe
 
     r = load_recipe(ROOT / "recipes" / "crate-b16-in1k.toml")
     d = eval_defaults(r, "eval_vision")
@@ -39,7 +39,7 @@ def test_eval_defaults_and_the_comparison_line(tmp_path):
 
 
 def test_gpu_sized_run_on_a_cpu_fails_with_what_to_run(monkeypatch):
-    from crate_core.recipe import TooSlowForCPUError, check_cpu_budget
+    from crate_core.cli import SlowOnCPUWarning, TooSlowForCPUError, check_cpu_budget
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     # crate-gpt-base, the tool's default 300 steps of 16 x 1024 tokens: 6 N T / 1e11 FLOP/s
@@ -55,6 +55,6 @@ def test_gpu_sized_run_on_a_cpu_fails_with_what_to_run(monkeypatch):
             "--model crate-gpt-base",
             "uv run python tools/pretrain_gpt.py",
         )
-    with pytest.warns(RecipeWarning, match="going ahead"):
+    with pytest.warns(SlowOnCPUWarning, match="going ahead"):
         assert check_cpu_budget(int(59.91e6), 300 * 16 * 1024, "cpu") == pytest.approx(hours)
     assert check_cpu_budget(int(1e6), 300 * 16 * 128, "auto") < 1  # crate-gpt-nano-sized: fine on a CPU

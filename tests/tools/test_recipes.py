@@ -16,7 +16,6 @@ recipe's own. Tools run in this process (one process per recipe would cost an in
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import pickle
 import warnings
@@ -26,27 +25,11 @@ import crate_core
 import numpy as np
 import pytest
 import torch
-from crate_core.recipe import (
-    DATA_FORMATS,
-    RecipeError,
-    RecipeWarning,
-    check_batch,
-    load_recipe,
-    parse_with_recipe,
-)
+from crate_core.recipe import DATA_FORMATS, RecipeError, RecipeWarning, load_recipe
+from crate_core.recipe_cli import check_batch, parse_with_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
-TOOLS: dict = {}
-
-
-def load_tool(name: str):
-    if name not in TOOLS:
-        spec = importlib.util.spec_from_file_location(f"recipe_tool_{name}", ROOT / "tools" / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        TOOLS[name] = mod
-    return TOOLS[name]
 
 
 @pytest.fixture(autouse=True)
@@ -65,13 +48,16 @@ def test_every_recipe_is_valid_and_complete():
         r = load_recipe(path)
         assert r.name == path.stem and r.name not in names
         names.add(r.name)
-        for table in ("recipe", "model", "data", "optimizer", "schedule", "batch", "system", "eval", "smoke"):
+        for table in ("recipe", "model", "data", "train", "batch", "eval", "smoke"):
             assert table in r.raw, (path.name, table)
-        b = r.raw["batch"]
-        assert b["global"] == b["micro"] * b["accumulation"] * b["reference_world"]
-        s, d = r.raw["schedule"], r.raw["data"]
+        t, b = r.raw["train"], r.raw["batch"]
+        assert t["global_batch"] == t["micro_batch"] * b["accumulation"] * b["reference_world"]
+        s, d = r.raw.get("schedule", {}), r.raw["data"]
+        assert ("steps" in t) != ("epochs" in s)
         if "epochs" in s:
-            assert r.steps == math.ceil(s["epochs"] * d["train_samples"] / b["global"])
+            assert r.steps == math.ceil(s["epochs"] * d["train_samples"] / t["global_batch"])
+        else:
+            assert r.steps == t["steps"]
         assert r.get("model", "smoke_preset") in crate_core.list_models()
         assert r.get("recipe", "gpu_hours") > 0 and r.get("recipe", "source")
     # the experiments the issue lists
@@ -119,23 +105,36 @@ def _write(tmp_path: Path, text: str, base: str = "crate-b16-in1k.toml") -> Path
 @pytest.mark.parametrize(
     "edit, message",
     [
-        ('name = "lion" => name = "sgd"', None),  # caught against the parser's choices below
+        ('test_split = "val" => test_split = "dev"', None),  # caught against the parser's choices below
+        ('optimizer = "lion" => optimizer = "sgd"', r"\[train\]: unknown optimizer 'sgd'; choose one of"),
+        ("lr = 2e-4 => lr = -2e-4", r"\[train\]: lr must be > 0, got lr=-0.0002"),
         (
             'preset = "crate-base-patch16-224" => preset = "crate-bass-patch16-224"',
             r"unknown preset model.preset = 'crate-bass-patch16-224'.*did you mean crate-base-patch16-224",
         ),
         (
+            'preset = "crate-base-patch16-224" => preset = "crate-base-patch16-224"\nset = { ista_steps = 3 }',
+            r"model.set = \{'ista_steps': 3\} does not fit model.preset = 'crate-base-patch16-224': "
+            r"ista_steps=3 does not apply to block='crate' with ista='square'",
+        ),
+        (
+            'preset = "crate-base-patch16-224" => preset = "crate-base-patch16-224"\nset = { step_sise = 0.2 }',
+            r"model.set = \{'step_sise': 0.2\} does not fit .*no field\(s\) \['step_sise'\]",
+        ),
+        (
             'format = "imagefolder" => format = "webdataset"',
             r"unknown data format data.format = 'webdataset'",
         ),
-        ("lr = 2e-4 => lr = 2e-4\nmomentum = 0.9", r"unknown field optimizer.momentum = 0.9"),
+        ("lr = 2e-4 => lr = 2e-4\nmomentum = 0.9", r"unknown field train.momentum = 0.9"),
         ("[eval] => [evaluation]", r"unknown table \[evaluation\]"),
+        ("[train] => [optimizer]", r"unknown table \[optimizer\]"),
         (
             "accumulation = 1 => accumulation = 2",
-            r"batch.global = 512 != batch.micro 64 x batch.accumulation 2",
+            r"train.global_batch = 512 != train.micro_batch 64 x batch.accumulation 2",
         ),
-        ("global = 512 => global = 512.0", r"batch.global = 512.0 must be a int"),
-        ("epochs = 200 => steps = 10\nepochs = 200", r"exactly one of schedule.steps and schedule.epochs"),
+        ("global_batch = 512 => global_batch = 512.0", r"train.global_batch = 512.0 must be an integer"),
+        ("betas = [0.9, 0.99] => betas = [0.9]", r"train.betas = \[0.9\] must be a list of 2 numbers"),
+        ("lr = 2e-4 => lr = 2e-4\nsteps = 10", r"exactly one of train.steps and schedule.epochs"),
         (
             'tool = "train_vision" => tool = "train_everything"',
             r"unknown tool recipe.tool = 'train_everything'",
@@ -146,7 +145,7 @@ def test_bad_recipes_name_the_field_and_value(tmp_path, edit, message):
     path = _write(tmp_path, edit)
     if message is None:
         parser = _vision_like_parser()
-        with pytest.raises(RecipeError, match=r"optimizer.name = 'sgd' is not one of"):
+        with pytest.raises(RecipeError, match=r"field tool.test_split = 'dev' is not one of \['val', 'test'\]"):
             parse_with_recipe(parser, ["--recipe", str(path)])
         return
     with pytest.raises(RecipeError, match=message):
@@ -165,7 +164,7 @@ def _vision_like_parser() -> argparse.ArgumentParser:
         "--image-size": {"type": int},
         "--finetune": {},
         "--label-smoothing": {"type": float},
-        "--test-split": {},
+        "--test-split": {"choices": ["val", "test"]},
         "--set": {"action": "append"},
     }.items():
         p.add_argument(flag, **kw)
@@ -310,7 +309,7 @@ def smoke_data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
-def test_recipe_two_steps_on_cpu(path, smoke_data, tmp_path, monkeypatch, capsys):
+def test_recipe_two_steps_on_cpu(path, smoke_data, tmp_path, monkeypatch, capsys, tool):
     r = load_recipe(path)
     fmt = r.get("data", "format")
     data = DATA_FORMATS[r.tool][fmt].format(path=smoke_data(fmt))
@@ -341,24 +340,26 @@ def test_recipe_two_steps_on_cpu(path, smoke_data, tmp_path, monkeypatch, capsys
         argv += ["--finetune", str(tmp_path / "start")]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.warns(RecipeWarning, match=rf"expected {r.get('recipe', 'gpu_hours'):g} GPU-hours"):
-        result = load_tool(r.tool).main(argv)
+        result = tool(r.tool).main(argv)
     assert result["steps"] == 2
     final = tmp_path / "run" / "final"
     assert (final / "model.safetensors").is_file()
     model = crate_core.from_pretrained(final)
     assert type(model) is type(crate_core.create(r.get("model", "smoke_preset")))
+    for key, value in r.get("model", "set", {}).items():  # [model] set reached the model's config
+        assert getattr(model.config, key) == value, key
 
     # the recipe's promised metric, printed next to the published figure by the evaluation tool
     evaluator = {"train_vision": "eval_vision", "pretrain_gpt": "eval_lm"}.get(r.tool)
     if evaluator is None:
         return  # pretrain_mae's metric comes from tools/linear_probe.py (the recipe's [eval].command)
     if evaluator == "eval_vision":
-        out = load_tool("eval_vision").main(
+        out = tool("eval_vision").main(
             ["--recipe", str(path), str(final), "--data", data, "--image-size", "32"]
         )
         measured = 100 * out["top1"]
     else:
-        out = load_tool("eval_lm").main(
+        out = tool("eval_lm").main(
             ["--recipe", str(path), "--model", str(final), "--data", f"{data}/val.bin"]
         )
         measured = out["loss"]

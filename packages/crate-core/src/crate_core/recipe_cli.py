@@ -1,6 +1,12 @@
-"""Applying a recipe (crate_core.recipe) in a tool: parse the command line over the recipe's values,
-check the batch against the world size, warn for a GPU recipe on a CPU, stop a GPU-sized run started
-without a GPU, and give the evaluation tools their defaults and the published figure to compare with.
+"""Applying a recipe (the file format of crate_core.recipe) to a tool's parser: parse the command line
+over the recipe's values, check the batch against the world size, warn for a GPU recipe on a CPU, and give
+the evaluation tools their defaults and the published figure to compare with.
+
+    args = parse_with_recipe(parser, argv, tool="train_vision")   # inside a tool, instead of parse_args
+
+``--recipe PATH`` loads the file as the parser's defaults, then the command line is parsed over them, so
+any flag given overrides the recipe. A recipe field the tool has no flag for, a batch that does not divide
+over the processes and a missing data path are RecipeErrors naming the field, before any data is read.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .recipe import DESTS, Recipe, RecipeError, RecipeWarning, _err, load_recipe
+from .recipe import Recipe, RecipeError, RecipeWarning, load_recipe
 
 
 def _dests(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -19,39 +25,18 @@ def _dests(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def check_against_parser(recipe: Recipe, parser: argparse.ArgumentParser) -> None:
-    """Every flag the recipe sets (and every [smoke] flag) must be a flag of the tool."""
+    """Every flag the recipe sets (and every [smoke] flag) must be a flag of the tool, within its choices."""
     dests = _dests(parser)
-    tables = {dest: "" for dest in recipe.flags}
-    tables.update({k: "smoke." for k in recipe.raw.get("smoke", {})})
-    for dest, prefix in tables.items():
+    given = [(dest, value, recipe.sources.get(dest, dest)) for dest, value in recipe.flags.items()]
+    given += [(dest, value, f"smoke.{dest}") for dest, value in recipe.raw.get("smoke", {}).items()]
+    for dest, value, where in given:
         if dest not in dests:
-            value = recipe.raw.get("smoke", {}).get(dest) if prefix else recipe.flags[dest]
-            where = f"{prefix}{dest}" if prefix else _field_of(recipe, dest)
-            raise _err(
-                recipe.path,
-                f"field {where} = {value!r}: tools/{recipe.tool}.py has no such flag (--{dest.replace('_', '-')})",
+            raise recipe.error(
+                f"field {where} = {value!r}: tools/{recipe.tool}.py has no such flag (--{dest.replace('_', '-')})"
             )
-        action = dests[dest]
-        value = recipe.flags.get(dest) if not prefix else recipe.raw["smoke"][dest]
-        if (
-            action.choices is not None
-            and not isinstance(value, (list, tuple))
-            and value not in action.choices
-        ):
-            raise _err(
-                recipe.path,
-                f"field {prefix or ''}{_field_of(recipe, dest) if not prefix else dest} = {value!r} is not one of "
-                f"{list(action.choices)}",
-            )
-
-
-def _field_of(recipe: Recipe, dest: str) -> str:
-    for (table, key), d in DESTS.items():
-        if d == dest and key in recipe.raw.get(table, {}):
-            return f"{table}.{key}"
-    if dest in recipe.raw.get("tool", {}):
-        return f"tool.{dest}"
-    return {"data": "data.path", "set": "model.set"}.get(dest, dest)
+        choices = dests[dest].choices
+        if choices is not None and not isinstance(value, (list, tuple)) and value not in choices:
+            raise recipe.error(f"field {where} = {value!r} is not one of {list(choices)}")
 
 
 def check_batch(args: argparse.Namespace, world: int | None = None) -> None:
@@ -121,9 +106,7 @@ def parse_with_recipe(
         return parser.parse_args(argv)
     recipe = load_recipe(known.recipe)
     if tool is not None and recipe.tool != tool:
-        raise _err(
-            recipe.path, f"recipe.tool = {recipe.tool!r}: run it with tools/{recipe.tool}.py, not {tool}"
-        )
+        raise recipe.error(f"recipe.tool = {recipe.tool!r}: run it with tools/{recipe.tool}.py, not {tool}")
     check_against_parser(recipe, parser)
     parser.set_defaults(**recipe.flags)
     args = parser.parse_args(argv)
@@ -132,54 +115,19 @@ def parse_with_recipe(
     if recipe.data_path is not None and getattr(args, "data", None) == data_default:
         if not Path(recipe.data_path).expanduser().exists():
             prep = recipe.get("data", "prepare")
-            raise _err(
-                recipe.path,
+            raise recipe.error(
                 f"data.path = {recipe.data_path!r} does not exist"
                 + (f" (prepare it with: {prep})" if prep else "")
                 + "; or pass --data",
             )
     finetune = getattr(args, "finetune", None)
     if finetune is not None and finetune == recipe.flags.get("finetune") and not Path(finetune).exists():
-        raise _err(
-            recipe.path, f"model.finetune = {finetune!r} does not exist (run its pre-training recipe first)"
+        raise recipe.error(
+            f"model.finetune = {finetune!r} does not exist (run its pre-training recipe first)"
         )
     warn_if_no_gpu(recipe, args)
     args.recipe_info = recipe
     return args
-
-
-# ---- a GPU-sized run started without a GPU -------------------------------------------------------
-CPU_FLOPS = 1e11  # FLOP/s: a generous figure for fp32 training on a few CPU cores
-CPU_LIMIT_HOURS = 1.0
-
-
-class TooSlowForCPUError(ValueError):
-    """A run that would take hours on the CPU was started without asking for the CPU."""
-
-
-def check_cpu_budget(
-    params: int, tokens: float, device: str = "auto", what: str = "this run", cpu_command: str | None = None
-) -> float:
-    """Estimated CPU hours of a run, ``6 x params x tokens / CPU_FLOPS`` (the 6N rule; CRATE's ISTA costs a
-    bit more, so it is a lower bound); ``tokens`` = every token (or image patch) the run processes.
-
-    With no CUDA device and ``device == "auto"`` a run over CPU_LIMIT_HOURS raises TooSlowForCPUError
-    naming the estimate and what to run on a CPU instead; ``device == "cpu"`` (asked for) only warns.
-    """
-    import torch
-
-    hours = 6 * params * tokens / CPU_FLOPS / 3600
-    if torch.cuda.is_available() or device == "cuda" or hours <= CPU_LIMIT_HOURS:
-        return hours
-    msg = (
-        f"{what} ({params / 1e6:.1f}M parameters, {tokens:,.0f} tokens) is sized for a GPU: no CUDA device here, and "
-        f"at ~{CPU_FLOPS / 1e9:.0f} GFLOP/s it would take at least {hours:,.1f} hours on this CPU"
-    )
-    hint = f". On a CPU run {cpu_command}" if cpu_command else ""
-    if device == "cpu":
-        warnings.warn(RecipeWarning(msg + " (--device cpu was asked for: going ahead)"), stacklevel=2)
-        return hours
-    raise TooSlowForCPUError(msg + hint + "; or pass --device cpu to run it here anyway")
 
 
 # ---- evaluation tools: the recipe's output and its promised metric -------------------------------
@@ -191,9 +139,8 @@ def eval_defaults(recipe: Recipe, tool: str) -> dict[str, Any]:
     model = str(Path(recipe.out_dir) / "final")
     if tool == "eval_vision":
         if recipe.tool != "train_vision":
-            raise _err(
-                recipe.path,
-                f"recipe.tool = {recipe.tool!r}: tools/eval_vision.py evaluates train_vision recipes",
+            raise recipe.error(
+                f"recipe.tool = {recipe.tool!r}: tools/eval_vision.py evaluates train_vision recipes"
             )
         out = {"model": model, "data": recipe.flags["data"], "split": recipe.get("eval", "split", "val")}
         if "image_size" in recipe.flags:
@@ -201,7 +148,7 @@ def eval_defaults(recipe: Recipe, tool: str) -> dict[str, Any]:
         return out
     if tool == "eval_lm":
         if recipe.get("data", "format") != "tokens":
-            raise _err(recipe.path, "tools/eval_lm.py evaluates token recipes (data.format = 'tokens')")
+            raise recipe.error("tools/eval_lm.py evaluates token recipes (data.format = 'tokens')")
         return {"model": model, "data": str(Path(recipe.data_path) / "val.bin")}
     raise ValueError(f"unknown evaluation tool {tool!r}; choose one of {list(EVAL_TOOLS)}")
 

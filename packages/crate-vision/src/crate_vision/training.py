@@ -4,7 +4,6 @@ and tools/segment.py: model building / fine-tuning set-up, the loss, and the run
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,20 +38,6 @@ class ClassificationLoss:
         return loss, {"acc": (logits.argmax(-1) == hard).float().mean()}
 
 
-def parse_overrides(items: list[str] | None) -> dict:
-    """["dim=128", "pool=mean"] -> {"dim": 128, "pool": "mean"} (values parsed as JSON when possible)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"model override must look like key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def load_weights(path: str | Path) -> nn.Module:
     """An exported model directory (config.json + model.safetensors) or an official checkpoint file."""
     path = Path(path)
@@ -69,8 +54,9 @@ def build_model(
     finetune: str | Path | nn.Module | None = None,
     overrides: dict | None = None,
 ) -> nn.Module:
-    """A fresh preset sized for the data, or (``finetune``: a loaded model or a path for load_weights)
-    trained weights with a new head, positions resampled to the data's image size."""
+    """A fresh preset sized for the data, with config fields replaced by ``overrides`` (typed values, e.g.
+    ``crate_core.cli.parse_sets`` of a tool's ``--set``), or (``finetune``: a loaded model or a path for
+    load_weights) trained weights with a new head, positions resampled to the data's image size."""
     if finetune is not None:
         model = finetune if isinstance(finetune, nn.Module) else load_weights(finetune)
         if not isinstance(model, (CRATEClassifier, ViTClassifier)):
