@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from crate_core import CRATELayer
+from crate_core import CRATELayer, TrunkConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
@@ -108,7 +108,7 @@ def measure_attention_memory(kind: str, n: int, device: str) -> int:
     """Peak extra bytes of one forward+backward of the attention part (LN1 + MSSA), batch 1."""
     dev = torch.device(device)
     torch.manual_seed(0)
-    layer = CRATELayer(DIM, HEADS).to(dev)
+    layer = CRATELayer(TrunkConfig(dim=DIM, depth=1, heads=HEADS)).to(dev)
     x = torch.randn(1, n, DIM, device=dev, requires_grad=True)
     fn = ours_mssa if kind == "ours" else naive_mssa
     if dev.type == "cuda":
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         mem_ns = [1024, 2048, 4096]
 
     torch.manual_seed(0)
-    layer = CRATELayer(DIM, HEADS).to(device)
+    layer = CRATELayer(TrunkConfig(dim=DIM, depth=1, heads=HEADS)).to(device)
     speed_rows = []
     for name, b, n in cases:
         x = torch.randn(b, n, DIM, device=device, requires_grad=True)

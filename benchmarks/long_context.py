@@ -48,11 +48,14 @@ def build(kind: str, dim: int, heads: int, causal: bool):
     from torch import nn
 
     if kind == "mssa-layer":
-        return crate_core.CRATELayer(dim, heads, causal=causal)
+        return crate_core.CRATELayer(crate_core.TrunkConfig(dim=dim, depth=1, heads=heads), causal=causal)
     if kind == "tssa-layer":
-        return ToSTBlock(dim, heads, causal=causal)
+        return ToSTBlock(crate_core.TrunkConfig(block="tost", dim=dim, depth=1, heads=heads), causal=causal)
+    crate, tost = crate_core.TrunkConfig(), crate_core.TrunkConfig(block="tost")  # the trunks' defaults
     attn = (
-        crate_core.MSSA(dim, heads, causal=causal) if kind == "mssa-op" else TSSA(dim, heads, causal=causal)
+        crate_core.MSSA(dim, heads, causal=causal, out_bias=crate.out_bias, dropout=crate.dropout)
+        if kind == "mssa-op"
+        else TSSA(dim, heads, causal=causal, qkv_bias=tost.qkv_bias, dropout=tost.dropout)
     )
     norm = nn.LayerNorm(dim)
 
