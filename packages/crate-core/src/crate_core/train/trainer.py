@@ -93,6 +93,7 @@ class Trainer:
         eval_fn: Callable | None = None,
         collate_fn: Callable | None = None,
         callbacks: Iterable[Callable] = (),
+        after_step: Callable[[int], None] | None = None,
     ):
         if not isinstance(cfg, TrainConfig):
             raise ValueError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -122,6 +123,7 @@ class Trainer:
         try:
             self.resume_path = runfolder.resolve(self)
             self._build(model, train_dataset, loss_fn, eval_dataset, eval_fn, collate_fn, callbacks)
+            self.after_step = after_step  # called with the new step count after every optimizer step
         except BaseException:
             self.close()
             raise
@@ -235,6 +237,8 @@ class Trainer:
             self.interval.add(loss, metrics)
         self.step += 1
         self.interval.steps += 1
+        if self.after_step is not None:  # e.g. an EMA teacher (crate_vision.ssl); not on skipped micro-batches
+            self.after_step(self.step)
 
     def _finite_micro_step(self) -> tuple[torch.Tensor, dict]:
         """Draw micro-batches until one has a finite loss on every rank; its backward and step ran."""
