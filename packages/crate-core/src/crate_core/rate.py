@@ -9,8 +9,14 @@
 Numerics: every logdet is taken in float64 through a Cholesky factor of I + c G, where
 G is the smaller of the two Gram matrices (Z Z^T if N < d, else Z^T Z): both have the same
 non-zero eigenvalues, so logdet(I_d + c Z^T Z) = logdet(I_N + c Z Z^T) (Sylvester), and
-I + c G is symmetric positive definite, so Cholesky never fails for finite input.
-Results are returned in float64.
+I + c G is symmetric positive definite, so Cholesky never fails for finite input in exact arithmetic.
+
+The same expression serves training losses (SimDINO's expansion term, crate_vision.ssl), where the Gram
+matrix may come from bf16 features or be summed over processes: ``logdet_identity_plus(G, c)`` takes the
+Gram matrix itself, upcasts it to float64 and symmetrises it; if rounding still left I + c G indefinite
+(Cholesky reports it through ``cholesky_ex``'s info, no exception), it falls back to the eigenvalues,
+clamped below at 1: every eigenvalue of I + c G with G positive semi-definite is >= 1, so the clamp only
+removes rounding error (negative eigenvalues of G count as zero). Results are returned in float64.
 """
 
 from __future__ import annotations
@@ -40,13 +46,33 @@ def _as_tokens(Z: torch.Tensor, name: str = "Z") -> torch.Tensor:
     return Z.to(torch.float64)
 
 
-def logdet_identity_plus_gram(Z: torch.Tensor, scale: float) -> torch.Tensor:
-    """logdet(I + scale * Z^T Z) for Z (..., N, d) in float64, via the smaller Gram matrix."""
-    n, d = Z.shape[-2:]
-    G = Z @ Z.mT if n < d else Z.mT @ Z
+def logdet_identity_plus(G: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """logdet(I + scale * G) for positive semi-definite G (..., n, n), in float64; differentiable.
+
+    G is upcast to float64 and symmetrised, (G + G^T) / 2. The logdet is 2 sum log diag(L) with L the
+    Cholesky factor of I + scale G. Where rounding made I + scale G indefinite (cholesky_ex reports
+    it; this check is the one host sync), the logdet is sum_i log max(lambda_i, 1) over the eigenvalues
+    of I + scale G (exact for PSD G, whose eigenvalues of I + scale G are all >= 1). A non-finite G
+    gives nan, which a caller (the trainer) can skip, never an exception from the linear algebra.
+    """
+    G = G.to(torch.float64)
+    G = 0.5 * (G + G.mT)
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
-    L = torch.linalg.cholesky(eye + scale * G)
+    A = eye + scale * G
+    L, info = torch.linalg.cholesky_ex(A)
+    if bool((info != 0).any()):
+        if not bool(torch.isfinite(A).all()):
+            return torch.full(A.shape[:-2], float("nan"), dtype=A.dtype, device=A.device)
+        return torch.log(torch.linalg.eigvalsh(A).clamp_min(1.0)).sum(-1)
     return 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+
+
+def logdet_identity_plus_gram(Z: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """logdet(I + scale * Z^T Z) for Z (..., N, d) in float64, via the smaller Gram matrix
+    (Z Z^T if N < d, else Z^T Z: the same non-zero eigenvalues, Sylvester's identity)."""
+    Z = Z.to(torch.float64)
+    n, d = Z.shape[-2:]
+    return logdet_identity_plus(Z @ Z.mT if n < d else Z.mT @ Z, scale)
 
 
 def _rate(Z: torch.Tensor, eps: float, dim: int) -> torch.Tensor:
@@ -141,11 +167,13 @@ def measure_layers(outputs, subspaces: Sequence[torch.Tensor], eps: float = OFFI
 
 @torch.no_grad()
 def layerwise(stack, x: torch.Tensor, attn_mask: torch.Tensor | None = None, eps: float = OFFICIAL_EPS) -> dict[str, torch.Tensor]:
-    """Run ``stack`` (a CRATEStack) on tokens x (B, N, d) and measure every layer:
+    """Run ``stack`` (a CRATEStack, ToSTStack or CBSAStack) on tokens x (B, N, d) and measure every layer:
     (L, B) tensors ``rc``, ``rc_official``, ``sparsity``, ``code_sparsity`` (see measure_layers).
     Use ``summarize`` for mean and spread over the batch."""
+    from .probes import layer_subspaces  # probes imports this module
+
     _, outs = stack(x, attn_mask, return_intermediates=True)
-    return measure_layers(outs, [layer.mssa.subspaces() for layer in stack.layers], eps)
+    return measure_layers(outs, [layer_subspaces(layer) for layer in stack.layers], eps)
 
 
 def summarize(measures: dict[str, torch.Tensor]) -> dict[str, list[tuple[float, float]]]:
