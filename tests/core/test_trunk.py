@@ -105,7 +105,7 @@ def test_registry_override_is_checked(monkeypatch):
 def test_unknown_fields_and_blocks_are_named():
     with pytest.raises(ValueError, match=r"unknown trunk field\(s\) \['step_sise'\]"):
         build_stack("crate", 8, 1, 2, step_sise=0.2)
-    with pytest.raises(ValueError, match="unknown block 'tots'; known blocks: \\['crate', 'tost'\\]"):
+    with pytest.raises(ValueError, match="unknown block 'tots'; known blocks: \\['crate', 'tost', 'cbsa'\\]"):
         TrunkConfig(block="tots")
     with pytest.raises(ValueError, match="ista must be one of"):
         TrunkConfig(ista="mlp")

@@ -1,6 +1,7 @@
 """crate_core: the CRATE layer (MSSA + ISTA), rate-reduction measures, registry and shared tooling."""
 
 from . import rate
+from .cbsa import CBSA, CBSAStack
 from .hub import from_pretrained, push_to_hub, save_pretrained
 from .ista import ISTA, OvercompleteISTA
 from .layer import CRATELayer, CRATEStack, LayerOutputs, WCache
@@ -35,5 +36,7 @@ __all__ = [
     "register_stack",
     "TSSA",
     "ToSTStack",
+    "CBSA",
+    "CBSAStack",
 ]
 __version__ = "0.1.0"

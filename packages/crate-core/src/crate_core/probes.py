@@ -1,7 +1,7 @@
 """Layer-wise white-box measurements on any model built from CRATE parts.
 
 ``probe(model, *inputs)`` runs one forward pass and measures, for every CRATELayer (and every
-ToST block, against its TSSA subspaces) found in the model (grouped by the stack that holds it), Rc(Z^{l+1/2}) and the sparsity of Z^{l+1}
+ToST block and CBT layer, against its TSSA / CBSA subspaces) found in the model (grouped by the stack that holds it), Rc(Z^{l+1/2}) and the sparsity of Z^{l+1}
 (plain definitions and the official protocol; see ``crate_core.rate.measure_layers``). MSSA
 modules that are not inside a CRATELayer (e.g. the CRATE-MAE decoder's reverse steps) get
 the official Rc of their projected input. It works by forward hooks, so the model's own
@@ -15,15 +15,21 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from .cbsa import CBSALayer
 from .layer import CRATELayer
 from .mssa import MSSA
 from .rate import OFFICIAL_EPS, measure_layers, official_compression
 from .tost import ToSTBlock
 
 
+LAYERS = {CRATELayer: "mssa", ToSTBlock: "tssa", CBSALayer: "cbsa"}  # each layer type's attention
+
+
 def layer_subspaces(layer: nn.Module) -> torch.Tensor:
-    """The (K, d, p) subspaces a CRATE layer (MSSA) or a ToST block (TSSA) compresses against."""
-    return (layer.mssa if isinstance(layer, CRATELayer) else layer.tssa).subspaces()
+    """The (K, d, p) subspaces a CRATE layer (MSSA), a ToST block (TSSA) or a CBT layer (CBSA)
+    compresses against."""
+    kind = next(k for k in LAYERS if isinstance(layer, k))
+    return getattr(layer, LAYERS[kind]).subspaces()
 
 
 def _group_of(name: str) -> str:
@@ -56,7 +62,7 @@ class LayerwiseProbe:
     def __enter__(self) -> LayerwiseProbe:
         inside = set()
         for name, mod in self.model.named_modules():
-            if isinstance(mod, (CRATELayer, ToSTBlock)):
+            if isinstance(mod, tuple(LAYERS)):
                 inside.add(id(getattr(mod, "mssa", None)))
                 self._handles.append(mod.register_forward_hook(self._layer_hook(name, mod)))
         for name, mod in self.model.named_modules():

@@ -27,19 +27,22 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-BLOCKS = ("crate", "tost")  # a new block adds its name here and its fields below (ARCHITECTURE.md)
+BLOCKS = ("crate", "tost", "cbsa")  # a new block adds its name here and its fields below (ARCHITECTURE.md)
 ISTA_VARIANTS = ("square", "alpha", "lm")  # crate_core.layer.CRATELayer builds each
+REP_WINDOWS = ("patches", "released")  # the tokens CBSA pools into representatives (crate_core.cbsa)
 
 _CRATE = {"blocks": ("crate",)}
+_SQUARE_ISTA = {"blocks": ("crate", "cbsa")}  # CBT ends its layer with CRATE's square ISTA
 _OVERCOMPLETE = {"blocks": ("crate",), "ista": ("alpha", "lm")}
 _TOST = {"blocks": ("tost",)}
+_CBSA = {"blocks": ("cbsa",)}
 
 
 @dataclass
 class TrunkConfig:
     """The trunk's shape and its block's own fields (see the module docstring)."""
 
-    block: str = "crate"  # "crate" (MSSA + ISTA) | "tost" (TSSA + MLP), crate_core.build_stack
+    block: str = "crate"  # "crate" (MSSA + ISTA) | "tost" (TSSA + MLP) | "cbsa" (CBSA + ISTA), build_stack
     dim: int = 384  # token width d
     depth: int = 12  # layers L
     heads: int = 6  # subspaces K
@@ -48,15 +51,18 @@ class TrunkConfig:
     norm_eps: float = 1e-5  # the layers' LayerNorms
     # CRATE block: z_half = z + MSSA(LN1 z); z_next = ISTA(LN2 z_half)
     ista: str = field(default="square", metadata=_CRATE)  # "square" | "alpha" | "lm"
-    out_bias: bool = field(default=True, metadata=_CRATE)  # bias of the MSSA output projection
-    step_size: float = field(default=0.1, metadata=_CRATE)  # ISTA step eta
-    lambd: float = field(default=0.1, metadata=_CRATE)  # ISTA threshold lambda
+    out_bias: bool = field(default=True, metadata=_SQUARE_ISTA)  # bias of the MSSA / CBSA output projection
+    step_size: float = field(default=0.1, metadata=_SQUARE_ISTA)  # ISTA step eta
+    lambd: float = field(default=0.1, metadata=_SQUARE_ISTA)  # ISTA threshold lambda
     overcomplete: int = field(default=4, metadata=_OVERCOMPLETE)  # dictionary width m / d
     ista_steps: int = field(default=2, metadata=_OVERCOMPLETE)  # ISTA steps from a = 0
     # ToST block: z_half = z + TSSA(LN1 z); z_next = z_half + MLP(LN2 z_half)
     mlp_ratio: float = field(default=4.0, metadata=_TOST)
     layerscale: float | None = field(default=None, metadata=_TOST)  # None = no per-channel gammas
     qkv_bias: bool = field(default=True, metadata=_TOST)  # bias of the TSSA projection U
+    # CBT block: z_half = z + CBSA(LN1 z); z_next = ISTA(LN2 z_half) (square ISTA: step_size, lambd)
+    rep_grid: int = field(default=8, metadata=_CBSA)  # m: representatives = patch grid pooled to m x m
+    rep_window: str = field(default="patches", metadata=_CBSA)  # "patches" | "released" (crate_core.cbsa)
 
     def __post_init__(self):
         check_trunk(self)
@@ -86,6 +92,11 @@ def check_trunk(config: TrunkConfig) -> None:
             raise ValueError(f"{name} must be positive, got {name}={getattr(config, name)}")
     if config.block == "crate" and config.ista not in ISTA_VARIANTS:
         raise ValueError(f"ista must be one of {ISTA_VARIANTS}, got ista={config.ista!r}")
+    if config.block == "cbsa":
+        if not isinstance(config.rep_grid, int) or config.rep_grid <= 0:
+            raise ValueError(f"rep_grid must be a positive int, got rep_grid={config.rep_grid!r}")
+        if config.rep_window not in REP_WINDOWS:
+            raise ValueError(f"rep_window must be one of {REP_WINDOWS}, got rep_window={config.rep_window!r}")
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     for name in TRUNK_FIELDS:
         value = getattr(config, name)
