@@ -2,8 +2,10 @@
 
     patches   x (B, C, H, W) -> (B, N, P*P*C), flattened in (p1, p2, c) order (channel fastest)
     embed     "linear" (CRATE):  LN(P*P*C) -> Linear -> LN(d);   "conv" (CRATE-alpha): Conv2d(P, stride P)
+              "convstem" (CBT): log2(P) stride-2 conv3x3 + batch norm stages (crate_vision.stem)
     tokens    [cls; patches] + pos  (learned, N+1 rows; bicubically resized when the grid changes)
-    trunk     crate_core.build_stack(config): L layers of config.block (the config is a TrunkConfig)
+    trunk     crate_core.build_stack(config, grid=(h, w)): L layers of config.block (the config is a
+              TrunkConfig; a CBSA trunk pools the patch grid, which the model passes to it)
               z_half = z + MSSA(LN z);  z_next = ISTA(LN z_half)  (CRATE-alpha: z_half + D1 a)
     head      pool (cls token or mean of all tokens) -> LN -> Linear(d -> classes)
 
@@ -22,8 +24,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .stem import ConvStemEmbed
+
 POOLS = ("cls", "mean")
-PATCH_EMBEDS = ("linear", "conv")
+PATCH_EMBEDS = ("linear", "conv", "convstem")
 
 
 @dataclass
@@ -37,7 +41,7 @@ class CRATEClassifierConfig(crate_core.TrunkConfig):
     in_channels: int = 3
     num_classes: int = 1000
     pool: str = "cls"  # "cls" | "mean"
-    patch_embed: str = "linear"  # "linear" (official CRATE) | "conv" (CRATE-alpha)
+    patch_embed: str = "linear"  # "linear" (official CRATE) | "conv" (CRATE-alpha) | "convstem" (CBT)
     emb_dropout: float = 0.0
     head_norm_eps: float = 1e-5
     pos_init_std: float = 1.0  # official: cls token and positions ~ N(0, 1)
@@ -133,12 +137,13 @@ class CRATEClassifier(nn.Module):
     def __init__(self, config: CRATEClassifierConfig):
         super().__init__()
         self.config = c = config
-        embed = LinearPatchEmbed if c.patch_embed == "linear" else ConvPatchEmbed
+        embed = {"linear": LinearPatchEmbed, "conv": ConvPatchEmbed, "convstem": ConvStemEmbed}[c.patch_embed]
         self.patch_embed = embed(c.patch_size, c.in_channels, c.dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, c.dim) * c.pos_init_std)
         self.pos_embed = nn.Parameter(torch.randn(1, c.grid * c.grid + 1, c.dim) * c.pos_init_std)
         self.emb_drop = nn.Dropout(c.emb_dropout)
-        self.trunk = crate_core.build_stack(c)
+        self.trunk = crate_core.build_stack(c, grid=(c.grid, c.grid))
+        self._trunk_uses_grid = getattr(self.trunk, "uses_grid", False)
         self.head_norm = nn.LayerNorm(c.dim, eps=c.head_norm_eps)
         self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.num_features = self.head_hidden_size = self.embed_dim = c.dim
@@ -182,6 +187,11 @@ class CRATEClassifier(nn.Module):
         """Validate an image batch; return its patch grid (h, w)."""
         return image_grid(x, self.config.in_channels, self.config.patch_size)
 
+    @torch.jit.ignore
+    def trunk_grid(self, x: torch.Tensor) -> dict:
+        """``{"grid": (h, w)}`` of the images x for a trunk that pools the patch grid (CBSA), else ``{}``."""
+        return {"grid": self.check_input(x)} if self._trunk_uses_grid else {}
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> tokens (B, 1 + N, d): cls row first, positions added."""
         if torch.jit.is_scripting():  # no dataclass in TorchScript: the grids come from the tensors
@@ -201,7 +211,10 @@ class CRATEClassifier(nn.Module):
         """Trunk output (B, 1 + N, d); with ``return_intermediates`` / ``return_attention`` also
         the per-layer ``crate_core.LayerOutputs`` list."""
         return self.trunk(
-            self.embed(x), return_intermediates=return_intermediates, return_attention=return_attention
+            self.embed(x),
+            return_intermediates=return_intermediates,
+            return_attention=return_attention,
+            **self.trunk_grid(x),
         )
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -239,9 +252,10 @@ class CRATEClassifier(nn.Module):
         h, w = self.check_input(x)
         tokens = self.embed(x)
         layers = self.trunk.layers[: max_index + 1] if stop_early else self.trunk.layers
+        grid = self.trunk_grid(x)
         inter = []
         for i, layer in enumerate(layers):
-            tokens = layer(tokens)
+            tokens = layer(tokens, **grid)
             if i in take:
                 inter.append(self.head_norm(tokens) if norm else tokens)
         prefix = [y[:, :1] for y in inter]
@@ -300,7 +314,9 @@ class CRATEClassifier(nn.Module):
 CRATE_SIZES = {"tiny": (384, 12, 6), "small": (576, 12, 12), "base": (768, 12, 12), "large": (1024, 24, 16)}
 ALPHA_SIZES = {"tiny": (192, 12, 3), "small": (576, 12, 12), "base": (768, 12, 12), "large": (1024, 24, 16)}
 TOST_SIZES = {"tiny": (192, 12, 4), "small": (384, 12, 8)}
+CBT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
 ALPHA_OPTIONS = dict(patch_embed="conv", ista="alpha", out_bias=False, norm_eps=1e-6)
+CBT_OPTIONS = dict(block="cbsa", patch_embed="convstem")  # 8 x 8 representatives (rep_grid's default)
 
 
 def _cfg(dim: int, depth: int, heads: int, patch: int, image: int = 224, classes: int = 1000, **kw):
@@ -323,10 +339,17 @@ def preset_configs() -> dict[str, tuple[CRATEClassifierConfig, str]]:
             )
     for size, (d, L, K) in TOST_SIZES.items():
         out[f"tost-{size}-patch16-224"] = (_cfg(d, L, K, 16, block="tost"), f"ToST-{size[0].upper()}/16 (TSSA trunk)")
+    for size, (d, L, K) in CBT_SIZES.items():
+        out[f"cbt-{size}-patch16-224"] = (
+            _cfg(d, L, K, 16, **CBT_OPTIONS), f"CBT-{size[0].upper()}/16 (CBSA trunk, conv stem), 224 px"
+        )
     # tiny presets for tests and CPU runs
     out["crate-tiny-test"] = (_cfg(64, 2, 4, 8, image=32, classes=10), "test size: 64 wide, 2 layers, 32 px")
     out["crate-alpha-tiny-test"] = (_cfg(64, 2, 4, 8, image=32, classes=10, **ALPHA_OPTIONS), "test size")
     out["tost-tiny-test"] = (_cfg(64, 2, 4, 8, image=32, classes=10, block="tost"), "test size, ToST trunk")
+    out["cbt-tiny-test"] = (
+        _cfg(64, 2, 4, 8, image=32, classes=10, rep_grid=2, **CBT_OPTIONS), "test size, CBSA trunk (2 x 2 representatives)"
+    )
     out["crate-mini-shapes"] = (
         _cfg(128, 4, 4, 8, image=32, classes=6, pool="cls"),
         "default of tools/train_vision.py: 128 wide, 4 layers, 4 heads, patch 8 on 32 px shapes (16 tokens)",
