@@ -43,7 +43,30 @@ def test_batch_invariant_errors_name_the_numbers():
     ) == (4, 4, 32)
     assert ds["optimizer"]["params"]["torch_adam"] is True  # no fused_adam JIT build
     assert ds["optimizer"]["params"]["foreach"] is True  # multi-tensor AdamW on the CPU too
-    assert ds["zero_optimization"] == {"stage": 1}
+    assert ds["zero_optimization"] == {
+        "stage": 1, "reduce_bucket_size": 500_000_000, "allgather_bucket_size": 500_000_000,
+        "overlap_comm": False, "contiguous_gradients": True,
+    }
+
+
+def test_zero_communication_settings_reach_the_deepspeed_json(tmp_path):
+    """ZeRO-1/2 bucket sizes and overlap flags are TrainConfig fields (hence flags) written into the JSON;
+    stage 3, and a user JSON choosing another stage, keep DeepSpeed's own defaults for them."""
+    args = add_train_args(argparse.ArgumentParser()).parse_args(
+        ["--zero-stage", "2", "--reduce-bucket-size", "200000000", "--allgather-bucket-size", "100000000",
+         "--overlap-comm", "--no-contiguous-gradients"]
+    )
+    zero = build_ds_config(train_config_from_args(args), 2, "cuda", True)["zero_optimization"]
+    assert zero == {"stage": 2, "reduce_bucket_size": 200_000_000, "allgather_bucket_size": 100_000_000,
+                    "overlap_comm": True, "contiguous_gradients": False}
+    keys = {"reduce_bucket_size", "allgather_bucket_size", "overlap_comm", "contiguous_gradients"}
+    assert not keys & set(build_ds_config(TrainConfig(zero_stage=3), 2, "cpu", False)["zero_optimization"])
+    user = tmp_path / "z3.json"
+    user.write_text('{"zero_optimization": {"stage": 3, "overlap_comm": true}}')
+    zero = build_ds_config(TrainConfig(zero_stage=1, ds_config=str(user)), 2, "cpu", False)["zero_optimization"]
+    assert zero["stage"] == 3 and zero["overlap_comm"] is True and not (keys - {"overlap_comm"}) & set(zero)
+    with pytest.raises(ValueError, match="reduce_bucket_size must be a positive integer"):
+        TrainConfig(reduce_bucket_size=0)
 
 
 def test_unknown_optimizer_stage_and_fields():

@@ -21,6 +21,7 @@ WANDB_MODES = ("offline", "online", "disabled")
 PROGRESS_MODES = ("auto", "bar", "plain", "off")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("auto", "torch", "deepspeed")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 def opt(default: Any, help: str | None = None, choices: tuple | None = None, bound: str | None = None,
@@ -53,12 +54,19 @@ class TrainConfig:
     warmup_steps: int = opt(100, "linear warm-up, then cosine", bound="nonnegative")
     weight_decay: float = opt(0.05, bound="nonnegative")
     betas: tuple[float, float] = opt((0.9, 0.95))
+    eps: float = opt(1e-8, "AdamW epsilon", bound="positive")
     optimizer: str = opt("adamw", choices=OPTIMIZERS)
     grad_clip: float = opt(1.0, "max global grad norm (0: off)", bound="nonnegative")
     zero_stage: int = opt(
         1, "DeepSpeed ZeRO stage (1 or 2 for models under ~1B parameters)", choices=ZERO_STAGES
     )
     offload_optimizer: bool = opt(False, "keep optimizer state on the CPU (ZeRO-Offload)")
+    # ZeRO-1/2 communication (written into the generated DeepSpeed JSON; DeepSpeed's documented
+    # defaults, not tuned on this project's models)
+    reduce_bucket_size: int = opt(500_000_000, "ZeRO-1/2: elements reduced per bucket", bound="positive")
+    allgather_bucket_size: int = opt(500_000_000, "ZeRO-1/2: elements all-gathered per bucket", bound="positive")
+    overlap_comm: bool = opt(False, "ZeRO-1/2: overlap gradient reduction with the backward pass")
+    contiguous_gradients: bool = opt(True, "ZeRO-1/2: copy gradients into one buffer as they are produced")
     ds_config: str | None = opt(None, "your own DeepSpeed JSON, merged over the generated one")
     engine: str = opt(
         "auto",
@@ -67,6 +75,10 @@ class TrainConfig:
         choices=ENGINES,
     )
     precision: str = opt("auto", "auto: bf16 on GPU, fp32 on CPU", choices=PRECISIONS)
+    compile: str = opt(
+        "auto", "torch.compile the model: auto = on CUDA, not on the CPU; checkpoints do not depend on it",
+        choices=COMPILE_MODES,
+    )
     eval_every: int = opt(0, "0: only at the end", bound="nonnegative")
     layerwise_every: int = opt(
         0,

@@ -85,6 +85,10 @@ class BatchStream:
     def position(self) -> dict:
         return {"epoch": self.epoch, "index": self.index}
 
+    def seek(self, epoch: int, index: int) -> None:
+        """Continue from a saved ``position``."""
+        self.epoch, self.index, self._it = epoch, index, None
+
     def _open(self) -> Iterator:
         if self.index + self.micro > self.batches_per_epoch * self.micro:
             self.epoch, self.index = self.epoch + 1, 0
@@ -146,16 +150,37 @@ def eval_batches(
         yield batch
 
 
-def to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
-    """Move tensors (also inside dicts, lists, tuples and named tuples) to ``device``; floats to ``float_dtype``."""
+def to_device(batch: Any, device: torch.device, input_dtype: torch.dtype | None = None) -> Any:
+    """Move every tensor of ``batch`` (also inside dicts, lists, tuples and named tuples) to ``device``.
+
+    Only the model input is cast to ``input_dtype`` (bf16 when the engine keeps bf16 weights): the batch
+    itself when it is a tensor, else its first element (a tuple or list, e.g. ``(images, labels)``) or
+    its first value (a dict, e.g. ``{"x": ..., "y": ...}``), and only if it is floating. Everything
+    else keeps its dtype: labels, MixUp soft labels and regression targets stay float32, token ids stay
+    integers.
+    """
     if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=device.type == "cuda")
-        if float_dtype is not None and batch.is_floating_point():
-            batch = batch.to(float_dtype)
-        return batch
+        return _move(batch, device, input_dtype)
     if isinstance(batch, dict):
-        return {k: to_device(v, device, float_dtype) for k, v in batch.items()}
+        return {k: _move_all(v, device, input_dtype if i == 0 else None) for i, (k, v) in enumerate(batch.items())}
     if isinstance(batch, (list, tuple)):
-        moved = [to_device(v, device, float_dtype) for v in batch]
+        moved = [_move_all(v, device, input_dtype if i == 0 else None) for i, v in enumerate(batch)]
+        return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
+    return batch
+
+
+def _move(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    t = t.to(device, non_blocking=device.type == "cuda")
+    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+
+def _move_all(batch: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Every tensor in ``batch`` to ``device``; floating ones to ``dtype`` if given."""
+    if isinstance(batch, torch.Tensor):
+        return _move(batch, device, dtype)
+    if isinstance(batch, dict):
+        return {k: _move_all(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [_move_all(v, device, dtype) for v in batch]
         return type(batch)(moved) if not hasattr(batch, "_fields") else type(batch)(*moved)
     return batch

@@ -4,7 +4,8 @@ The batch invariant DeepSpeed enforces is checked here, before anything is launc
     train_batch_size = train_micro_batch_size_per_gpu x gradient_accumulation_steps x world_size
 (global = micro x accumulation x world). The JSON is generated from TrainConfig so the three cannot
 drift; a user's own JSON (``--ds-config``) is merged over it and validated the same way. The
-one-process torch loop (engine.py) reads its batch sizes, clipping and optimizer from the same JSON.
+one-process torch loop (engine.py) takes its batch sizes from the same JSON (they depend on the world
+size) and its optimizer and clipping from the TrainConfig.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ZERO_STAGES, TrainConfig
+
+COMM_KEYS = ("reduce_bucket_size", "allgather_bucket_size", "overlap_comm", "contiguous_gradients")
 
 
 def resolve_batch(
@@ -59,6 +62,8 @@ def build_ds_config(cfg: TrainConfig, world_size: int, device_type: str, bf16: b
         if cfg.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (got zero_stage=0)")
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device_type == "cuda"}
+    if cfg.zero_stage in (1, 2):  # ZeRO-1/2 communication (stage 3 keeps DeepSpeed's own defaults)
+        zero.update({k: getattr(cfg, k) for k in COMM_KEYS})
     if cfg.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = False  # export consolidates from the checkpoint
     ds: dict[str, Any] = {
@@ -74,7 +79,7 @@ def build_ds_config(cfg: TrainConfig, world_size: int, device_type: str, bf16: b
         "zero_allow_untested_optimizer": True,  # Lion is a client optimizer
     }
     if cfg.optimizer == "adamw":
-        params = {"lr": cfg.lr, "betas": list(cfg.betas), "eps": 1e-8, "weight_decay": cfg.weight_decay}
+        params = {"lr": cfg.lr, "betas": list(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay}
         if not cfg.offload_optimizer:
             # torch.optim.AdamW inside DeepSpeed: no fused_adam JIT build (needs no nvcc, works on CPU);
             # foreach (multi-tensor) updates: on the CPU torch would otherwise loop over parameters
@@ -114,6 +119,10 @@ def merge_user_ds_config(generated: dict, user: dict, cfg: TrainConfig, device_t
     if any(k in user for k in batch_keys):  # the user's batch keys replace ours as a set
         for k in batch_keys:
             merged.pop(k, None)
+    user_zero = user.get("zero_optimization")
+    if isinstance(user_zero, dict) and user_zero.get("stage", cfg.zero_stage) != cfg.zero_stage:
+        for k in COMM_KEYS:  # another stage than ours: DeepSpeed's own defaults for it, unless the user set them
+            merged["zero_optimization"].pop(k, None)
     for key, value in user.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}

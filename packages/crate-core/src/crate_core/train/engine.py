@@ -1,30 +1,100 @@
-"""The object that steps the optimizer: DeepSpeed's engine, or a plain torch loop for one process.
+"""The object that steps the optimizer, and the learning-rate schedule it follows.
 
 ``choose_engine``: one process without --ds-config / --offload-optimizer runs ``TorchEngine`` (no
 process group, no gradient flattening or all-reduce, no DeepSpeed import); several processes run
-DeepSpeed ZeRO 0-3. ``TorchEngine`` does what DeepSpeed's stage 0 does in fp32: the same optimizer
-(torch AdamW, foreach; or Lion), the same schedule, loss scaled by 1 / grad_accum, global-norm clipping
-``g <- g min(1, c / (||g|| + 1e-6))`` at the boundary, then step, zero_grad, schedule step. On a GPU with
-bf16 it runs the forward under torch.autocast with fp32 weights (DeepSpeed keeps bf16 weights and fp32
-masters). Its checkpoint is DeepSpeed's stage-0 layout (``ds/mp_rank_00_model_states.pt`` with
-``module``, ``optimizer``, ``lr_scheduler``, ``global_steps``), so the two resume each other's
-fp32 stage-0 checkpoints; other pairs are refused by checkpoint.check_layout.
+DeepSpeed ZeRO 0-3 (``deepspeed_engine``). Both are built from the TrainConfig: the same optimizer
+(torch AdamW with ``cfg.lr``, ``cfg.betas``, ``cfg.eps``, ``cfg.weight_decay`` on matrices only, foreach;
+or Lion), the same schedule, loss scaled by 1 / grad_accum, global-norm clipping
+``g <- g min(1, c / (||g|| + 1e-6))`` at the boundary, then step, zero_grad, schedule step.
+
+``TorchEngine`` does what DeepSpeed's stage 0 does in fp32. On a GPU with bf16 it runs the forward under
+torch.autocast with fp32 weights (DeepSpeed keeps bf16 weights and fp32 masters). Its checkpoint is
+DeepSpeed's stage-0 layout (``ds/mp_rank_00_model_states.pt`` with ``module``, ``optimizer``,
+``lr_scheduler``, ``global_steps``), so the two resume each other's fp32 stage-0 checkpoints; other pairs
+are refused by checkpoint.check_layout. Its ``backward(loss, keep)`` takes an optional device-side flag:
+with ``keep`` false the micro-batch adds exactly nothing to the accumulated gradients (see backward),
+so the trainer can decide later, without a host read per micro-batch, whether it counted.
 
 Both expose the calls the trainer makes: ``engine(batch)``, ``backward(loss)`` (scaled by
-1 / grad_accum), ``step()`` (clip, optimizer step, schedule step at the accumulation boundary),
-``get_lr()``, ``get_global_grad_norm()``, ``train()`` / ``eval()``, ``save_checkpoint`` /
-``load_checkpoint`` and the attributes ``module``, ``basic_optimizer``, ``lr_scheduler``, ``global_steps``.
+1 / grad_accum), ``step()`` (once per micro-batch; clip, optimizer step, schedule step at the
+accumulation boundary), ``get_lr()``, ``get_global_grad_norm()``, ``train()`` / ``eval()``,
+``save_checkpoint`` / ``load_checkpoint`` and the attributes ``module``, ``basic_optimizer``,
+``lr_scheduler``, ``global_steps``.
+
+``--compile`` (``compile_module``) compiles the module in place (``nn.Module.compile``; DeepSpeed's
+``engine.compile()`` does the same), so parameter names, checkpoints and exports are those of the eager
+module: no ``_orig_mod.`` prefix, and compiled and eager runs resume each other's checkpoints.
+
+The learning rate at optimizer step s (0-based), W warm-up steps, S total steps:
+    lr_s = lr (s + 1) / W                                               s < W
+    lr_s = min_lr + (lr - min_lr) (1 + cos(pi (s - W) / (S - W))) / 2   otherwise
+torch's LambdaLR saves the fields of a callable object with its state, so a checkpoint restores the
+schedule it was written with; ``rebuild`` replaces them with this run's (``--steps`` changed on resume).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .schedule import schedule_for
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+# ----------------------------------------------------------------------------------------------
+# the learning-rate schedule
+
+
+@dataclasses.dataclass
+class WarmupCosine:
+    """LambdaLR factor: linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor``."""
+
+    total: int
+    warmup: int
+    floor: float  # min_lr / lr
+
+    def __call__(self, s: int) -> float:
+        if s < self.warmup:
+            return (s + 1) / self.warmup
+        progress = min(1.0, (s - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def schedule_for(cfg) -> WarmupCosine:
+    return WarmupCosine(cfg.steps, cfg.warmup_steps, cfg.final_lr / cfg.lr)
+
+
+def rebuild(scheduler: LambdaLR, cfg) -> str | None:
+    """Make a restored scheduler follow ``cfg`` (steps, warm-up, lr, min_lr) from its current step.
+
+    Returns a line describing what changed, or None when the checkpoint's schedule is this run's.
+    """
+    want = schedule_for(cfg)
+    old = dataclasses.replace(scheduler.lr_lambdas[0])  # a copy: the fields are replaced below
+    old_lr = scheduler.base_lrs[0]
+    if (old.total, old.warmup, old.floor, old_lr) == (want.total, want.warmup, want.floor, cfg.lr):
+        return None
+    step = scheduler.last_epoch
+    for i, fn in enumerate(scheduler.lr_lambdas):
+        fn.__dict__.update(dataclasses.asdict(want))
+        scheduler.base_lrs[i] = cfg.lr
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(step)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+    return (
+        f"schedule rebuilt for this run: {old.total} -> {want.total} steps, warm-up {old.warmup} -> "
+        f"{want.warmup}, lr {old_lr:g} -> {cfg.lr:g}, min_lr {old.floor * old_lr:g} -> {cfg.final_lr:g}; "
+        f"lr at step {step} is now {scheduler._last_lr[0]:.4g}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# optimizer and engines
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -43,6 +113,14 @@ def lion(groups: list[dict], cfg):
     return Lion(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
+def make_optimizer(groups: list[dict], cfg) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg``: torch AdamW (foreach) or Lion, from the config's lr / betas / eps / decay."""
+    if cfg.optimizer == "lion":
+        return lion(groups, cfg)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             foreach=True)
+
+
 def deepspeed_engine(model: nn.Module, cfg, ds_config: dict):
     """deepspeed.initialize with the trainer's parameter groups, optimizer and schedule."""
     import deepspeed
@@ -59,9 +137,6 @@ def deepspeed_engine(model: nn.Module, cfg, ds_config: dict):
         dist_init_required=False,
     )
     return engine
-
-
-MODEL_STATES = "mp_rank_00_model_states.pt"
 
 
 def choose_engine(cfg, world_size: int) -> str:
@@ -85,28 +160,34 @@ def checkpoint_layout(engine_kind: str, zero_stage: int, bf16: bool) -> str:
     return f"zero{zero_stage}" + ("-bf16" if bf16 else "")
 
 
+def should_compile(mode: str, device: torch.device) -> bool:
+    """--compile auto|on|off: auto compiles on CUDA only (on the CPU the compile time rarely pays off)."""
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+def compile_module(engine, kind: str, backend: str = "inductor") -> None:
+    """Compile the module the engine runs, in place: state_dict keys stay those of the eager module."""
+    if kind == "deepspeed":
+        engine.compile(backend=backend)
+    else:
+        engine.module.compile(backend=backend)
+
+
 class TorchEngine(nn.Module):
     """One process, no DeepSpeed; see the module docstring. Unknown attributes are the model's."""
 
-    def __init__(self, model: nn.Module, cfg, ds_config: dict, device: torch.device, bf16: bool):
+    def __init__(self, model: nn.Module, cfg, device: torch.device, bf16: bool, grad_accum: int):
         super().__init__()
         self.module = model.to(device)
-        self.ds_config = ds_config
-        self.grad_accum = int(ds_config["gradient_accumulation_steps"])
-        self.clip = float(ds_config.get("gradient_clipping") or 0.0)
+        self.grad_accum = int(grad_accum)
+        self.clip = float(cfg.grad_clip or 0.0)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
         groups = param_groups(model, cfg.weight_decay)
-        if cfg.optimizer == "lion":
-            self.basic_optimizer = lion(groups, cfg)
-        else:
-            p = ds_config["optimizer"]["params"]
-            self.basic_optimizer = torch.optim.AdamW(
-                groups, lr=p["lr"], betas=tuple(p["betas"]), eps=p.get("eps", 1e-8),
-                weight_decay=p["weight_decay"], foreach=p.get("foreach", True),
-            )
+        self.basic_optimizer = make_optimizer(groups, cfg)
         self.optimizer = self.basic_optimizer
         self.lr_scheduler = LambdaLR(self.optimizer, schedule_for(cfg))
         self.params = [p for g in groups for p in g["params"]]
+        self.samples_per_step = cfg.micro_batch * self.grad_accum
         self.micro_steps = 0
         self.global_steps = 0
         self._grad_norm = None
@@ -123,8 +204,26 @@ class TorchEngine(nn.Module):
         with self.autocast:
             return self.module(*args, **kwargs)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.grad_accum if self.grad_accum > 1 else loss).backward()
+    def backward(self, loss: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Add d(loss / grad_accum)/d(params) to the gradients; with ``keep`` (a device bool) false, add nothing.
+
+        Masking the loss would not do: a non-finite forward leaves inf / NaN in the local derivatives
+        and 0 x NaN = NaN. So the micro-batch's gradients are computed on their own and added as
+        ``g_acc + where(keep, g, 0)``: with keep true this is the sum autograd would have formed
+        (bitwise); with keep false the accumulated gradients stay exactly as they were.
+        """
+        scaled = loss / self.grad_accum if self.grad_accum > 1 else loss
+        if keep is None:
+            scaled.backward()
+            return
+        held = [p.grad for p in self.params]
+        for p in self.params:
+            p.grad = None
+        scaled.backward()
+        for p, acc in zip(self.params, held):
+            g = torch.zeros_like(p) if p.grad is None else p.grad
+            g = torch.where(keep, g, torch.zeros((), dtype=g.dtype, device=g.device))
+            p.grad = g if acc is None else acc.add_(g)
 
     def step(self) -> None:
         self.micro_steps += 1
@@ -152,10 +251,9 @@ class TorchEngine(nn.Module):
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "skipped_steps": 0,
             "global_steps": self.global_steps,
-            "global_samples": self.global_steps * int(self.ds_config["train_batch_size"]),
+            "global_samples": self.global_steps * self.samples_per_step,
             "dp_world_size": 1,
             "mp_world_size": 1,
-            "ds_config": self.ds_config,
             "ds_version": "crate_core.train.engine.TorchEngine",
             **(client_state or {}),
         }

@@ -1,9 +1,14 @@
-"""What the trainer measures besides the training loss: evaluation, per-layer Rc / sparsity, and the
-per-interval figures of the log line (loss, metrics and tokens summed over micro-batches)."""
+"""What the trainer measures besides the optimizer step: the per-interval figures of the log line
+(loss, metrics and tokens summed over micro-batches), evaluation, and per-layer Rc / sparsity.
+
+Nothing here reads a tensor back to the host until a figure is asked for: ``Interval.add`` keeps
+running sums on the device (float64, so the sums equal Python's float sums of the same values),
+and ``Interval.totals`` reads them all with one all-reduce and one transfer, at a log step.
+Every function takes values and returns rows; the Trainer writes them out.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,8 +16,7 @@ import torch
 
 from ..probes import LayerwiseProbe, flatten
 from . import checkpoint as ckpt
-from .data import eval_batches
-from .distributed import all_reduce_vector
+from .distributed import all_reduce_tensor
 
 
 def split_loss(out: Any) -> tuple[torch.Tensor, dict]:
@@ -30,109 +34,101 @@ def as_float(v: Any) -> float:
 
 @dataclass
 class Interval:
-    """Sums over the micro-batches since the last log line."""
+    """Sums over the micro-batches since the last log line: tensors stay on their device, Python
+    numbers (e.g. a token count) on the host. ``n`` counts the micro-batches added, ``steps`` the
+    optimizer steps."""
 
-    loss: float = 0.0
     n: int = 0
-    tokens: float = 0.0
     steps: int = 0
-    micro: int = 0
-    metrics: dict = field(default_factory=dict)
+    device_sums: dict = field(default_factory=dict)  # "loss" and tensor metrics: 0-d float64 tensors
+    host_sums: dict = field(default_factory=dict)  # metrics given as Python numbers
 
     def add(self, loss: torch.Tensor, metrics: dict) -> None:
-        self.loss += as_float(loss)
+        """Add one micro-batch's loss and metrics (no host read)."""
         self.n += 1
-        self.micro += 1
-        for k, v in metrics.items():
-            if k == "tokens":
-                self.tokens += as_float(v)
+        for k, v in (("loss", loss), *metrics.items()):
+            if isinstance(v, torch.Tensor):
+                v = v.detach().to(torch.float64)
+                self.device_sums[k] = v if k not in self.device_sums else self.device_sums[k] + v
             else:
-                self.metrics[k] = self.metrics.get(k, 0.0) + as_float(v)
+                self.host_sums[k] = self.host_sums.get(k, 0.0) + float(v)
 
-    def row(self, trainer, dt: float, flops_per_micro: int | None, peak: float | None) -> dict:
-        """Collective: the log row of this interval, reduced over ranks (loss, metrics, tokens)."""
-        keys = sorted(self.metrics)
-        red = all_reduce_vector([self.loss, self.n, self.tokens] + [self.metrics[k] for k in keys])
-        grad_norm = trainer.engine.get_global_grad_norm()
+    def totals(self, device: torch.device) -> dict:
+        """Collective: {"n": micro-batches, key: sum} over all ranks, read to the host in one transfer."""
+        keys = sorted(set(self.device_sums) | set(self.host_sums))
+        vec = torch.tensor([self.n] + [self.host_sums.get(k, 0.0) for k in keys], dtype=torch.float64).to(device)
+        on_device = [(i + 1, self.device_sums[k]) for i, k in enumerate(keys) if k in self.device_sums]
+        if on_device:
+            index = torch.tensor([i for i, _ in on_device], device=device)
+            vec = vec.index_add(0, index, torch.stack([v.to(device) for _, v in on_device]))
+        red = all_reduce_tensor(vec).tolist()
+        return {"n": red[0], **dict(zip(keys, red[1:]))}
+
+    def row(self, device: torch.device, step: int, lr: float, grad_norm, global_batch: int, nonfinite_total: int,
+            dt: float, flops_per_micro: int | None, peak: float | None) -> dict:
+        """Collective: the log row of this interval (loss and metrics are means over its micro-batches)."""
+        t = self.totals(device)
+        n = max(t.pop("n"), 1)
         row = {
-            "step": trainer.step,
-            "loss": red[0] / red[1],
-            "lr": float(trainer.engine.get_lr()[0]),
+            "step": step,
+            "loss": t.pop("loss", float("nan") * n) / n,
+            "lr": float(lr),
             "grad_norm": as_float(grad_norm) if grad_norm is not None else None,
-            "samples_per_s": self.steps * trainer.global_batch / dt,
+            "samples_per_s": self.steps * global_batch / dt,
             "step_time_s": dt / self.steps,
-            "nonfinite_skipped": trainer.nonfinite_total,
+            "nonfinite_skipped": nonfinite_total,
         }
-        if red[2] > 0:
-            row["tokens_per_s"] = red[2] / dt
-        for k, v in zip(keys, red[3:]):
-            row[f"train/{k}"] = v / red[1]
+        tokens = t.pop("tokens", 0.0)
+        if tokens > 0:
+            row["tokens_per_s"] = tokens / dt
+        for k, v in t.items():
+            row[f"train/{k}"] = v / n
         if peak and flops_per_micro:  # this rank's FLOPs / time / this rank's peak
-            row["mfu"] = flops_per_micro * self.micro / dt / peak
+            row["mfu"] = flops_per_micro * self.n / dt / peak
         return row
 
 
-def evaluate(trainer) -> dict:
-    """Collective: eval_fn(model), or the mean loss_fn metrics over eval_batches batches."""
-    if trainer.eval_fn is None and trainer.eval_dataset is None:
-        return {}
-    trainer.engine.eval()
+def evaluate(engine, forward, batches, eval_fn, device: torch.device) -> dict:
+    """Collective: ``eval_fn(engine)``, or the mean of loss_fn's loss and metrics (tokens aside) over
+    ``batches`` (each rank's share), in eval mode without gradients."""
+    engine.eval()
     try:
         with torch.no_grad():
-            if trainer.eval_fn is not None:
-                out = trainer.eval_fn(trainer.engine)
+            if eval_fn is not None:
+                out = eval_fn(engine)
                 return {k if k.startswith("eval/") else f"eval/{k}": as_float(v) for k, v in out.items()}
-            sums: dict[str, float] = {}
-            count = 0
-            for batch in eval_batches(
-                trainer.eval_dataset,
-                trainer.micro_batch,
-                trainer.rank,
-                trainer.world_size,
-                trainer.cfg.eval_batches,
-                trainer.collate_fn,
-                trainer.cfg.num_workers,
-            ):
-                loss, metrics = trainer.forward(batch)
-                sums["loss"] = sums.get("loss", 0.0) + as_float(loss)
-                for k, v in metrics.items():
-                    if k != "tokens":
-                        sums[k] = sums.get(k, 0.0) + as_float(v)
-                count += 1
-            keys = sorted(sums)
-            totals = all_reduce_vector([sums[k] for k in keys] + [count])
-            n = max(totals[-1], 1)
-            return {f"eval/{k}": v / n for k, v in zip(keys, totals[:-1])}
+            sums = Interval()
+            for batch in batches:
+                loss, metrics = forward(batch)
+                sums.add(loss, {k: v for k, v in metrics.items() if k != "tokens"})
+            t = sums.totals(device)
+            n = max(t.pop("n"), 1)
+            return {f"eval/{k}": v / n for k, v in t.items()}
     finally:
-        trainer.engine.train()
+        engine.train()
 
 
-def measure_layers(trainer, logger=None) -> dict:
-    """Collective: per-layer Rc and sparsity (crate_core.probes) of every CRATE stack in the model, from
-    one loss_fn forward pass on a fixed batch (the first of the eval set, else of the training set), in
-    eval mode. The RNG state is restored afterwards, so measuring does not change the training run.
-    Rank 0 appends {"step", "layers"} to out_dir/layerwise.jsonl (per group, measure and layer:
-    [batch mean, batch std]) and logs the means to wandb."""
+def measure_layers(engine, model, forward, batch) -> tuple[dict, dict]:
+    """Collective: per-layer Rc and sparsity (crate_core.probes) of every CRATE stack in ``model``, from
+    one ``forward(batch)`` (loss_fn through the engine) in eval mode and eagerly (a compiled module runs
+    its Python code here, so the probe's hooks see every layer). The RNG state is restored afterwards,
+    so measuring does not change the training run.
+
+    Returns (summary, flat): summary[group][measure] = per layer [batch mean, batch std] (the rows of
+    layerwise.jsonl), and flat = {name: mean} for wandb.
+    """
     rng = ckpt.capture_rng()
-    source = trainer.eval_dataset if trainer.eval_dataset is not None else trainer.train_dataset
-    collate = trainer.collate_fn or torch.utils.data.default_collate
-    batch = collate([source[i] for i in range(min(trainer.micro_batch, len(source)))])
-    trainer.engine.eval()
+    engine.eval()
     try:
-        with torch.no_grad(), LayerwiseProbe(trainer.model) as probe:
-            trainer.forward(batch)
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"), LayerwiseProbe(model) as probe:
+            forward(batch)
         results = probe.results()
     finally:
-        trainer.engine.train()
+        engine.train()
         ckpt.restore_rng(rng)
     summary = {
         group: {k: [[float(v[l].mean()), float(v[l].std(unbiased=False))] for l in range(v.shape[0])]
                 for k, v in measures.items()}
         for group, measures in results.items()
     }
-    if trainer.is_main:
-        with open(trainer.out_dir / "layerwise.jsonl", "a") as f:
-            f.write(json.dumps({"step": trainer.step, "layers": summary}) + "\n")
-        if logger is not None:
-            logger.log_quiet(trainer.step, flatten(results))
-    return summary
+    return summary, flatten(results)

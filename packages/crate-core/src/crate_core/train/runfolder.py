@@ -8,93 +8,115 @@
 - a checkpoint must hold the same model, world size and optimizer-state layout, and a step not
   beyond ``--steps``. A different ``--steps`` (or warm-up / lr / min_lr) rebuilds the schedule for
   the new total from the checkpoint's step, and the log says so.
+
+Every function takes values and returns results: ``lock`` the folder it holds, ``resolve`` a
+``Resume`` (which checkpoint, which run id), ``restore`` a ``Restored`` (the step, counters, data
+position and RNG states read back); the Trainer assigns them.
 """
 
 from __future__ import annotations
 
 import sys
 import uuid
-import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint as ckpt
 from . import runlock
 from .distributed import all_reduce_scalar, broadcast_object
-from .schedule import rebuild
+from .engine import rebuild
 
 
-def say(trainer, text: str) -> None:
+@dataclass(frozen=True)
+class Resume:
+    """Where a run starts: ``path`` (None: fresh) and the run id its checkpoints carry."""
+
+    path: Path | None
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a checkpoint gives back besides the engine's state (loaded into the engine in place)."""
+
+    step: int
+    nonfinite_total: int
+    data: dict  # {"epoch", "index"}: the data stream's position
+    rng: dict  # this rank's RNG states, restored at the start of fit
+    schedule_change: str | None  # a line when the schedule was rebuilt for this run's settings
+
+
+def say(is_main: bool, text: str) -> None:
     """A line on stderr from rank 0 (before the logger exists)."""
-    if trainer.is_main:
+    if is_main:
         print(text, file=sys.stderr, flush=True)
 
 
-def lock(trainer) -> None:
-    """Rank 0 takes OUT_DIR/run.lock; every rank raises if another process holds it."""
-    busy = None
-    if trainer.is_main:
-        try:  # released by trainer.close(), when the trainer is garbage-collected, or at exit
-            trainer._unlock = weakref.finalize(trainer, runlock.release, runlock.acquire(trainer.out_dir))
+def lock(out_dir: Path, is_main: bool, world_size: int) -> Path | None:
+    """Rank 0 takes OUT_DIR/run.lock and returns the locked folder (None on other ranks); every rank
+    raises RunFolderBusyError if another process holds it. Release with runlock.release(folder)."""
+    busy, held = None, None
+    if is_main:
+        try:
+            held = runlock.acquire(out_dir)
         except runlock.RunFolderBusyError as e:
             busy = e
-    pid = all_reduce_scalar(runlock.holder_pid(busy.holder) if busy else 0, "max") if trainer.world_size > 1 else 0
+    pid = all_reduce_scalar(runlock.holder_pid(busy.holder) if busy else 0, "max") if world_size > 1 else 0
     if busy is not None:
         raise busy
     if pid:
-        raise runlock.RunFolderBusyError(trainer.out_dir, f"process {int(pid)}")
+        if held is not None:
+            runlock.release(held)
+        raise runlock.RunFolderBusyError(out_dir, f"process {int(pid)}")
+    return held
 
 
-def unlock(trainer) -> None:
-    finalizer = getattr(trainer, "_unlock", None)
-    if finalizer is not None:
-        finalizer()  # runs at most once
-
-
-def resolve(trainer) -> Path | None:
+def resolve(
+    cfg, out_dir: Path, fingerprint: dict, world_size: int, layout: str, engine_kind: str, is_main: bool
+) -> Resume:
     """The checkpoint to resume from (rank 0 decides, every rank gets it), after the folder checks."""
-    cfg = trainer.cfg
+    ckpt_root = out_dir / ckpt.CKPT_SUBDIR
     found = None
-    if trainer.is_main:
+    if is_main:
         try:
-            found = ckpt.resolve_resume(cfg.resume, trainer.out_dir, warn=lambda t: say(trainer, t))
+            found = ckpt.resolve_resume(cfg.resume, out_dir, warn=lambda t: say(is_main, t))
         except (ValueError, FileNotFoundError) as e:
             found = e
     found = broadcast_object(found)
     if isinstance(found, Exception):
         raise found
-    own = ckpt.list_checkpoints(trainer.ckpt_root)
+    own = ckpt.list_checkpoints(ckpt_root)
     if own and not cfg.resume:
         raise ValueError(
-            f"{trainer.out_dir} already holds checkpoints of a run (newest {own[-1].name}): pass --resume auto "
+            f"{out_dir} already holds checkpoints of a run (newest {own[-1].name}): pass --resume auto "
             "to continue it, or choose another --out-dir"
         )
-    if own and found is not None and found.resolve().parent != trainer.ckpt_root.resolve():
+    if own and found is not None and found.resolve().parent != ckpt_root.resolve():
         raise ValueError(
-            f"--resume {found} belongs to another run, but {trainer.out_dir} holds checkpoints of its own "
+            f"--resume {found} belongs to another run, but {out_dir} holds checkpoints of its own "
             f"(newest {own[-1].name}): continue that run with --resume auto, or choose an empty --out-dir"
         )
     if cfg.resume == "auto" and found is None:
-        say(trainer, f"--resume auto: no checkpoint in {trainer.ckpt_root}, starting fresh at step 0")
-    if found is not None:
-        saved = ckpt.read_state(found)
-        ckpt.check_compatible(saved, trainer.fingerprint, trainer.world_size, found)
-        ckpt.check_layout(saved, trainer.layout, trainer.engine_kind, found)
-        if int(saved["step"]) > cfg.steps:
-            raise ValueError(f"checkpoint {found} is at step {saved['step']}, beyond steps={cfg.steps}")
-        trainer.run_id = saved.get("run_id", "legacy")
-    else:
-        trainer.run_id = uuid.uuid4().hex[:12]
-    return found
+        say(is_main, f"--resume auto: no checkpoint in {ckpt_root}, starting fresh at step 0")
+    if found is None:
+        return Resume(None, uuid.uuid4().hex[:12])
+    saved = ckpt.read_state(found)
+    ckpt.check_compatible(saved, fingerprint, world_size, found)
+    ckpt.check_layout(saved, layout, engine_kind, found)
+    if int(saved["step"]) > cfg.steps:
+        raise ValueError(f"checkpoint {found} is at step {saved['step']}, beyond steps={cfg.steps}")
+    return Resume(found, saved.get("run_id", "legacy"))
 
 
-def restore(trainer) -> None:
-    """Load the checkpoint into the engine, the data stream and (at fit) the RNG; rebuild the schedule."""
-    state = ckpt.load_checkpoint(trainer.engine, trainer.resume_path, trainer.rank)
-    trainer.step = int(state["step"])
-    trainer.nonfinite_total = int(state.get("nonfinite_total", 0))
-    trainer.stream.epoch, trainer.stream.index = state["data"]["epoch"], state["data"]["index"]
-    trainer._rng_to_restore = state["_rng"]
-    trainer.last_checkpoint, trainer._last_ckpt_step = trainer.resume_path, trainer.step
-    change = rebuild(trainer.engine.lr_scheduler, trainer.cfg)
-    if change:
-        say(trainer, f"resuming {trainer.resume_path.name}: {change}")
+def restore(engine, path: Path, rank: int, cfg) -> Restored:
+    """Load the checkpoint at ``path`` into the engine (model, optimizer, scheduler), rebuild the
+    schedule for ``cfg``, and return the rest of its state."""
+    state = ckpt.load_checkpoint(engine, path, rank)
+    change = rebuild(engine.lr_scheduler, cfg)
+    return Restored(
+        step=int(state["step"]),
+        nonfinite_total=int(state.get("nonfinite_total", 0)),
+        data={"epoch": state["data"]["epoch"], "index": state["data"]["index"]},
+        rng=state["_rng"],
+        schedule_change=f"resuming {path.name}: {change}" if change else None,
+    )

@@ -1,5 +1,5 @@
-"""What a run records about itself: seeds, the model's fingerprint, the git commit, run_config.json
-and train_result.json (read by benchmarks/report.py)."""
+"""What a run records about itself: seeds, the model's fingerprint, the git commit, run_config.json,
+layerwise.jsonl and train_result.json (read by benchmarks/report.py). The writers take values."""
 
 from __future__ import annotations
 
@@ -51,24 +51,25 @@ def git_commit(cwd: str | None = None) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def write_run_config(trainer) -> None:
-    """out_dir/run_config.json: the configuration, DeepSpeed JSON, model, commit and command line."""
-    out_dir: Path = trainer.out_dir
+def write_run_config(out_dir: Path, info: dict) -> None:
+    """out_dir/run_config.json: ``info`` (the configuration, DeepSpeed JSON, engine, model, commit, ...)
+    with the parameter count, the command line and the time added."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = info.get("model") or {}
     info = {
-        "train_config": trainer.cfg.to_dict(),
-        "ds_config": trainer.ds_config,
-        "engine": trainer.engine_kind,
-        "model": {k: v for k, v in trainer.fingerprint.items() if k != "param_shapes"},
-        "parameters": sum(math.prod(s) for s in trainer.fingerprint["param_shapes"].values()),
-        "git": trainer.git,
-        "world_size": trainer.world_size,
-        "device": str(trainer.device),
+        **info,
+        "model": {k: v for k, v in fingerprint.items() if k != "param_shapes"},
+        "parameters": sum(math.prod(s) for s in fingerprint.get("param_shapes", {}).values()),
         "command": sys.argv,
-        "resumed_from": str(trainer.resume_path) if trainer.resume_path else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (out_dir / "run_config.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def append_layerwise(out_dir: Path, step: int, summary: dict) -> None:
+    """One line {"step", "layers"} of out_dir/layerwise.jsonl (see measure.measure_layers)."""
+    with open(out_dir / "layerwise.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "layers": summary}) + "\n")
 
 
 def write_train_result(out_dir: Path, result: dict, model: nn.Module) -> None:

@@ -1,13 +1,29 @@
 """The training loop every tool shares: exact resume, atomic checkpoints, one loop read top to bottom.
 
+Reading this file and four modules explains a run: one step (engine.py), one log line (measure.py),
+one checkpoint (checkpoint.py) and one resume (runfolder.py). Helpers take values and return results;
+only this class holds (and assigns) the run's state.
+
 One optimizer step = ``grad_accum`` micro-batches on each of ``world_size`` processes:
-    loss_i = loss_fn(model, batch_i)                  forward (bf16 on GPU, fp32 on CPU)
+    loss_i = loss_fn(engine, batch_i)                 forward (bf16 on GPU, fp32 on CPU)
+    ok_i   = all ranks' loss_i finite                 a device tensor (an all-reduce, no host read)
     engine.backward(loss_i); engine.step()            the engine scales by 1/grad_accum, reduces,
                                                       clips and steps at the accumulation boundary
-The learning rate follows schedule.WarmupCosine. A micro-batch whose loss is not finite on any rank
-(all ranks agree through an all-reduce) gets no backward pass and no optimizer step; the next
-micro-batch takes its place. ``max_nonfinite`` in a row stop the run with NonFiniteLossError, leaving
-the checkpoints on disk as they were.
+The learning rate follows engine.WarmupCosine. A micro-batch whose loss is not finite on any rank gets
+no backward pass and no optimizer step; the next micro-batch takes its place. ``max_nonfinite`` in a
+row stop the run with NonFiniteLossError, leaving the checkpoints on disk as they were.
+
+Host reads (each one waits for the GPU's queue to drain) are kept out of the step:
+- the loss and the metrics are summed on the device (measure.Interval) and read at log steps only;
+- the torch engine runs the step's micro-batches without reading anything: its ``backward(loss, ok)``
+  adds a micro-batch's gradients only where the device flag ``ok`` is true (exactly nothing
+  otherwise). The step's flags are then read together, once per optimizer step, before the optimizer
+  step: each non-finite one is counted (and checked against max_nonfinite) and replaced by the next
+  micro-batch, so the step is made of the same micro-batches, summed in the same order, as with a read
+  per micro-batch. That one small read per step is the price of "replaced": whether to draw another
+  micro-batch is a host decision.
+- DeepSpeed's backward reduces into its own buffers and cannot be undone, so with DeepSpeed the flag
+  is read before each micro-batch's backward (one read per micro-batch, of the flag only).
 
 ``fit`` is a loop over ``train_step`` followed by the table ``self.periodic`` of actions that run
 every N steps (evaluate, log, measure layers, checkpoint).
@@ -19,6 +35,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +46,32 @@ from torch.utils.data import Dataset
 
 from . import checkpoint as ckpt
 from . import export as export_mod
-from . import runfolder
+from . import measure, runfolder, runlock
 from .config import TrainConfig
-from .data import BatchStream, to_device
-from .distributed import all_reduce_scalar, all_reduce_vector, barrier, detect_env, init_distributed
+from .data import BatchStream, eval_batches, to_device
+from .distributed import all_reduce_tensor, all_reduce_vector, barrier, detect_env, init_distributed
 from .ds_config import build_ds_config
-from .engine import TorchEngine, checkpoint_layout, choose_engine, deepspeed_engine
+from .engine import (
+    TorchEngine,
+    WarmupCosine,
+    checkpoint_layout,
+    choose_engine,
+    compile_module,
+    deepspeed_engine,
+    should_compile,
+)
 from .flops import count_flops, peak_flops
 from .interrupt import SignalGuard, TrainingInterrupted
 from .logging import RunLogger
-from .measure import Interval, evaluate, measure_layers, split_loss
-from .runinfo import git_commit, model_fingerprint, seed_everything, write_run_config, write_train_result
-from .schedule import WarmupCosine
+from .measure import Interval, split_loss
+from .runinfo import (
+    append_layerwise,
+    git_commit,
+    model_fingerprint,
+    seed_everything,
+    write_run_config,
+    write_train_result,
+)
 
 __all__ = [
     "NonFiniteLossError", "Trainer", "TrainingInterrupted", "WarmupCosine", "model_fingerprint", "seed_everything",
@@ -119,9 +150,14 @@ class Trainer:
         self.global_batch = self.ds_config["train_batch_size"]
         self.layout = checkpoint_layout(self.engine_kind, self.zero_stage, self.bf16)
         self.fingerprint = model_fingerprint(model)
-        runfolder.lock(self)
+        held = runfolder.lock(self.out_dir, self.is_main, self.world_size)
+        # released by close(), when the trainer is garbage-collected, or at exit
+        self._unlock = weakref.finalize(self, runlock.release, held) if held is not None else None
         try:
-            self.resume_path = runfolder.resolve(self)
+            resume = runfolder.resolve(
+                cfg, self.out_dir, self.fingerprint, self.world_size, self.layout, self.engine_kind, self.is_main
+            )
+            self.resume_path, self.run_id = resume.path, resume.run_id
             self._build(model, train_dataset, loss_fn, eval_dataset, eval_fn, collate_fn, callbacks)
             self.after_step = after_step  # called with the new step count after every optimizer step
         except BaseException:
@@ -154,9 +190,13 @@ class Trainer:
         # --- engine ---
         self.model = model
         if self.engine_kind == "torch":
-            self.engine = TorchEngine(model, cfg, self.ds_config, self.device, self.bf16)
+            self.engine = TorchEngine(model, cfg, self.device, self.bf16, self.grad_accum)
         else:
             self.engine = deepspeed_engine(model, cfg, self.ds_config)
+        self.compiled = should_compile(cfg.compile, self.device)
+        if self.compiled:
+            compile_module(self.engine, self.engine_kind)
+        self.masked = isinstance(self.engine, TorchEngine)  # backward(loss, ok) without a host read
         self.step = 0
         self.nonfinite_total = 0
         self.last_checkpoint: Path | None = None
@@ -164,9 +204,20 @@ class Trainer:
         self._rng_to_restore = None
         self.git = git_commit()
         if self.resume_path is not None:
-            runfolder.restore(self)
+            restored = runfolder.restore(self.engine, self.resume_path, self.rank, cfg)
+            self.step, self.nonfinite_total = restored.step, restored.nonfinite_total
+            self.stream.seek(**restored.data)
+            self._rng_to_restore = restored.rng  # restored at the start of fit
+            self.last_checkpoint, self._last_ckpt_step = self.resume_path, self.step
+            if restored.schedule_change:
+                runfolder.say(self.is_main, restored.schedule_change)
         if self.is_main:
-            write_run_config(self)
+            write_run_config(self.out_dir, {
+                "train_config": cfg.to_dict(), "ds_config": self.ds_config, "engine": self.engine_kind,
+                "compiled": self.compiled, "model": self.fingerprint, "git": self.git,
+                "world_size": self.world_size, "device": str(self.device),
+                "resumed_from": str(self.resume_path) if self.resume_path else None,
+            })
         self.periodic = [  # fit's table, in the order the actions run after a step
             Periodic("eval", cfg.eval_every, at_last=False, run=self._periodic_eval),
             Periodic("log", cfg.log_every, at_last=True, run=self._periodic_log, timed=False, at_first=True),
@@ -232,53 +283,69 @@ class Trainer:
 
     def train_step(self) -> None:
         """One optimizer step: ``grad_accum`` micro-batches, each with a finite loss on every rank."""
-        for _ in range(self.grad_accum):
-            loss, metrics = self._finite_micro_step()
-            self.interval.add(loss, metrics)
+        good = 0
+        while good < self.grad_accum:
+            group = []  # the torch engine runs the step's missing micro-batches before reading anything
+            for _ in range(self.grad_accum - good if self.masked else 1):
+                loss, metrics, ok = self._counted_micro_step(next(self.stream))
+                group.append((loss, metrics, ok, self.stream.position))
+            oks = [ok for _, _, ok, _ in group]
+            flags = torch.stack(oks).tolist() if self.masked else oks  # the torch engine's one host read
+            for (loss, metrics, _, position), ok in zip(group, flags):
+                if not ok:
+                    self._skipped(position)
+                    continue
+                self._consecutive_bad = 0
+                self.engine.step()
+                self.interval.add(loss, metrics)
+                good += 1
         self.step += 1
         self.interval.steps += 1
         if self.after_step is not None:  # e.g. an EMA teacher (crate_vision.ssl); not on skipped micro-batches
             self.after_step(self.step)
 
-    def _finite_micro_step(self) -> tuple[torch.Tensor, dict]:
-        """Draw micro-batches until one has a finite loss on every rank; its backward and step ran."""
-        while True:
-            batch = next(self.stream)
-            if self._count_mfu and self.flops_per_micro is None:
-                flops, (loss, metrics, bad) = count_flops(lambda b=batch: self._micro_step(b))
-                if not bad:
-                    self.flops_per_micro = flops
-            else:
-                loss, metrics, bad = self._micro_step(batch)
-            if not bad:
-                self._consecutive_bad = 0
-                return loss, metrics
-            self.nonfinite_total += 1
-            self._consecutive_bad += 1
-            self.logger.message(
-                f"step {self.step + 1}: non-finite loss on some rank; micro-batch skipped "
-                f"({self._consecutive_bad} in a row, {self.nonfinite_total} in total)"
-            )
-            if self._consecutive_bad >= self.cfg.max_nonfinite:
-                last = self.last_checkpoint or "none written yet"
-                raise NonFiniteLossError(
-                    f"the loss was non-finite for {self._consecutive_bad} micro-batches in a row "
-                    f"(max_nonfinite={self.cfg.max_nonfinite}) at step {self.step + 1}, data position "
-                    f"{self.stream.position}; stopping. The last good checkpoint is {last}; lower the "
-                    f"learning rate or check the data, then continue with --resume auto"
-                )
-
-    def _micro_step(self, batch) -> tuple[torch.Tensor, dict, bool]:
-        """Forward; if the loss is finite on every rank, backward and (at the boundary) step."""
+    def _micro_step(self, batch) -> tuple[torch.Tensor, dict, torch.Tensor | bool]:
+        """Forward, whether the loss is finite on every rank, and the backward that allows. The torch
+        engine gets the flag as a device bool that masks its backward (nothing read); DeepSpeed's
+        backward cannot be undone, so there the flag is read first and returned as a Python bool."""
         loss, metrics = self.forward(batch)
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if all_reduce_scalar(0.0 if finite else 1.0, "max"):
-            return loss, metrics, True
-        self.engine.backward(loss)
-        self.engine.step()
-        return loss, metrics, False
+        ok = all_reduce_tensor(torch.isfinite(loss.detach()).all().to(torch.uint8), "min").bool()
+        if self.masked:
+            self.engine.backward(loss, ok)
+            return loss, metrics, ok
+        ok = bool(ok)
+        if ok:
+            self.engine.backward(loss)
+        return loss, metrics, ok
+
+    def _counted_micro_step(self, batch) -> tuple[torch.Tensor, dict, torch.Tensor | bool]:
+        """_micro_step; on CUDA the first finite one is run under the FLOP counter (for MFU)."""
+        if not (self._count_mfu and self.flops_per_micro is None):
+            return self._micro_step(batch)
+        flops, (loss, metrics, ok) = count_flops(lambda: self._micro_step(batch))
+        if bool(ok):  # once per run, on CUDA only
+            self.flops_per_micro = flops
+        return loss, metrics, ok
+
+    def _skipped(self, position: dict) -> None:
+        """Count a non-finite micro-batch (drawn at data ``position``); stop after max_nonfinite in a row."""
+        self.nonfinite_total += 1
+        self._consecutive_bad += 1
+        self.logger.message(
+            f"step {self.step + 1}: non-finite loss on some rank; micro-batch skipped "
+            f"({self._consecutive_bad} in a row, {self.nonfinite_total} in total)"
+        )
+        if self._consecutive_bad >= self.cfg.max_nonfinite:
+            last = self.last_checkpoint or "none written yet"
+            raise NonFiniteLossError(
+                f"the loss was non-finite for {self._consecutive_bad} micro-batches in a row "
+                f"(max_nonfinite={self.cfg.max_nonfinite}) at step {self.step + 1}, data position "
+                f"{position}; stopping. The last good checkpoint is {last}; lower the "
+                f"learning rate or check the data, then continue with --resume auto"
+            )
 
     def forward(self, batch) -> tuple[torch.Tensor, dict]:
+        """loss_fn(engine, batch) on this process's device: (loss, metrics)."""
         batch = to_device(batch, self.device, torch.bfloat16 if self.bf16 else None)
         return split_loss(self.loss_fn(self.engine, batch))
 
@@ -321,7 +388,10 @@ class Trainer:
 
     def _periodic_log(self, last: bool) -> None:
         dt = max(time.perf_counter() - self._t_interval - self._paused, 1e-9)
-        row = self.interval.row(self, dt, self.flops_per_micro, self._peak)
+        row = self.interval.row(
+            self.device, self.step, self.engine.get_lr()[0], self.engine.get_global_grad_norm(), self.global_batch,
+            self.nonfinite_total, dt, self.flops_per_micro, self._peak,
+        )
         self.last_loss = row["loss"]
         if self._eval_row is not None:
             row.update(self._eval_row)
@@ -357,12 +427,27 @@ class Trainer:
         return result
 
     def evaluate(self) -> dict:
-        """Collective: eval_fn(model), or the mean loss_fn metrics over eval_batches batches."""
-        return evaluate(self)
+        """Collective: eval_fn(engine), or the mean loss_fn metrics over eval_batches batches."""
+        if self.eval_fn is None and self.eval_dataset is None:
+            return {}
+        batches = () if self.eval_fn is not None else eval_batches(
+            self.eval_dataset, self.micro_batch, self.rank, self.world_size, self.cfg.eval_batches,
+            self.collate_fn, self.cfg.num_workers,
+        )
+        return measure.evaluate(self.engine, self.forward, batches, self.eval_fn, self.device)
 
     def measure_layers(self, logger: RunLogger | None = None) -> dict:
-        """Collective: per-layer Rc and sparsity on a fixed batch (see measure.measure_layers)."""
-        return measure_layers(self, logger)
+        """Collective: per-layer Rc and sparsity on a fixed batch (the first micro-batch of the eval set,
+        else of the training set; see measure.measure_layers); rank 0 appends it to layerwise.jsonl."""
+        source = self.eval_dataset if self.eval_dataset is not None else self.train_dataset
+        collate = self.collate_fn or torch.utils.data.default_collate
+        batch = collate([source[i] for i in range(min(self.micro_batch, len(source)))])
+        summary, flat = measure.measure_layers(self.engine, self.model, self.forward, batch)
+        if self.is_main:
+            append_layerwise(self.out_dir, self.step, summary)
+            if logger is not None:
+                logger.log_quiet(self.step, flat)
+        return summary
 
     # ------------------------------------------------------------------------------------------
     # checkpoints and export
@@ -389,13 +474,18 @@ class Trainer:
 
     def close(self) -> None:
         """Release the run folder's lock (also done when the process exits)."""
-        runfolder.unlock(self)
+        if getattr(self, "_unlock", None) is not None:
+            self._unlock()  # runs at most once
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
         """Full fp32 weights on this process, without collectives (safe to call on rank 0 only)."""
-        return export_mod.consolidated_state_dict(self)
+        return export_mod.consolidated_state_dict(
+            self.model, self.engine_kind, self.zero_stage, self.bf16, self.step, self.last_checkpoint,
+            self._last_ckpt_step,
+        )
 
     def export(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
         """Write ``path/model.safetensors`` + ``config.json`` (crate_core.save_pretrained), loadable by
         ``crate_core.from_pretrained`` without DeepSpeed, with modes from the umask. Needs no other rank."""
-        return export_mod.export(self, path, extra)
+        meta = {"trainer": {"step": self.step, "git": self.git, "zero_stage": self.zero_stage}, **(extra or {})}
+        return export_mod.export(self.model, self.consolidated_state_dict(), path, meta)
