@@ -154,6 +154,7 @@ def test_linear_in_tokens_no_n_by_n_matrix():
     assert sizes and max(sizes) < n * n // 8
 
 
+@torch.no_grad()
 def test_layerwise_measures_on_cbt_layers():
     """probes.probe and rate.layerwise measure CBT layers: the official Rc of each layer's projected input
     (unit-normalised per head, 1/2 logdet(I + p/(N eps^2) G_k) summed over heads) and the zero fraction."""

@@ -181,6 +181,7 @@ TITLES = {  # how messages name the layouts
     "crate-mae": "CRATE-MAE",
     "crate-lm-overcomplete": "CRATE-LM overcomplete",
     "crate-lm-square": "CRATE-LM square",
+    "cbt": "CBT",
 }
 
 

@@ -15,6 +15,7 @@ import sys
 from .baselines import ViTClassifier, ViTClassifierConfig
 from .models import CRATEClassifier, CRATEClassifierConfig, resize_pos_embed
 from .official import load_official
+from .official_cbt import load_official_cbt
 
 
 def _register_timm_names() -> None:
@@ -60,6 +61,7 @@ __all__ = [
     "ViTClassifier",
     "ViTClassifierConfig",
     "load_official",
+    "load_official_cbt",
     "resize_pos_embed",
 ]
 __version__ = "0.1.0"
