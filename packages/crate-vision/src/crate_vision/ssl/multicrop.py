@@ -1,0 +1,102 @@
+"""DINO's multi-crop augmentation in torchvision transforms v2: 2 global crops and N local crops per image.
+
+    global 1   RandomResizedCrop(G, scale=(0.4, 1)) flip, colour jitter (p 0.8), grey (p 0.2), blur (p 1.0)
+    global 2   the same with blur p 0.1 and solarisation p 0.2
+    local      RandomResizedCrop(L, scale=(0.05, 0.4)) flip, colour jitter, grey, blur (p 0.5)
+    then       ToDtype float, Normalize(mean, std)
+
+At DINO's 224 px, G = 224 and L = 96; ``crop_sizes(image_size, patch_size)`` keeps the ratio 96/224 for
+smaller images, rounded to a whole number of patches (32 px, patch 8: G = 32, L = 16). The blur's sigma range
+(0.1, 2) px at 224 px is scaled with the crop size the same way. Colour jitter: brightness 0.4, contrast 0.4,
+saturation 0.2, hue 0.1. Input: a PIL image or a (C, H, W) tensor (uint8, or float in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.transforms import v2
+
+DINO_GLOBAL_SCALE = (0.4, 1.0)
+DINO_LOCAL_SCALE = (0.05, 0.4)
+DINO_GLOBAL_SIZE, DINO_LOCAL_SIZE = 224, 96
+
+
+def crop_sizes(image_size: int, patch_size: int) -> tuple[int, int]:
+    """(global, local) crop sides for images of ``image_size``: (image_size, 96/224 of it in whole patches)."""
+    if image_size < patch_size or patch_size < 1:
+        raise ValueError(f"image_size={image_size} must be at least patch_size={patch_size} >= 1")
+    local = max(1, round(image_size * DINO_LOCAL_SIZE / DINO_GLOBAL_SIZE / patch_size)) * patch_size
+    return image_size, local
+
+
+def _blur(size: int, p: float) -> v2.Transform:
+    smax = 2.0 * size / DINO_GLOBAL_SIZE
+    smin = min(0.1 * size / DINO_GLOBAL_SIZE, smax)
+    kernel = 2 * math.ceil(3 * smax) + 1
+    return v2.RandomApply([v2.GaussianBlur(kernel, sigma=(max(smin, 1e-3), max(smax, 1e-3)))], p=p)
+
+
+class MultiCrop:
+    """``MultiCrop(global_size, local_size, local_crops, mean, std)(image)`` -> [global1, global2, local...]."""
+
+    def __init__(
+        self,
+        global_size: int = DINO_GLOBAL_SIZE,
+        local_size: int = DINO_LOCAL_SIZE,
+        local_crops: int = 8,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        global_scale: tuple[float, float] = DINO_GLOBAL_SCALE,
+        local_scale: tuple[float, float] = DINO_LOCAL_SCALE,
+    ):
+        if local_crops < 0:
+            raise ValueError(f"local_crops must be >= 0, got local_crops={local_crops}")
+        for name, (lo, hi) in (("global_scale", global_scale), ("local_scale", local_scale)):
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name} must be (lo, hi) with 0 < lo <= hi <= 1, got {name}={(lo, hi)}")
+        self.global_size, self.local_size, self.local_crops = global_size, local_size, local_crops
+
+        def view(size, scale, blur_p, solarize_p=0.0):
+            ops = [
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                v2.RandomGrayscale(p=0.2),
+                _blur(size, blur_p),
+            ]
+            if solarize_p:
+                ops.append(v2.RandomSolarize(threshold=0.5, p=solarize_p))
+            ops.append(v2.Normalize(mean, std))  # v2's colour ops keep float images in [0, 1]
+            return v2.Compose(ops)
+
+        self.global1 = view(global_size, global_scale, 1.0)
+        self.global2 = view(global_size, global_scale, 0.1, solarize_p=0.2)
+        self.local = view(local_size, local_scale, 0.5)
+
+    @property
+    def ncrops(self) -> int:
+        return 2 + self.local_crops
+
+    def __call__(self, image) -> list[torch.Tensor]:
+        crops = [self.global1(image), self.global2(image)]
+        crops += [self.local(image) for _ in range(self.local_crops)]
+        return [torch.as_tensor(c) for c in crops]
+
+
+class MultiCropDataset(torch.utils.data.Dataset):
+    """``(image, label)`` samples of ``base`` (un-normalised) -> ``(crops, label)``; the default collate
+    stacks each crop position, so a batch is ([B x global1, B x global2, B x local, ...], labels)."""
+
+    def __init__(self, base, multicrop: MultiCrop):
+        self.base, self.multicrop = base, multicrop
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return self.multicrop(image), label

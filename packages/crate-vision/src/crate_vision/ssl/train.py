@@ -1,0 +1,100 @@
+"""Self-supervised pretraining on the shared trainer (crate_core.train.Trainer) and the teacher export.
+
+``pretrain(backbone, ssl_cfg, train_cfg, train_images, mean, std)`` wraps the backbone in SelfDistillation,
+feeds multi-crop batches, updates the teacher through the trainer's ``after_step`` hook and exports the
+teacher's backbone as a plain vision classifier (safetensors + config.json, the backbone's own config, so
+crate_core.from_pretrained, tools/segment.py and tools/train_vision.py --finetune read it). ZeRO stages 0-2
+keep the frozen teacher whole on every process; ZeRO-3 would partition it and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from crate_core.hub import save_pretrained
+from torch import nn
+
+from ..models import CRATEClassifier
+from .distill import SelfDistillation, SSLConfig
+from .knn import extract, knn_accuracy
+from .multicrop import MultiCrop, MultiCropDataset, crop_sizes
+
+
+def ssl_loss(model, batch):
+    """Trainer loss_fn: (crops, labels) -> (loss, metrics); the labels are not used."""
+    return model(batch[0])
+
+
+class KNNEval:
+    """Trainer eval_fn: weighted k-NN top-1 of the teacher's features (train features vs held-out ones)."""
+
+    def __init__(self, train_ds, test_ds, k: int = 20, temperature: float = 0.07):
+        self.train_ds, self.test_ds, self.k, self.temperature = train_ds, test_ds, k, temperature
+
+    @torch.no_grad()
+    def __call__(self, engine) -> dict[str, float]:
+        teacher = getattr(engine, "module", engine).teacher
+        res = knn_accuracy(extract(teacher, self.train_ds), extract(teacher, self.test_ds), self.k, self.temperature)
+        return {"knn_top1": res["top1"]}
+
+
+def teacher_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The teacher backbone's weights out of a SelfDistillation state dict."""
+    out = {k.removeprefix("teacher."): v for k, v in state.items() if k.startswith("teacher.")}
+    if not out:
+        raise ValueError("the state dict holds no teacher.* weights (not a SelfDistillation checkpoint?)")
+    return out
+
+
+def export_teacher(trainer, backbone: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write the teacher backbone to ``path`` as a normal vision export (the backbone's class and config)."""
+    with torch.random.fork_rng(devices=[]):
+        plain = type(backbone)(backbone.config)
+    plain.load_state_dict(teacher_state(trainer.consolidated_state_dict()), strict=True)
+    meta = {"trainer": {"step": trainer.step, "git": trainer.git, "zero_stage": trainer.zero_stage}, **(extra or {})}
+    return save_pretrained(plain, path, extra=meta)
+
+
+def multicrop_for(backbone: nn.Module, local_crops: int, mean, std) -> MultiCrop:
+    c = backbone.config
+    g, l = crop_sizes(c.image_size, c.patch_size)
+    return MultiCrop(g, l, local_crops, mean, std)
+
+
+def pretrain(
+    backbone: nn.Module,
+    ssl_cfg: SSLConfig,
+    train_cfg,
+    train_images,
+    mean,
+    std,
+    knn_eval: KNNEval | None = None,
+    export_extra: dict | None = None,
+) -> dict:
+    """Train; returns the trainer's result plus ``params``, ``train_time_s`` and ``export`` (the teacher's
+    directory, ``train_cfg.out_dir``/final)."""
+    from crate_core.train import Trainer
+
+    if train_cfg.zero_stage == 3:
+        raise ValueError("zero_stage=3 partitions the frozen teacher, which the EMA update needs whole: use 0, 1 or 2")
+    if isinstance(backbone, CRATEClassifier) and backbone.config.num_classes:
+        raise ValueError(f"build the backbone with num_classes=0 (features only), got {backbone.config.num_classes}")
+    model = SelfDistillation(backbone, ssl_cfg)
+    data = MultiCropDataset(train_images, multicrop_for(backbone, ssl_cfg.local_crops, mean, std))
+    trainer = Trainer(train_cfg, model, data, loss_fn=ssl_loss, eval_fn=knn_eval, after_step=model.after_step)
+    try:
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        result["train_time_s"] = time.perf_counter() - t0
+        result["params"] = sum(p.numel() for p in model.student_parameters())
+        result["export"] = str(Path(train_cfg.out_dir) / "final")
+        if trainer.is_main:
+            export_teacher(trainer, backbone, result["export"], export_extra)
+            summary = {k: v for k, v in result.items() if k != "history"}
+            (Path(train_cfg.out_dir) / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    finally:
+        trainer.close()
+    return result
