@@ -37,6 +37,7 @@ def run(out_dir: Path, stage: int, steps: int, **kw) -> tuple[Trainer, dict]:
         wandb="disabled",
         progress="off",
         seed=0,
+        device="cpu",  # gloo: the launched tests mean the CPU (a GPU machine may have fewer GPUs than ranks)
         **kw,
     )
     seed_everything(0)

@@ -1,5 +1,5 @@
-"""The shared trainer in one process (gloo, world size 1): ZeRO stages, resume, atomic checkpoints,
-non-finite losses, configuration errors, FLOP counting. Launched multi-process runs live in
+"""The shared trainer in one process on the CPU (gloo, world size 1): ZeRO stages, resume, atomic
+checkpoints, non-finite losses, configuration errors, FLOP counting. Launched multi-process runs live in
 test_trainer_distributed.py."""
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def make(tmp_path, model_config=TOY, loss_fn=toy_loss, callbacks=(), train_size=
         progress="off",
         eval_batches=2,
         seed=0,
+        device="cpu",  # these tests are about the loop's logic; tests/gpu/ trains on CUDA
     )
     base.update(overrides)
     cfg = TrainConfig(**base)

@@ -119,6 +119,8 @@ def test_deepspeed_launcher_two_processes(tmp_path, env):
         "0",
         "--progress",
         "plain",
+        "--device",
+        "cpu",
     ]
     proc = launch(cmd, env)
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])

@@ -19,7 +19,7 @@ TOY = ToyCRATEConfig(in_dim=4, seq_len=6, dim=16, depth=2, heads=2, num_outputs=
 def run(tmp_path, name, **overrides):
     cfg = TrainConfig(
         out_dir=str(tmp_path / name), steps=6, micro_batch=8, lr=1e-2, warmup_steps=1, log_every=1,
-        wandb="disabled", progress="off", eval_batches=1, seed=0, **overrides,
+        wandb="disabled", progress="off", eval_batches=1, seed=0, device="cpu", **overrides,
     )
     seed_everything(0)
     model = ToyCRATE(TOY)

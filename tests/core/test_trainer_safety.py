@@ -39,7 +39,7 @@ TOY = ToyCRATEConfig(in_dim=4, seq_len=4, dim=16, depth=1, heads=2, num_outputs=
 
 def make(out, callbacks=(), **overrides):
     base = dict(out_dir=str(out), steps=8, micro_batch=8, lr=1e-2, warmup_steps=2, log_every=1,
-                wandb="disabled", progress="off", eval_batches=2, seed=0, ckpt_minutes=0)
+                wandb="disabled", progress="off", eval_batches=2, seed=0, ckpt_minutes=0, device="cpu")
     base.update(overrides)
     seed_everything(0)
     model = ToyCRATE(TOY)
@@ -280,7 +280,7 @@ def test_train_toy_end_to_end_errors_sigterm_and_no_deepspeed_import(tmp_path):
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("PYTHONPYCACHEPREFIX", str(tmp_path / "pycache"))
     run = tmp_path / "run"
-    common = ["--out-dir", str(run), "--dim", "16", "--depth", "1", "--progress", "plain", "--log-every", "1",
+    common = ["--out-dir", str(run), "--device", "cpu", "--dim", "16", "--depth", "1", "--progress", "plain", "--log-every", "1",
               "--eval-every", "0", "--ckpt-minutes", "0", "--wandb", "disabled"]
     # one process: the torch loop, and neither deepspeed nor wandb is imported
     guard = ("import sys, runpy; sys.modules['deepspeed'] = None; sys.modules['wandb'] = None; "

@@ -319,10 +319,12 @@ class Trainer:
         return loss, metrics, ok
 
     def _counted_micro_step(self, batch) -> tuple[torch.Tensor, dict, torch.Tensor | bool]:
-        """_micro_step; on CUDA the first finite one is run under the FLOP counter (for MFU)."""
+        """_micro_step; on CUDA the first finite one is run under the FLOP counter (for MFU), eagerly
+        (a compiled module is not traced under the counter's dispatch mode)."""
         if not (self._count_mfu and self.flops_per_micro is None):
             return self._micro_step(batch)
-        flops, (loss, metrics, ok) = count_flops(lambda: self._micro_step(batch))
+        with torch.compiler.set_stance("force_eager"):
+            flops, (loss, metrics, ok) = count_flops(lambda: self._micro_step(batch))
         if bool(ok):  # once per run, on CUDA only
             self.flops_per_micro = flops
         return loss, metrics, ok
