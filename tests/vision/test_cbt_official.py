@@ -60,6 +60,19 @@ def test_base_layout_and_other_sizes():
         assert (out - released_forward(state, img, 12, window="patches", grid=(8, 8))).abs().max() < 1e-4
 
 
+def test_timm_pretrained_loads_a_released_file(tmp_path):
+    """timm.create_model(..., pretrained=True) with a released CBT file keeps the released window."""
+    import timm
+
+    state = released_state(64, 2, 4, classes=10, patch=8, image=32, seed=4)
+    torch.save(wrapped(state, "Ours_tiny"), tmp_path / "cbt.pth.tar")
+    model = timm.create_model("cbt_tiny_test", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "cbt.pth.tar")))
+    assert model.config.rep_window == "released"
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (model.eval()(img) - released_forward(state, img, 4, rep_grid=2)).abs().max() < 1e-4
+
+
 def test_bad_checkpoints_are_named():
     state = released_state(64, 1, 2, classes=10, patch=8, image=64)
     broken = {k: v for k, v in state.items() if k != "transformer.layers.0.0.fn.to_out.bias"}

@@ -42,9 +42,11 @@ OFFICIAL_WEIGHTS = {
 
 def _pretrained_cfg(name: str, config, description: str) -> dict:
     """timm's default config: CRATE evaluates resize 256 -> crop 224 (bicubic in timm's convention),
-    the CRATE-alpha torch port resize 224 -> crop 224 (bilinear); both with ImageNet mean/std."""
+    CBT resize 256 -> crop 224 (torchvision's bilinear), the CRATE-alpha torch port resize 224 -> crop 224
+    (bilinear); all with ImageNet mean/std."""
     size = config.image_size
     alpha = config.ista == "alpha"
+    bilinear = alpha or config.block == "cbsa"
     repo, filename = OFFICIAL_WEIGHTS.get(name, (None, None))
     return dict(
         url=f"https://huggingface.co/{repo}/resolve/main/{filename}" if repo else "",
@@ -54,10 +56,10 @@ def _pretrained_cfg(name: str, config, description: str) -> dict:
         input_size=(config.in_channels, size, size),
         pool_size=None,
         crop_pct=1.0 if alpha else 0.875,
-        interpolation="bilinear" if alpha else "bicubic",
+        interpolation="bilinear" if bilinear else "bicubic",
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
-        first_conv="patch_embed.proj",
+        first_conv="patch_embed.convs.0" if config.patch_embed == "convstem" else "patch_embed.proj",
         classifier="head",
         license="mit",
         description=description,
@@ -76,8 +78,6 @@ def load_pretrained(model: CRATEClassifier, name: str, cfg: dict) -> None:
 
     import crate_core
 
-    from .official import load_official
-
     file = cfg.get("file")
     if not file:
         where = f" (official weights: {cfg['url']})" if cfg.get("url") else ""
@@ -89,10 +89,9 @@ def load_pretrained(model: CRATEClassifier, name: str, cfg: dict) -> None:
     if path.is_dir() or (path.suffix == ".safetensors" and (path.parent / "config.json").is_file()):
         source = crate_core.from_pretrained(path if path.is_dir() else path.parent)
     else:
-        c = model.config
-        source = load_official(path, heads=c.heads, variant="alpha" if c.ista == "alpha" else "auto")
+        source = _load_file(path, model.config)
     ours, theirs = model.config, source.config
-    arch = ("dim", "depth", "heads", "patch_size", "patch_embed", "ista", "in_channels")
+    arch = ("block", "dim", "depth", "heads", "patch_size", "patch_embed", "ista", "in_channels")
     wrong = {f: (getattr(theirs, f), getattr(ours, f)) for f in arch if getattr(theirs, f) != getattr(ours, f)}
     if wrong:
         raise ValueError(f"{file} does not fit {name}: (file, model) differ in {wrong}")
@@ -100,9 +99,23 @@ def load_pretrained(model: CRATEClassifier, name: str, cfg: dict) -> None:
     state["pos_embed"] = resize_pos_embed(state["pos_embed"], (theirs.grid,) * 2, (ours.grid,) * 2)
     if theirs.num_classes != ours.num_classes or type(source) is not CRATEClassifier:
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "pre_logits."))}
+    if ours.block == "cbsa" and theirs.rep_window != ours.rep_window:  # a released CBT pools its own window
+        for layer in model.trunk.layers:
+            layer.cbsa.rep_window = theirs.rep_window
+        model.config = dataclasses.replace(ours, rep_window=theirs.rep_window)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
         raise ValueError(f"{file} does not fit {name}: missing {missing}, unexpected {unexpected}")
+
+
+def _load_file(path, config):
+    """An official checkpoint file as our classifier: CBT through its own layout, else CRATE / alpha / demo."""
+    from .official import load_official
+    from .official_cbt import load_official_cbt
+
+    if config.block == "cbsa":
+        return load_official_cbt(path, rep_grid=config.rep_grid)
+    return load_official(path, heads=config.heads, variant="alpha" if config.ista == "alpha" else "auto")
 
 
 def build(name: str, pretrained: bool = False, **kwargs) -> CRATEClassifier:
