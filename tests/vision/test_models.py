@@ -43,6 +43,22 @@ def test_patch_embedding_order_and_math():
     assert torch.allclose(tokens[:, i * 4 + j], ref, atol=1e-5)
 
 
+def test_patchify_index_formula_on_a_non_square_grid():
+    """patches[b, i * gw + j, (p1 * P + p2) * C + c] = x[b, c, i * P + p1, j * P + p2] (official order)."""
+    from crate_vision.models import patchify
+
+    B, C, P, gh, gw = 2, 3, 4, 2, 3
+    x = torch.randn(B, C, gh * P, gw * P)
+    got = patchify(x, P)
+    assert got.shape == (B, gh * gw, P * P * C)
+    for i in range(gh):
+        for j in range(gw):
+            for p1 in range(P):
+                for p2 in range(P):
+                    for c in range(C):
+                        assert torch.equal(got[:, i * gw + j, (p1 * P + p2) * C + c], x[:, c, i * P + p1, j * P + p2])
+
+
 def test_forward_shapes_pooling_and_layers():
     m = crate_core.create("crate-tiny-test")
     x = torch.randn(3, 3, 32, 32)

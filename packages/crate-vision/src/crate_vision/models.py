@@ -67,6 +67,15 @@ class CRATEClassifierConfig(crate_core.TrunkConfig):
         return self.image_size // self.patch_size
 
 
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Images (B, C, H, W) -> patches (B, N, P*P*C): row-major over the (H/P, W/P) grid, each
+    patch flattened in (p1, p2, c) order (channel fastest), the official layout. One reshape and
+    one copy (the permute), no im2col."""
+    b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    x = x.reshape(b, c, h // p, p, w // p, p)  # (b, c, gh, p1, gw, p2)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+
 class LinearPatchEmbed(nn.Module):
     """Official CRATE embedding: patches in (p1, p2, c) order -> LN -> Linear -> LN."""
 
@@ -79,10 +88,7 @@ class LinearPatchEmbed(nn.Module):
         self.norm_out = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch_size
-        x = F.unfold(x, kernel_size=p, stride=p)  # (B, C*P*P, N): row-major patches, each in (c, p1, p2) order
-        x = x.view(x.shape[0], -1, p * p, x.shape[-1]).permute(0, 3, 2, 1).flatten(2)  # (B, N, (p1 p2 c))
-        return self.norm_out(self.proj(self.norm_in(x)))
+        return self.norm_out(self.proj(self.norm_in(patchify(x, self.patch_size))))
 
 
 class ConvPatchEmbed(nn.Module):
