@@ -130,3 +130,31 @@ def test_cache_errors():
         stack(torch.randn(1, 2, DIM), cache=CRATEStack(trunk(3)).new_cache())
     with pytest.raises(ValueError, match="needs causal MSSA"):
         CRATEStack(trunk(2))(torch.randn(1, 2, DIM), cache=stack.new_cache())
+
+
+def layer_norm_formula(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.double()
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)  # biased, as LayerNorm
+    return (x - mean) / torch.sqrt(var + eps) * gamma.double() + beta.double()
+
+
+def test_layer_norm_is_the_formula_and_keeps_low_precision():
+    """The layers' LayerNorm is (x - mean) / sqrt(var + eps) * gamma + beta; its low-precision path
+    (taken under autocast off the CPU) returns the input's dtype with values rounded from the formula."""
+    from crate_core.layer import LayerNorm
+
+    torch.manual_seed(9)
+    ln = LayerNorm(DIM, eps=1e-6)
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.3 * torch.randn(DIM))
+        ln.bias.copy_(0.2 * torch.randn(DIM))
+    x = 3 * torch.randn(4, N, DIM) + 1
+    want = layer_norm_formula(x, ln.weight, ln.bias, 1e-6)
+    torch.testing.assert_close(ln(x).double(), want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not ln.keeps_dtype(x.bfloat16())  # CPU autocast keeps a bfloat16 layer_norm by itself
+        got = ln.low_precision(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    want = layer_norm_formula(x.bfloat16(), ln.weight, ln.bias, 1e-6)
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2)  # bfloat16 output: 8 bits of mantissa

@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from .ista import ISTA, OvercompleteISTA
 from .mssa import MSSA, PastW
@@ -70,6 +72,39 @@ class WCache:
         return sum(t.numel() * t.element_size() for t in self.w if t is not None)
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm ((x - mean) / sqrt(var + eps) * gamma + beta over the last dim) that keeps a
+    float16 / bfloat16 input's dtype under autocast.
+
+    CUDA autocast runs layer_norm in float32. CRATE's token stream is low precision under autocast
+    from the first ISTA on (ISTA has no float32 residual), so there every LN would cast its input up,
+    normalise, and the matmul after it would cast the output back down: two extra passes over
+    (B, N, d). Here the kernel reads and writes the input's dtype (it accumulates mean and variance
+    in float32 either way) with gamma and beta cast to it; the next matmul rounds to that dtype
+    anyway. Without autocast, for a float32 input, on the CPU (whose autocast already keeps
+    layer_norm in the input's dtype), and under TorchScript, torch.fx and torch.compile (which
+    fuses the casts itself) it is plain nn.LayerNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.keeps_dtype(x):
+            return self.low_precision(x)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    @torch.jit.unused
+    def keeps_dtype(self, x: torch.Tensor) -> bool:
+        if is_fx_symbolic_tracing() or torch.compiler.is_compiling():
+            return False
+        device = x.device.type  # CPU autocast already keeps layer_norm in a bfloat16 input's dtype
+        return device != "cpu" and x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(device)
+
+    @torch.jit.unused
+    def low_precision(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
+
+
 class CRATELayer(nn.Module):
     """z_half = z + MSSA(LN1 z); z_next = ISTA(LN2 z_half) (+ z_half for CRATE-alpha).
 
@@ -83,9 +118,9 @@ class CRATELayer(nn.Module):
         require_block(config, "crate", "CRATELayer")
         c = config
         self.variant = c.ista
-        self.norm1 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.norm1 = LayerNorm(c.dim, eps=c.norm_eps)
         self.mssa = MSSA(c.dim, c.heads, c.dim_head, causal=causal, out_bias=c.out_bias, dropout=c.dropout)
-        self.norm2 = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.norm2 = LayerNorm(c.dim, eps=c.norm_eps)
         if c.ista == "square":
             self.ista = ISTA(c.dim, step_size=c.step_size, lambd=c.lambd)
         else:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from crate_core import MSSA
+from crate_core.layer import LayerNorm  # keeps a bfloat16 stream bfloat16 under autocast
 from torch import nn
 
 
@@ -40,10 +41,10 @@ class CRATEDecoderLayer(nn.Module):
         self, dim: int, heads: int, dim_head: int | None = None, norm_eps: float = 1e-5, dropout: float = 0.0
     ):
         super().__init__()
-        self.norm_a = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm_a = LayerNorm(dim, eps=norm_eps)
         self.E = nn.Parameter(torch.empty(dim, dim))
         nn.init.kaiming_uniform_(self.E)  # official init (a = 0)
-        self.norm_b = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm_b = LayerNorm(dim, eps=norm_eps)
         self.mssa = MSSA(dim, heads, dim_head, out_bias=True, dropout=dropout)
 
     def forward(self, z: torch.Tensor, return_intermediates: bool = False):
