@@ -30,8 +30,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import autocast, build_model, device_name, lm_loss  # noqa: E402
+from benchmarks.harness import autocast, build_model, device_name, lm_loss
 
 PAIRS = [  # (CRATE, standard, batch per step)
     ("crate-gpt-small", "gpt2-like-crate-gpt-small", 8),

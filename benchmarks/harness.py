@@ -1,4 +1,9 @@
-"""What every benchmark shares: device and synchronisation, autocast, timing, peak memory, model building.
+"""What every benchmark shares: constants, device and synchronisation, autocast, timing, peak memory, model
+building and synthetic inputs.
+
+Constants: ``ROOT`` (the repository), ``REPORTS`` (benchmarks/reports), ``CHAR_DATA`` (the character-level
+Shakespeare corpus the report's text runs use) and ``FAMILIES``, the one table of model families: per family
+its registry task, its training tool and the official checkpoint layout it reads (if any).
 
 Timing: a case is a callable; ``interleaved`` runs ``warmup`` untimed then ``repeats`` timed rounds, and in
 each round every case once, in order, so that load on a shared machine hits all cases alike. Each call is
@@ -11,7 +16,9 @@ kernel's peak resident set size (VmHWM, reset through /proc/self/clear_refs) abo
 start, or the growth of getrusage's lifetime peak where the reset is not available.
 
 Models: ``build_model(name)`` takes a registry name (``crate_core.list_models()``, the text baselines
-``gpt2-like-NAME`` / ``bert-like-NAME`` among them) or ``timm:NAME`` (timm's registry, random init).
+``gpt2-like-NAME`` / ``bert-like-NAME`` among them) or ``timm:NAME`` (timm's registry, random init);
+``build_family_model(name)`` adds its family and config, ``synthetic_case`` its random inputs, loss and
+forward; ``build_block`` makes one CRATE layer, ToST block or attention operator of a given width.
 """
 
 from __future__ import annotations
@@ -22,13 +29,36 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 from crate_text.losses import causal_lm_loss as lm_loss  # noqa: F401  the text benchmarks' trainer loss
 from torch import nn
 
 AMP = ("none", "bf16")
+ROOT = Path(__file__).resolve().parents[1]
+REPORTS = ROOT / "benchmarks" / "reports"
+CHAR_DATA = "data/shakespeare-char"  # tools/prepare_text.py --tokenizer char --val-fraction 0.1, relative to ROOT
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family as the benchmarks see it."""
+
+    task: str  # the crate_core registry task of its models
+    tool: str  # its training tool, relative to ROOT
+    layout: str | None  # crate_core.official layout family of its released checkpoints (None: there are none)
+
+
+FAMILIES = {
+    "vision": Family("classify", "tools/train_vision.py", "vision"),
+    "mae": Family("mae", "tools/pretrain_mae.py", "mae"),
+    "gpt": Family("causal-lm", "tools/pretrain_gpt.py", "text"),
+    "bert": Family("masked-lm", "tools/pretrain_bert.py", None),
+}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -186,6 +216,98 @@ def build_model(name: str, **overrides) -> nn.Module:
             overrides["img_size"] = overrides.pop("image_size")
         return timm.create_model(name[5:], pretrained=False, **overrides)
     return crate_core.create(name, **overrides)
+
+
+def build_family_model(name: str) -> tuple[nn.Module, str, object]:
+    """(model, family, config) of a registry name (its task names the family in FAMILIES) or ``timm:NAME``
+    (an image classifier, random init: family "vision", a config with its image size, channels, classes)."""
+    import crate_core
+
+    if name.startswith("timm:"):
+        model = build_model(name)
+        chans, size, _ = model.pretrained_cfg["input_size"]
+        return model, "vision", SimpleNamespace(image_size=size, in_channels=chans, num_classes=model.num_classes)
+    entry = crate_core.registry.get_entry(name)
+    family = next((f for f, spec in FAMILIES.items() if spec.task == entry.task), None)
+    if family is None:
+        tasks = sorted(spec.task for spec in FAMILIES.values())
+        raise ValueError(f"{name} has task {entry.task!r}; the benchmarks measure the tasks {tasks}")
+    return build_model(name), family, entry.config
+
+
+def context_length(cfg, override: int | None = None) -> int:
+    """Tokens per sequence of a text model: ``override`` capped at the model's context (block_size or
+    max_positions; 128 when it has neither)."""
+    full = getattr(cfg, "block_size", None) or getattr(cfg, "max_positions", None) or 128
+    return min(override or full, full)
+
+
+@dataclass
+class Case:
+    """A model on fixed synthetic inputs: ``loss()`` for a training step, ``infer()`` for inference;
+    throughput counts ``per_sample`` items (1 image, or seq tokens) of ``unit`` per sample."""
+
+    loss: Callable[[], torch.Tensor]
+    infer: Callable[[], object]
+    per_sample: int
+    unit: str
+
+
+def synthetic_case(model: nn.Module, family: str, cfg, batch: int, seq: int, device: torch.device) -> Case:
+    """Random inputs of ``batch`` samples for ``model`` of ``family``: images N(0, 1) of the config's size
+    (classification: cross-entropy on uniform labels; MAE: the model's own masked-patch loss), or uniform
+    token ids (below min(vocab, 50257)) of length ``seq`` (gpt: next-token loss on the ids themselves;
+    bert: masked-LM loss on a random 15% of positions)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
+    if family in ("vision", "mae"):
+        size = cfg.image_size
+        chans = getattr(cfg, "in_channels", None) or getattr(cfg, "in_chans", 3)
+        x = torch.randn(batch, chans, size, size, device=device)
+        if family == "vision":
+            y = torch.randint(0, cfg.num_classes, (batch,), device=device)
+            return Case(lambda: F.cross_entropy(model(x), y), lambda: model(x), 1, "img")
+        return Case(lambda: model(x).loss, lambda: model(x).loss, 1, "img")
+    idx = torch.randint(0, min(cfg.vocab_size, 50257), (batch, seq), device=device)
+    if family == "gpt":
+        return Case(lambda: model(idx, idx)[1], lambda: model(idx), seq, "tok")
+    labels = torch.where(torch.rand(idx.shape, device=device) < 0.15, idx, torch.full_like(idx, -100))
+    return Case(lambda: model(idx, labels=labels)[1], lambda: model(idx), seq, "tok")
+
+
+BLOCK_KINDS = ("mssa-layer", "tssa-layer", "mssa-op", "tssa-op")
+
+
+def build_block(kind: str, dim: int, heads: int, causal: bool = False) -> nn.Module:
+    """One trunk piece of width ``dim`` with ``heads`` heads, the trunks' other defaults:
+    ``mssa-layer`` a CRATE layer (LN, MSSA, LN, ISTA), ``tssa-layer`` a ToST block (LN, TSSA, LN, MLP),
+    ``mssa-op`` / ``tssa-op`` the attention part alone, ``x + attention(LN(x))``."""
+    import crate_core
+    from crate_core.tost import TSSA, ToSTBlock
+
+    if kind not in BLOCK_KINDS:
+        raise ValueError(f"unknown block kind {kind!r}; choose one of {list(BLOCK_KINDS)}")
+    if kind == "mssa-layer":
+        return crate_core.CRATELayer(crate_core.TrunkConfig(dim=dim, depth=1, heads=heads), causal=causal)
+    if kind == "tssa-layer":
+        return ToSTBlock(crate_core.TrunkConfig(block="tost", dim=dim, depth=1, heads=heads), causal=causal)
+    crate, tost = crate_core.TrunkConfig(), crate_core.TrunkConfig(block="tost")  # the trunks' defaults
+    if kind == "mssa-op":
+        attn = crate_core.MSSA(dim, heads, causal=causal, out_bias=crate.out_bias, dropout=crate.dropout)
+    else:
+        attn = TSSA(dim, heads, causal=causal, qkv_bias=tost.qkv_bias, dropout=tost.dropout)
+    return _Residual(nn.LayerNorm(dim), attn)
+
+
+class _Residual(nn.Module):
+    """x + attn(norm(x))."""
+
+    def __init__(self, norm: nn.Module, attn: nn.Module):
+        super().__init__()
+        self.norm, self.attn = norm, attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.norm(x))
 
 
 # ---------------------------------------------------------------------------------------------- report

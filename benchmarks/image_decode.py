@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -38,10 +37,7 @@ from PIL import Image
 from torchvision.io import decode_jpeg, read_file
 from torchvision.transforms import v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import device_name, interleaved, medians, pyplot, resolve_device  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import REPORTS, ROOT, device_name, interleaved, medians, pyplot, resolve_device
 
 
 def make_jpegs(folder: Path, n: int, size=(500, 375), quality: int = 90, seed: int = 0) -> list[Path]:
@@ -139,7 +135,7 @@ def main(argv=None) -> dict:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "reports" / "image_decode"))
+    p.add_argument("--out", default=str(REPORTS / "image_decode"))
     args = p.parse_args(argv)
     if args.images < 1 or args.repeats < 1:
         raise SystemExit("image_decode: error: --images and --repeats must be >= 1")

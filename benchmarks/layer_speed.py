@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from crate_core import CRATELayer, TrunkConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from benchmarks.harness import (
+    REPORTS,
     PeakMemory,
     count_flops,
     device_name,
@@ -46,7 +46,7 @@ from harness import (  # noqa: E402
 )
 
 DIM, HEADS = 576, 12
-REPORT_DIR = Path(__file__).resolve().parent / "reports" / "layer_speed"
+REPORT_DIR = REPORTS / "layer_speed"
 
 
 # ----------------------------------------------------------------------------- naive formulation

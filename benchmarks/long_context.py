@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import PeakMemory, device_name, interleaved, pyplot  # noqa: E402
+from benchmarks.harness import REPORTS, PeakMemory, build_block, device_name, interleaved, pyplot
 
 KINDS = {  # name -> (label, family, part)
     "mssa-layer": ("MSSA layer (CRATELayer, SDPA)", "mssa", "layer"),
@@ -35,39 +34,10 @@ KINDS = {  # name -> (label, family, part)
     "mssa-op": ("LN + MSSA (SDPA)", "mssa", "operator"),
     "tssa-op": ("LN + TSSA", "tssa", "operator"),
 }
-REPORT_DIR = Path(__file__).resolve().parent / "reports" / "long_context"
+REPORT_DIR = REPORTS / "long_context"
 
 
 # ---------------------------------------------------------------- worker (one case per process)
-
-
-def build(kind: str, dim: int, heads: int, causal: bool):
-    import crate_core
-    import torch
-    from crate_core.tost import TSSA, ToSTBlock
-    from torch import nn
-
-    if kind == "mssa-layer":
-        return crate_core.CRATELayer(crate_core.TrunkConfig(dim=dim, depth=1, heads=heads), causal=causal)
-    if kind == "tssa-layer":
-        return ToSTBlock(crate_core.TrunkConfig(block="tost", dim=dim, depth=1, heads=heads), causal=causal)
-    crate, tost = crate_core.TrunkConfig(), crate_core.TrunkConfig(block="tost")  # the trunks' defaults
-    attn = (
-        crate_core.MSSA(dim, heads, causal=causal, out_bias=crate.out_bias, dropout=crate.dropout)
-        if kind == "mssa-op"
-        else TSSA(dim, heads, causal=causal, qkv_bias=tost.qkv_bias, dropout=tost.dropout)
-    )
-    norm = nn.LayerNorm(dim)
-
-    class Operator(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm, self.attn = norm, attn
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x + self.attn(self.norm(x))
-
-    return Operator()
 
 
 def worker(args) -> None:
@@ -75,7 +45,7 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    module = build(args.worker, args.dim, args.heads, args.causal)
+    module = build_block(args.worker, args.dim, args.heads, args.causal)
     x = torch.randn(args.batch, args.tokens, args.dim, requires_grad=True)
 
     def step():

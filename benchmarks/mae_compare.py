@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import crate_core
@@ -28,8 +27,7 @@ from crate_mae.data import load_split
 from crate_mae.pretrain import pretrain
 from crate_mae.probe import probe_encoder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import count_params, interleaved, medians, pyplot  # noqa: E402
+from benchmarks.harness import count_params, interleaved, medians, pyplot
 
 PAPER = "CRATE-MAE-S 25.4M vs ViT-MAE-S 47.6M; CRATE-MAE-B 44.6M vs ViT-MAE-B 143.8M (book ch. 7)"
 

@@ -14,9 +14,9 @@ Every family trains a CRATE model and its standard counterpart through the proje
 per-layer measures (crate_core.probes) at step 0 and along training. Text runs on characters:
 tools/prepare_text.py --tokenizer char prepares data/shakespeare-char (a 90/10 split of the plays)
 first. Then tools/segment.py scores the emergent segmentation of the two vision models,
-benchmarks/speed.py measures throughput and memory (full preset), and the floors (report_floors.py) and verdicts
-(report_verdicts.py) are computed. With --checkpoint nothing is trained: the measurement half runs
-on the given weights (report_checkpoints.py). Output: benchmarks/reports/<name>/report.md,
+benchmarks/speed.py measures throughput and memory (full preset), and the floors (reporting/floors.py) and
+verdicts (reporting/verdicts.py) are computed. With --checkpoint nothing is trained: the measurement half
+runs on the given weights (reporting/checkpoints.py). Also ``python -m benchmarks.report``. Output: benchmarks/reports/<name>/report.md,
 report.json and PNGs (paths relative to the repository); each child's full output is kept in
 benchmarks/reports/<name>/_work/<run>/log.txt (git-ignored) while a live line shows its progress.
 """
@@ -34,25 +34,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the report_* modules beside this file
-
-from report_progress import Job, Progress, run_many, threads_per_slot  # noqa: E402
-from report_render import (  # noqa: E402,F401
-    FAMILIES,
-    METRICS,
-    compare,
-    copy_overlays,
-    flat_numbers,
-    fmt,
-    plot_layerwise,
-    relativize,
-    write_report,  # noqa: E402
-)
-from report_results import combine, floors  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-REPORTS = ROOT / "benchmarks" / "reports"
-CHAR_DATA = "data/shakespeare-char"
+from benchmarks.harness import CHAR_DATA, FAMILIES, REPORTS, ROOT
+from benchmarks.reporting.progress import Job, Progress, run_many, threads_per_slot
+from benchmarks.reporting.render import compare, copy_overlays, relativize, write_report
+from benchmarks.reporting.results import combine, floors
 
 
 @dataclass
@@ -71,25 +56,36 @@ class Run:
         return f"{self.family}-{self.role}" + (f"-s{self.seed}" if self.seed else "")
 
 
+def flags(**named) -> list[str]:
+    """Command-line flags from named values: ``min_lr="1e-4"`` -> ``--min-lr 1e-4``; a tuple gives the flag
+    several values; None leaves the flag out (to drop one of a shared set by name)."""
+    out = []
+    for name, value in named.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        out += ["--" + name.replace("_", "-"), *(str(v) for v in values)]
+    return out
+
+
 # nanoGPT's shakespeare_char CPU run (4 layers, 4 heads, width 128 = crate-gpt-nano's shape; context 64,
 # batch 12, 2000 iterations, lr 1e-3 cosine to 1e-4 after 100 warm-up steps, AdamW betas 0.9/0.99,
-# weight decay 0.1, clipping 1.0, no dropout), on characters
-CHAR_LM = ["--tokenizer", CHAR_DATA, "--min-lr", "1e-4", "--warmup-steps", "100", "--weight-decay", "0.1",
-           "--betas", "0.9", "0.99", "--grad-clip", "1.0", "--set", "dropout=0", "--eval-every", "0"]
-# Per preset: the shared budget of each family and the model pairs. Budgets are equal within a family.
-# prior_s: expected wall seconds of one run on 2 CPU cores (the progress line's first ETA).
+# weight decay 0.1, clipping 1.0, no dropout), on characters; the tools' flags by name
+CHAR_LM = dict(tokenizer=CHAR_DATA, min_lr="1e-4", warmup_steps=100, weight_decay=0.1, betas=(0.9, 0.99),
+               grad_clip=1.0, set="dropout=0", eval_every=0)
+CHAR_BERT = {**CHAR_LM, "set": None}  # the same schedule with BERT's own dropout
+# Per preset: the shared budget of each family and the model pairs. Budgets are equal within a family;
+# "extra" holds the tools' further flags by name (see flags). prior_s: expected wall seconds of one run on 2 CPU cores (the progress line's first ETA).
 PRESETS = {
     "quick": {
         "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=5500, micro_batch=128, lr=2e-3,
-                       extra=["--eval-every", "0", "--train-size", "20000"], prior_s=600),
+                       extra=dict(eval_every=0, train_size=20000), prior_s=600),
         "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=2000, micro_batch=32, lr=1e-3,
-                    data="mnist", extra=["--eval-every", "0"], prior_s=400),
+                    data="mnist", extra=dict(eval_every=0), prior_s=400),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=12, lr=1e-3,
-                    extra=[*CHAR_LM, "--block-size", "64", "--eval-batches", "200"],
-                    prior_s=100),
+                    extra=dict(CHAR_LM, block_size=64, eval_batches=200), prior_s=100),
         "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=600, micro_batch=12,
-                     lr=1e-3, extra=[*CHAR_LM[:-4], "--eval-every", "0", "--max-positions", "66", "--eval-batches", "100"],
-                     prior_s=45),
+                     lr=1e-3, extra=dict(CHAR_BERT, max_positions=66, eval_batches=100), prior_s=45),
         "layerwise_points": 4,
         "segment_images": 300,
         # no benchmarks/speed.py phase in the quick preset (time): the training runs' own throughput is shown
@@ -97,14 +93,13 @@ PRESETS = {
     },
     "full": {
         "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=9000, micro_batch=128, lr=2e-3,
-                       extra=["--eval-every", "0"], prior_s=600),
+                       extra=dict(eval_every=0), prior_s=600),
         "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=3000, micro_batch=128, lr=1.5e-3,
                     prior_s=900),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=5000, micro_batch=64,
-                    lr=1e-3, extra=[*CHAR_LM, "--block-size", "256", "--eval-batches", "200"], prior_s=1800),
+                    lr=1e-3, extra=dict(CHAR_LM, block_size=256, eval_batches=200), prior_s=1800),
         "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=5000, micro_batch=64,
-                     lr=1e-3, extra=["--tokenizer", CHAR_DATA, "--eval-every", "0", "--eval-batches", "100"],
-                     prior_s=1800),
+                     lr=1e-3, extra=dict(tokenizer=CHAR_DATA, eval_every=0, eval_batches=100), prior_s=1800),
         "layerwise_points": 8,
         "segment_images": 1000,
         "speed": ["--preset", "quick", "--batch", "32", "--repeats", "10"],
@@ -113,17 +108,10 @@ PRESETS = {
 # smoke: the quick preset's flags at a few steps, to check the whole pipeline end to end (~5 min)
 PRESETS["smoke"] = {
     **{fam: {**PRESETS["quick"][fam], "steps": 8, "prior_s": 20,
-             "extra": [*PRESETS["quick"][fam].get("extra", []), "--eval-batches", "2"]} for fam in FAMILIES},
+             "extra": {**PRESETS["quick"][fam].get("extra", {}), "eval_batches": 2}} for fam in FAMILIES},
     "layerwise_points": 2, "segment_images": 20,
     "speed": ["--models", "crate-gpt-nano", "gpt2-like-crate-gpt-nano", "--batch", "2", "--seq", "32", "--repeats", "1"],
 }
-TOOLS = {
-    "vision": "tools/train_vision.py",
-    "mae": "tools/pretrain_mae.py",
-    "gpt": "tools/pretrain_gpt.py",
-    "bert": "tools/pretrain_bert.py",
-}
-DATA_FLAG = {"vision": "--data", "mae": "--data", "gpt": "--data", "bert": "--data"}
 DEFAULT_DATA = {"gpt": CHAR_DATA, "bert": CHAR_DATA}
 
 
@@ -137,17 +125,18 @@ def plan(preset: dict, families: list[str], data: dict[str, str | None], seeds: 
                 "--steps", str(spec["steps"]), "--micro-batch", str(spec["micro_batch"]), "--lr", str(spec["lr"]),
                 "--layerwise-every", str(every), "--wandb", "disabled", "--progress", "plain", "--seed", str(seed),
             ]
-            extra = list(spec.get("extra", []))
-            if data.get(fam) and "--tokenizer" in extra:  # a character-level directory decodes with its own table
-                extra[extra.index("--tokenizer") + 1] = data[fam]
-            common += extra
+            extra = dict(spec.get("extra", {}))
+            if data.get(fam) and "tokenizer" in extra:  # a character-level directory decodes with its own table
+                extra["tokenizer"] = data[fam]
+            common += flags(**extra)
             source = data.get(fam) or spec.get("data") or DEFAULT_DATA.get(fam)
             if source:
-                common += [DATA_FLAG[fam], source]
-            runs.append(Run(fam, "crate", spec["crate"], TOOLS[fam], ["--model", spec["crate"], *common], seed))
+                common += ["--data", source]
+            tool = FAMILIES[fam].tool
+            runs.append(Run(fam, "crate", spec["crate"], tool, ["--model", spec["crate"], *common], seed))
             if spec["baseline"] is None:  # no standard-transformer trainer for this family yet (see README)
                 continue
-            runs.append(Run(fam, "baseline", spec["baseline"], TOOLS[fam], ["--model", spec["baseline"], *common], seed))
+            runs.append(Run(fam, "baseline", spec["baseline"], tool, ["--model", spec["baseline"], *common], seed))
     return runs
 
 
@@ -238,7 +227,7 @@ def main(argv: list[str] | None = None) -> Path:
         p.error("--heads only applies to --checkpoint files")
     models = {}
     if args.checkpoint:
-        import report_checkpoints as rc
+        from benchmarks.reporting import checkpoints as rc
 
         try:
             specs = rc.parse_specs(args.checkpoint)
@@ -255,7 +244,7 @@ def main(argv: list[str] | None = None) -> Path:
     work = out / "_work"
     work.mkdir(parents=True, exist_ok=True)
     if models:
-        from report_checkpoint_run import run_checkpoints
+        from benchmarks.reporting.checkpoint_run import run_checkpoints
 
         return run_checkpoints(out, models, specs, environment(), args.note, heads)
     return run_training(args, families, out, work)

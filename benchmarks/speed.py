@@ -7,7 +7,7 @@
 A model is a registry name (``crate_core.list_models()``; its task picks the inputs and the loss; the text
 baselines ``gpt2-like-NAME`` / ``bert-like-NAME`` are transformers' GPT2LMHeadModel / BertForMaskedLM with
 NAME's width, depth, heads, context and vocabulary) or ``timm:NAME`` (timm's registry, random init); models
-are built by benchmarks/harness.py. Inputs are synthetic.
+are built by benchmarks/harness.py, which also makes the synthetic inputs.
 Each figure is the median over ``--repeats`` timed runs after ``--warmup`` runs. Peak memory is
 torch.cuda.max_memory_allocated on CUDA; on the CPU each model runs in a fresh subprocess and reports its
 peak resident set size (ru_maxrss, which includes the Python/torch runtime: compare differences).
@@ -24,19 +24,18 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from benchmarks.harness import (
     autocast,
-    build_model,
+    build_family_model,
+    context_length,
     count_params,
     device_name,
     process_peak_bytes,
     resolve_device,
+    synthetic_case,
     timed,
 )
 
@@ -74,50 +73,10 @@ class Result:
     compiled: bool
 
 
-FAMILY = {"classify": "vision", "mae": "mae", "causal-lm": "gpt", "masked-lm": "bert"}  # registry task -> case
-
-
-def build(name: str):
-    """(model, family, config) for a registry name or ``timm:NAME`` (an image classifier, random init)."""
-    import crate_core
-
-    if name.startswith("timm:"):
-        model = build_model(name)
-        chans, size, _ = model.pretrained_cfg["input_size"]
-        return model, "vision", SimpleNamespace(image_size=size, in_channels=chans, num_classes=model.num_classes)
-    entry = crate_core.registry.get_entry(name)
-    if entry.task not in FAMILY:
-        raise ValueError(f"{name} has task {entry.task!r}; speed.py measures the tasks {sorted(FAMILY)}")
-    return build_model(name), FAMILY[entry.task], entry.config
-
-
-def seq_len(cfg, family: str, override: int | None) -> int:
-    full = getattr(cfg, "block_size", None) or getattr(cfg, "max_positions", None) or 128
-    return min(override or full, full)
-
-
-def make_case(model, family: str, cfg, batch: int, seq: int, device):
-    """(train_loss_fn, infer_fn, items_per_sample, unit) for synthetic data."""
-    if family in ("vision", "mae"):
-        size = cfg.image_size
-        chans = getattr(cfg, "in_channels", None) or getattr(cfg, "in_chans", 3)
-        x = torch.randn(batch, chans, size, size, device=device)
-        if family == "vision":
-            y = torch.randint(0, cfg.num_classes, (batch,), device=device)
-            return (lambda: F.cross_entropy(model(x), y)), (lambda: model(x)), 1, "img"
-        return (lambda: model(x).loss), (lambda: model(x).loss), 1, "img"
-    vocab = cfg.vocab_size
-    idx = torch.randint(0, min(vocab, 50257), (batch, seq), device=device)
-    if family == "gpt":
-        return (lambda: model(idx, idx)[1]), (lambda: model(idx)), seq, "tok"
-    labels = torch.where(torch.rand(idx.shape, device=device) < 0.15, idx, torch.full_like(idx, -100))
-    return (lambda: model(idx, labels=labels)[1]), (lambda: model(idx)), seq, "tok"
-
-
 def run_case(name: str, args) -> Result:
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    model, family, cfg = build(name)
+    model, family, cfg = build_family_model(name)
     model.to(device)
     params = count_params(model)
     batch = args.batch
@@ -125,8 +84,8 @@ def run_case(name: str, args) -> Result:
         try:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seq = seq_len(cfg, family, args.seq)
-            loss_fn, infer_fn, per_sample, unit = make_case(model, family, cfg, batch, seq, device)
+            case = synthetic_case(model, family, cfg, batch, context_length(cfg, args.seq), device)
+            loss_fn, infer_fn, per_sample, unit = case.loss, case.infer, case.per_sample, case.unit
             fwd = torch.compile(infer_fn) if args.compile else infer_fn
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 

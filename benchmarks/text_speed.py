@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 from pathlib import Path
 
@@ -34,8 +33,8 @@ import torch
 from crate_core.train import TrainConfig, Trainer
 from crate_text.prepare import DEFAULT_OUT, ensure_prepared
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (  # noqa: E402
+from benchmarks.harness import (
+    REPORTS,
     build_model,
     count_params,
     interleaved,
@@ -46,7 +45,7 @@ from harness import (  # noqa: E402
     timed,
 )
 
-REPORT_DIR = Path(__file__).resolve().parent / "reports" / "text_speed"
+REPORT_DIR = REPORTS / "text_speed"
 CLOCKS = ("wall", "cpu")
 CPU = resolve_device("cpu")
 

@@ -43,8 +43,7 @@ import torch
 from crate_core.train import TrainConfig, Trainer
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import device_name, lm_loss, resolve_device  # noqa: E402
+from benchmarks.harness import device_name, lm_loss, resolve_device
 
 CONFIGS = {  # TrainConfig fields of the tools' defaults
     "vision": dict(micro_batch=128, lr=2e-3, warmup_steps=100, weight_decay=0.05, zero_stage=0),

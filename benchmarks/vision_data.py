@@ -13,8 +13,6 @@ crop, horizontal flip, 90-degree rotations):
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from crate_vision.data.datasets import build_dataset
@@ -22,8 +20,7 @@ from crate_vision.data.transforms import AugmentCollate
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import resolve_device, timed  # noqa: E402
+from benchmarks.harness import resolve_device, timed
 
 
 def v2_pipeline(image_size: int, pad: int) -> v2.Compose:

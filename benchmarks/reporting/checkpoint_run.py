@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from report_checkpoints import PHOTOS, context_lines, measure
-from report_progress import Job, Progress
-from report_render import RULE, copy_overlays, plot_layerwise, relativize
-from report_verdicts import claim_verdicts, verdict_lines
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.harness import ROOT
+from benchmarks.reporting.checkpoints import PHOTOS, context_lines, measure
+from benchmarks.reporting.progress import Job, Progress
+from benchmarks.reporting.render import RULE, copy_overlays, plot_layerwise, relativize
+from benchmarks.reporting.verdicts import claim_verdicts, verdict_lines
 
 
 def rel(path) -> str:

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FAMILIES = {"vision": "vision", "mae": "mae", "gpt": "text"}  # report family -> layout family
+from benchmarks.harness import CHAR_DATA, FAMILIES, ROOT
+
+LAYOUTS = {fam: spec.layout for fam, spec in FAMILIES.items() if spec.layout}  # family -> official layout
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 EXPECTED_KEYS = {
@@ -32,7 +34,6 @@ EXPECTED_KEYS = {
     "transformer.h.{l}.ista.weight",
 }
 N_SHAPES, N_WINDOWS = 26, 16
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_specs(items: list[str]) -> dict[str, Path]:
@@ -41,9 +42,9 @@ def parse_specs(items: list[str]) -> dict[str, Path]:
     for item in items:
         fam, sep, path = item.partition("=")
         if not sep or not path:
-            raise ValueError(f"--checkpoint {item!r}: expected FAMILY=PATH with FAMILY one of {list(FAMILIES)}")
-        if fam not in FAMILIES:
-            raise ValueError(f"--checkpoint {item!r}: unknown family {fam!r}; choose one of {list(FAMILIES)}")
+            raise ValueError(f"--checkpoint {item!r}: expected FAMILY=PATH with FAMILY one of {list(LAYOUTS)}")
+        if fam not in LAYOUTS:
+            raise ValueError(f"--checkpoint {item!r}: unknown family {fam!r}; choose one of {list(LAYOUTS)}")
         if fam in specs:
             raise ValueError(f"--checkpoint: family {fam!r} given twice")
         p = Path(path).expanduser()
@@ -80,7 +81,7 @@ def load(family: str, path: Path, heads: int | None = None):
         model, what = crate_core.from_pretrained(path), "project export"
     else:
         try:
-            model = load_official(path, family=FAMILIES[family], **({"heads": heads} if heads else {}))
+            model = load_official(path, family=LAYOUTS[family], **({"heads": heads} if heads else {}))
         except ValueError as e:
             raise ValueError(f"--checkpoint {family}={path}: not a {family} checkpoint this report knows ({e}). "
                              f"Expected the official keys {EXPECTED_KEYS[family]}, or a project export "
@@ -128,7 +129,7 @@ def text_data(model) -> tuple[Path, object]:
     if name == "gpt2":
         return ensure_prepared(ROOT / "data/shakespeare-gpt2"), get_tokenizer("gpt2")
     if name.startswith("char-"):
-        data = ROOT / "data/shakespeare-char"
+        data = ROOT / CHAR_DATA
         if not (data / "meta.json").is_file():
             prepare(["--tokenizer", "char", "--val-fraction", "0.1", "--out", str(data), "--num-proc", "1"])
         tok = get_tokenizer(data)

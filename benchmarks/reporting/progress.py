@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from benchmarks.harness import ROOT
+
 STEP_LINE = re.compile(r"^step (\d+) \| (.*)$")
 LOSS = re.compile(r"(?:^|\| )loss ([-+0-9.eE]+|nan|inf)")
 
@@ -98,7 +100,7 @@ class _Child:
         log.write("$ " + (f"OMP_NUM_THREADS={threads} " if threads else "") + " ".join(job.cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(
-            job.cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+            job.cmd, cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace", env=child_env(threads), bufsize=1,
         )
         return cls(job, proc, log, time.perf_counter())

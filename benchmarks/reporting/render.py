@@ -9,9 +9,9 @@ import math
 import shutil
 from pathlib import Path
 
-from report_verdicts import Z, verdict_lines
+from benchmarks.harness import FAMILIES
+from benchmarks.reporting.verdicts import Z, verdict_lines
 
-FAMILIES = ("vision", "mae", "gpt", "bert")
 # per family: (row name, key in metrics.json, format, floor key in results[fam]["floor"] or None)
 METRICS = {
     "vision": [("test top-1", "test/top1", "{:.3f}", "vision")],
@@ -170,7 +170,7 @@ def write_report(out: Path, env: dict, results: dict, speed, seg, cmds: list[str
         lines.append(f"- note: {note}")
     lines += ["", "## Task metrics, CRATE vs the standard transformer (identical budgets)", ""]
     lines += metrics_table(results, speed)
-    lines += ["", "Floors are computed on the data each metric is scored on (benchmarks/report_floors.py): chance "
+    lines += ["", "Floors are computed on the data each metric is scored on (benchmarks/reporting/floors.py): chance "
               "and majority class of the test labels; the unigram cross-entropy of the validation ids under the "
               "training frequencies; the share of the most frequent training id among the maskable validation ids; "
               "the PSNR of filling every masked patch with its image's mean colour, on the same images and masks. "

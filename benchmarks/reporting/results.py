@@ -1,5 +1,5 @@
 """Per-model results of benchmarks/report.py: metrics over seeds (mean and std), verdicts, plots and
-reconstruction grids (combine), and the trivial floor of each task (floors, see report_floors.py)."""
+reconstruction grids (combine), and the trivial floor of each task (floors, see floors.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import shutil
 import statistics
 from pathlib import Path
 
-from report_render import plot_layerwise
-
-ROOT = Path(__file__).resolve().parents[1]
-CHAR_DATA = "data/shakespeare-char"
+from benchmarks.harness import CHAR_DATA, ROOT
+from benchmarks.reporting import floors as rf
+from benchmarks.reporting.render import plot_layerwise
+from benchmarks.reporting.verdicts import claim_verdicts
 
 
 def mean_std(dicts: list[dict]) -> tuple[dict, dict]:
@@ -27,7 +27,6 @@ def mean_std(dicts: list[dict]) -> tuple[dict, dict]:
 
 def combine(fam: str, role: str, seeds: list[dict], preset: dict, out: Path) -> dict:
     """One entry per model: metrics as the mean (and std) over seeds, verdicts over seeds, plots of seed 0."""
-    from report_verdicts import claim_verdicts
 
     first = min(seeds, key=lambda e: e["seed"])
     mean, std = mean_std([e["metrics"] for e in seeds])
@@ -50,8 +49,7 @@ def combine(fam: str, role: str, seeds: list[dict], preset: dict, out: Path) -> 
 
 
 def floors(results: dict, families: list[str], preset: dict, data: dict) -> None:
-    """The trivial floor of each task on its evaluation data (report_floors.py)."""
-    import report_floors as rf
+    """The trivial floor of each task on its evaluation data (floors.py)."""
 
     for fam in families:
         if fam not in results:

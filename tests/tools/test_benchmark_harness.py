@@ -1,15 +1,11 @@
 """benchmarks/harness.py (timing, memory, models, loss) and trainer_overhead's bare-loop schedule."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import harness  # noqa: E402
-import trainer_overhead  # noqa: E402
+from benchmarks import harness, trainer_overhead
 
 CPU = torch.device("cpu")
 

@@ -1,10 +1,10 @@
 """benchmarks/report.py without training: the run plan, bad input, --compare, floors, verdicts, live
 progress, relative paths, and the --checkpoint mode on small random checkpoints in each official layout."""
 
-import importlib
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,17 +14,18 @@ import crate_text  # noqa: F401
 import crate_vision  # noqa: F401
 import pytest
 
+from benchmarks import report as report_module
+from benchmarks.reporting import floors as rf
+from benchmarks.reporting import progress as rp
+from benchmarks.reporting import render as rr
+from benchmarks.reporting import verdicts as rv
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("crate_report", ROOT / "benchmarks" / "report.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    yield mod
-    del sys.modules[spec.name]
+    return report_module
 
 
 @pytest.mark.parametrize("preset", ["quick", "full"])
@@ -94,12 +95,49 @@ def test_compare_sets_two_reports_side_by_side(report, tmp_path):
     assert "3.000" in tput_row
 
 
+def test_bert_flags_are_the_char_lm_flags_by_name_without_the_dropout_override(report):
+    """BERT trains on nanoGPT's character-level schedule (min lr, warm-up, weight decay, betas, clipping) with
+    its own dropout: every CHAR_LM flag but --set, then its context and evaluation batches."""
+    assert report.flags(min_lr="1e-4", betas=(0.9, 0.99), set=None, eval_every=0) == [
+        "--min-lr", "1e-4", "--betas", "0.9", "0.99", "--eval-every", "0"]
+    bert = report.plan(report.PRESETS["quick"], ["bert"], {})[0]
+    gpt = report.plan(report.PRESETS["quick"], ["gpt"], {})[0]
+    for run in (bert, gpt):
+        args = run.args
+        value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
+        assert value("--tokenizer") == report.CHAR_DATA and value("--min-lr") == "1e-4"
+        assert value("--warmup-steps") == "100" and value("--weight-decay") == "0.1"
+        assert args[args.index("--betas") + 1 : args.index("--betas") + 3] == ["0.9", "0.99"]
+        assert value("--grad-clip") == "1.0" and value("--eval-every") == "0"
+    assert "--set" not in bert.args and gpt.args[gpt.args.index("--set") + 1] == "dropout=0"
+    assert bert.args[bert.args.index("--max-positions") + 1] == "66"
+    assert bert.args[bert.args.index("--eval-batches") + 1] == "100"
+    assert report.plan(report.PRESETS["smoke"], ["bert"], {})[0].args.count("--eval-batches") == 1
+    from crate_core.train import train_config_from_args
+
+    parsed = _tool_parser("pretrain_bert").parse_args(bert.args)  # the tool accepts every flag
+    cfg = train_config_from_args(parsed)
+    assert (cfg.min_lr, cfg.warmup_steps, cfg.weight_decay, tuple(cfg.betas), cfg.grad_clip) == (
+        1e-4, 100, 0.1, (0.9, 0.99), 1.0)
+
+
+def _tool_parser(name):
+    """The argument parser of tools/NAME.py, loaded from its file (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.build_parser()
+
+
+def test_report_runs_as_a_module_and_as_a_script():
+    """`python -m benchmarks.report` and `python benchmarks/report.py` (README's command) both start."""
+    for cmd in ([sys.executable, "-m", "benchmarks.report", "--help"], [sys.executable, "benchmarks/report.py", "--help"]):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "--preset" in proc.stdout
+
+
 # ---- floors, verdicts, progress, checkpoint mode ----------------------------------------------
-def bench(name):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    return importlib.import_module(name)
-
-
 def test_seeds_repeat_every_run_with_its_own_seed(report):
     runs = report.plan(report.PRESETS["quick"], ["vision", "gpt"], {}, seeds=2)
     assert len(runs) == 8 and len({r.label for r in runs}) == 8
@@ -118,8 +156,7 @@ def test_resumed_report_continues_interrupted_runs_from_their_checkpoints(report
     assert resumed[:len(fresh)] == fresh and resumed[len(fresh):] == ["--resume", "auto"]
     from crate_core.train import train_config_from_args
 
-    sys.path.insert(0, str(ROOT / "tools"))
-    parser = importlib.import_module("pretrain_gpt").build_parser()
+    parser = _tool_parser("pretrain_gpt")
     assert train_config_from_args(parser.parse_args(resumed[2:])).resume == "auto"
 
 
@@ -151,7 +188,6 @@ def test_unigram_and_classification_floors_match_direct_formulas(tmp_path):
     from crate_text import get_tokenizer, write_tokens
     from crate_text.tokenizers import save_char_vocab
 
-    rf = bench("report_floors")
     save_char_vocab(tmp_path, "abc")
     tok = get_tokenizer(tmp_path)
     train, val = [0, 0, 0, 1, 2, 3], [0, 1, 1, 3]  # 3 = end-of-text (special)
@@ -171,7 +207,6 @@ def test_mae_floor_is_the_mean_colour_psnr_of_the_masked_patches():
     import torch
     from crate_mae.data import load_split
 
-    rf = bench("report_floors")
     torch.manual_seed(0)
     model = crate_core.create("crate-mae-nano").eval()
     f = rf.mae_floor(model, "shapes", eval_size=8, batch=8, cache_dir=None)
@@ -198,7 +233,6 @@ def record(step, per_layer):
 def test_verdicts_follow_the_stated_rule():
     import numpy as np
 
-    rv = bench("report_verdicts")
     means, stds = [4.0, 3.0, 2.5, 1.0], [0.5, 0.5, 1.0, 1.0]
     b, se = rv.slope(means, stds, batch=16)
     assert math.isclose(b, np.polyfit([1, 2, 3, 4], means, 1)[0], rel_tol=1e-12)
@@ -223,7 +257,6 @@ def test_verdicts_follow_the_stated_rule():
 def test_progress_lines_and_full_child_log(tmp_path):
     import io
 
-    rp = bench("report_progress")
     script = "import time\nfor s in (5, 10):\n    print(f'step {s} | loss {3.0 / s:.4f} | lr 1e-3', flush=True)\nprint('done')\n"
     job = rp.Job("gpt-crate", [sys.executable, "-c", script], tmp_path / "gpt-crate" / "log.txt", steps=10,
                  family="gpt-crate")
@@ -243,7 +276,6 @@ def test_progress_lines_and_full_child_log(tmp_path):
 
 
 def test_eta_counts_from_the_first_logged_step_not_from_start_up():
-    rp = bench("report_progress")
     pace = rp.Pace()
     assert pace.eta(200, 5.0, fallback=42.0) == 42.0  # nothing logged yet
     pace.see(1, 10.0)  # step 1 after 10 s of start-up
@@ -256,7 +288,6 @@ def test_runs_side_by_side_share_the_cores_and_keep_their_logs(tmp_path):
     import io
     import time
 
-    rp = bench("report_progress")
     script = ("import os, time\nprint('threads', os.environ['OMP_NUM_THREADS'], flush=True)\n"
               "for s in (1, 2, 3):\n    time.sleep(0.4)\n    print(f'step {s} | loss {1 / s:.4f}', flush=True)\n")
     jobs = [rp.Job(f"run{i}", [sys.executable, "-c", script], tmp_path / f"run{i}" / "log.txt", steps=3,
@@ -283,7 +314,6 @@ def test_runs_side_by_side_share_the_cores_and_keep_their_logs(tmp_path):
 
 
 def test_paths_are_made_relative_to_the_repository():
-    rr = bench("report_render")
     obj = {"checkpoint": f"{ROOT}/benchmarks/reports/q/_work/x", "cmd": [f"python {ROOT}/tools/a.py"], "n": 3}
     assert rr.relativize(obj, ROOT) == {"checkpoint": "benchmarks/reports/q/_work/x", "cmd": ["python tools/a.py"], "n": 3}
 
