@@ -5,6 +5,9 @@ Overlays (PNG per image: each head's cls attention at --layer, their mean, PCA o
         --skimage astronaut chelsea coffee --out-dir runs/segment
 The official CRATE demo checkpoint (base, 8x8 patches, ImageNet-21K head) directly, or converted:
     uv run python tools/segment.py overlay --official crate-demo.pth --skimage astronaut chelsea --layer 10
+A released CBT checkpoint (QishuaiWen/CBSA), whose maps are A^T A of each head's contraction weights A
+(representatives x tokens), the maps the released code draws:
+    uv run python tools/segment.py overlay --official cbt_small_best.pth.tar --skimage astronaut --layer 10
 Measured version on the shapes set (thresholded cls attention vs the true masks):
     uv run python tools/segment.py miou --model-dir runs/vision/final --model-dir runs/vit/final
 Train a tiny CRATE and the same-size timm ViT the same way (same data, steps, seed), then compare:
@@ -157,7 +160,7 @@ def main(argv=None):
     sub = p.add_subparsers(dest="cmd", required=True)
     o = sub.add_parser("overlay", help="PNG overlays of cls attention and PCA for given images")
     o.add_argument("--model-dir", action="append", default=[], help="exported model directory")
-    o.add_argument("--official", default=None, help="official checkpoint file (CRATE, demo/21k, CRATE-alpha)")
+    o.add_argument("--official", default=None, help="official checkpoint file (CRATE, demo/21k, CRATE-alpha, CBT)")
     o.add_argument("--heads", type=int, default=None, help="heads of an --official file without a preset")
     o.add_argument("--images", nargs="*", default=[], help="image files")
     o.add_argument("--skimage", nargs="*", default=[], help=f"scikit-image sample photos, e.g. {' '.join(SKIMAGE_PHOTOS[:3])}")

@@ -101,3 +101,16 @@ def test_bad_input_names_the_problem():
     with pytest.raises(ValueError, match="rep_grid=8 does not fit the 4 x 4 patch grid"):
         crate_core.create("cbt-tiny-test", rep_grid=8)
     assert math.isclose(crate_core.get_config("cbt-tiny-test", rep_window="released").step_size, 0.1)
+
+
+def test_segment_tool_draws_and_scores_cbt_maps(tmp_path, tool):
+    """tools/segment.py: overlays from a released CBT file (--official), mIoU of an exported CBT model."""
+    seg = tool("segment")
+    state = released_state(64, 2, 4, classes=10, patch=8, image=64, seed=5)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "arch": "Ours_tiny"}, tmp_path / "cbt.pth")
+    seg.main(["overlay", "--official", str(tmp_path / "cbt.pth"), "--skimage", "astronaut", "--out-dir", str(tmp_path)])
+    assert (tmp_path / "astronaut_layer-1.png").stat().st_size > 1000
+    torch.manual_seed(0)
+    crate_core.save_pretrained(crate_core.create("cbt-tiny-test", num_classes=6), tmp_path / "cbt")
+    r = seg.main(["miou", "--model-dir", str(tmp_path / "cbt"), "--n", "8", "--out-dir", str(tmp_path)])
+    assert 0 <= r[str(tmp_path / "cbt")]["miou"] <= 1
