@@ -3,7 +3,7 @@
     global 1   RandomResizedCrop(G, scale=(0.4, 1)) flip, colour jitter (p 0.8), grey (p 0.2), blur (p 1.0)
     global 2   the same with blur p 0.1 and solarisation p 0.2
     local      RandomResizedCrop(L, scale=(0.05, 0.4)) flip, colour jitter, grey, blur (p 0.5)
-    then       ToDtype float, Normalize(mean, std)
+    then       Normalize(mean, std)     (on float images in [0, 1]; the crop's bicubic overshoot is clamped)
 
 At DINO's 224 px, G = 224 and L = 96; ``crop_sizes(image_size, patch_size)`` keeps the ratio 96/224 for
 smaller images, rounded to a whole number of patches (32 px, patch 8: G = 32, L = 16). The blur's sigma range
@@ -29,6 +29,10 @@ def crop_sizes(image_size: int, patch_size: int) -> tuple[int, int]:
         raise ValueError(f"image_size={image_size} must be at least patch_size={patch_size} >= 1")
     local = max(1, round(image_size * DINO_LOCAL_SIZE / DINO_GLOBAL_SIZE / patch_size)) * patch_size
     return image_size, local
+
+
+def _clamp01(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0.0, 1.0)
 
 
 def _blur(size: int, p: float) -> v2.Transform:
@@ -63,6 +67,7 @@ class MultiCrop:
                 v2.ToImage(),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                v2.Lambda(_clamp01),  # bicubic overshoots; PIL's 8-bit output (DINO's) is clamped too
                 v2.RandomHorizontalFlip(),
                 v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
                 v2.RandomGrayscale(p=0.2),
@@ -70,7 +75,7 @@ class MultiCrop:
             ]
             if solarize_p:
                 ops.append(v2.RandomSolarize(threshold=0.5, p=solarize_p))
-            ops.append(v2.Normalize(mean, std))  # v2's colour ops keep float images in [0, 1]
+            ops.append(v2.Normalize(mean, std))  # v2's colour ops and the blur keep [0, 1]
             return v2.Compose(ops)
 
         self.global1 = view(global_size, global_scale, 1.0)

@@ -1,0 +1,206 @@
+"""Self-distillation on the shared trainer: every registered vision family as a backbone, the EMA teacher
+(DINO's cosine momentum, checked against the formula), multi-crop shapes, the weighted k-NN against a direct
+vote, exact resume, ZeRO 1/2 in one process, and the teacher export read by crate_core.from_pretrained,
+tools/eval_knn.py, tools/segment.py and tools/train_vision.py --finetune."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import crate_core
+import crate_vision  # noqa: F401
+import pytest
+import torch
+from crate_core.train import TrainConfig, Trainer
+from crate_vision.data import ShapesDataset
+from crate_vision.ssl import (
+    MultiCrop,
+    MultiCropDataset,
+    SelfDistillation,
+    SSLConfig,
+    crop_sizes,
+    knn_scores,
+    momentum_at,
+)
+from crate_vision.ssl.train import ssl_loss
+
+ROOT = Path(__file__).resolve().parents[2]
+os.environ["WANDB_MODE"] = "disabled"
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"ssl_test_tool_{name}", ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _crops(m: int = 3, local: int = 2, g: int = 32, l: int = 16):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(m, 3, g, g, generator=gen) for _ in range(2)] + [
+        torch.randn(m, 3, l, l, generator=gen) for _ in range(local)
+    ]
+
+
+def test_momentum_schedule_is_dino_cosine():
+    """m_i = 1 - (1 - m0)(1 + cos(pi i / T)) / 2: m0 at the start, (1 + m0)/2 halfway, 1 at the end."""
+    assert momentum_at(0, 100, 0.996) == pytest.approx(0.996)
+    assert momentum_at(50, 100, 0.996) == pytest.approx(0.998)
+    assert momentum_at(100, 100, 0.996) == pytest.approx(1.0)
+
+
+def test_crop_sizes_and_multicrop_views():
+    assert crop_sizes(224, 16) == (224, 96)
+    assert crop_sizes(32, 8) == (32, 16)
+    mc = MultiCrop(32, 16, local_crops=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    crops = mc(torch.rand(3, 40, 40))
+    assert [tuple(c.shape) for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    assert all(c.dtype == torch.float32 and c.min() >= -1 - 1e-6 and c.max() <= 1 + 1e-6 for c in crops)
+    ds = MultiCropDataset(ShapesDataset(4, 32, normalize=False), mc)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    assert len(batch[0]) == 5 and batch[0][0].shape == (4, 3, 32, 32) and batch[0][4].shape == (4, 3, 16, 16)
+    with pytest.raises(ValueError, match="local_scale"):
+        MultiCrop(32, 16, 2, local_scale=(0.5, 0.1))
+
+
+@pytest.mark.parametrize("name", ["crate-tiny-test", "crate-alpha-tiny-test", "tost-tiny-test", "vit-tiny-test"])
+@pytest.mark.parametrize("method", ["dino", "simdino"])
+def test_every_vision_family_trains_as_a_student(name, method):
+    torch.manual_seed(0)
+    backbone = crate_core.create(name, num_classes=0)
+    model = SelfDistillation(backbone, SSLConfig(method=method, local_crops=2, hidden_dim=32, bottleneck_dim=16, out_dim=64))
+    loss, metrics = model(_crops())
+    assert torch.isfinite(loss)
+    if method == "simdino":
+        assert set(metrics) == {"compression", "expansion"}
+    loss.backward()
+    assert all(p.grad is None for p in model.teacher_parameters())
+    assert all(not p.requires_grad for p in model.teacher_parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.student.parameters())
+
+
+def test_teacher_ema_update_matches_the_formula():
+    torch.manual_seed(0)
+    model = SelfDistillation(crate_core.create("crate-tiny-test", num_classes=0),
+                             SSLConfig(local_crops=0, hidden_dim=16, bottleneck_dim=8, total_steps=10))
+    with torch.no_grad():
+        for p in model.student_parameters():
+            p.add_(torch.randn_like(p))
+    before = [t.clone() for t in model.teacher_parameters()]
+    model.after_step(4)  # optimizer step 4 -> schedule index 3
+    m = 1 - (1 - 0.996) * (1 + math.cos(math.pi * 3 / 10)) / 2
+    for t0, t, s in zip(before, model.teacher_parameters(), model.student_parameters()):
+        torch.testing.assert_close(t, m * t0 + (1 - m) * s, rtol=1e-6, atol=1e-7)
+    assert int(model.steps_done) == 4
+
+
+def test_knn_vote_matches_a_direct_count():
+    """score_c = sum over the k most cosine-similar training features of class c of exp(s / T)."""
+    train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.2]])
+    train_y = torch.tensor([0, 0, 1, 1, 2])
+    test_x = torch.tensor([[0.8, 0.3], [0.2, 1.0]])
+    k, T = 3, 0.07
+    got = knn_scores(train_x, train_y, test_x, 3, k=k, temperature=T)
+    for i, x in enumerate(test_x):
+        sims = [float(x @ t / (x.norm() * t.norm())) for t in train_x]
+        top = sorted(range(5), key=lambda j: -sims[j])[:k]
+        want = [sum(math.exp(sims[j] / T) for j in top if train_y[j] == c) for c in range(3)]
+        torch.testing.assert_close(got[i], torch.tensor(want, dtype=torch.float32), rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="k must be"):
+        knn_scores(train_x, train_y, test_x, 3, k=6)
+
+
+def _trainer(out: Path, method: str = "simdino", steps: int = 4, callbacks=(), **kw):
+    torch.manual_seed(0)
+    backbone = crate_core.create("crate-tiny-test", num_classes=0)
+    cfg = TrainConfig(out_dir=str(out), steps=steps, micro_batch=4, lr=1e-3, warmup_steps=1, log_every=1,
+                      wandb="disabled", progress="off", seed=0, **kw)
+    model = SelfDistillation(backbone, SSLConfig(method=method, local_crops=2, hidden_dim=32, bottleneck_dim=16,
+                                                 out_dim=64, total_steps=steps, warmup_teacher_temp_steps=3,
+                                                 freeze_last_layer_steps=1))
+    data = MultiCropDataset(ShapesDataset(32, 32, normalize=False), MultiCrop(32, 16, 2, (0.5,) * 3, (0.5,) * 3))
+    return Trainer(cfg, model, data, loss_fn=ssl_loss, after_step=model.after_step, callbacks=callbacks), model
+
+
+@pytest.mark.parametrize("method", ["dino", "simdino"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, method):
+    """Student, teacher, heads, the DINO centre and the step count all come back from the checkpoint."""
+    tr, straight = _trainer(tmp_path / "a", method)
+    tr.fit()
+    tr.close()
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(trainer, step, row):
+        if step == 2:
+            raise Stop
+
+    tr, _ = _trainer(tmp_path / "b", method, callbacks=[stop_at_2], ckpt_every=1)
+    with pytest.raises(Stop):
+        tr.fit()
+    tr.close()
+    tr, resumed = _trainer(tmp_path / "b", method, resume="auto")
+    assert tr.step == 1  # the callback stops step 2 before its checkpoint: the step-1 one is the newest
+    tr.fit()
+    tr.close()
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert set(a) == set(b) and any(k.startswith("teacher.") for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    if method == "dino":
+        assert a["loss.center"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_stages_with_the_frozen_teacher_in_one_process(tmp_path, stage):
+    tr, model = _trainer(tmp_path / f"z{stage}", steps=2, engine="deepspeed", zero_stage=stage)
+    teacher0 = [p.detach().clone() for p in model.teacher_parameters()]
+    res = tr.fit()
+    tr.close()
+    assert tr.engine_kind == "deepspeed" and tr.zero_stage == stage and res["steps"] == 2
+    assert math.isfinite(res["loss"])
+    moved = [float((p - p0).abs().max()) for p, p0 in zip(model.teacher_parameters(), teacher0)]
+    assert max(moved) > 0  # the EMA ran after each optimizer step
+
+
+def test_tool_exports_the_teacher_for_knn_segmentation_and_finetuning(tmp_path, capsys):
+    out = tmp_path / "ssl"
+    argv = ["--model", "crate-tiny-test", "--steps", "2", "--micro-batch", "4", "--train-size", "16",
+            "--local-crops", "2", "--hidden-dim", "32", "--bottleneck-dim", "16", "--eval-every", "2",
+            "--knn-train-size", "24", "--knn-eval-size", "6", "--num-workers", "0", "--log-every", "1",
+            "--out-dir", str(out), "--wandb", "disabled", "--progress", "off"]
+    result = load_tool("pretrain_ssl").main(argv)
+    assert result["steps"] == 2 and 0 <= result["eval/knn_top1"] <= 1
+    export = out / "final"
+    model = crate_core.from_pretrained(export)
+    assert type(model).__name__ == "CRATEClassifier" and model.config.num_classes == 0
+    # the export is the teacher (the checkpoint's teacher.* weights), not the student
+    state = torch.load(Path(result["checkpoint"]) / "ds" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[f"teacher.{k}"].float(), rtol=0, atol=0)
+    assert any(not torch.equal(state[f"teacher.{k}"], state[f"student.{k}"]) for k in model.state_dict())
+
+    knn = load_tool("eval_knn").main([str(export), "--train-size", "12", "--test-size", "6", "--k", "5"])
+    assert {"top1", "at_init"} <= set(knn["models"][str(export)]) and "raw_pixels" in knn
+
+    seg = load_tool("segment").main(["miou", "--model-dir", str(export), "--n", "4"])
+    assert seg is not None
+
+    ft = load_tool("train_vision").main(
+        ["--finetune", str(export), "--steps", "1", "--micro-batch", "4", "--train-size", "8", "--eval-size", "4",
+         "--eval-every", "0", "--out-dir", str(tmp_path / "ft"), "--wandb", "disabled", "--progress", "off"]
+    )
+    assert ft["steps"] == 1
+    assert crate_core.from_pretrained(tmp_path / "ft" / "final").config.num_classes == 6
