@@ -208,9 +208,9 @@ class TorchEngine(nn.Module):
         """Add d(loss / grad_accum)/d(params) to the gradients; with ``keep`` (a device bool) false, add nothing.
 
         Masking the loss would not do: a non-finite forward leaves inf / NaN in the local derivatives
-        and 0 x NaN = NaN. So the micro-batch's gradients are computed on their own and added as
-        ``g_acc + where(keep, g, 0)``: with keep true this is the sum autograd would have formed
-        (bitwise); with keep false the accumulated gradients stay exactly as they were.
+        and 0 x NaN = NaN. So the micro-batch's gradients are computed on their own, zeroed where
+        ``keep`` is false (masked_fill, which replaces NaN too) and added: ``g_acc + g`` is the sum
+        autograd would have formed (bitwise); with keep false the accumulated gradients stay as they were.
         """
         scaled = loss / self.grad_accum if self.grad_accum > 1 else loss
         if keep is None:
@@ -220,10 +220,14 @@ class TorchEngine(nn.Module):
         for p in self.params:
             p.grad = None
         scaled.backward()
+        drop = ~keep
         for p, acc in zip(self.params, held):
-            g = torch.zeros_like(p) if p.grad is None else p.grad
-            g = torch.where(keep, g, torch.zeros((), dtype=g.dtype, device=g.device))
-            p.grad = g if acc is None else acc.add_(g)
+            if p.grad is None:  # not used by this forward: nothing to add
+                p.grad = acc
+                continue
+            p.grad.masked_fill_(drop, 0.0)  # in place, on the device: no copy, no host read
+            if acc is not None:
+                p.grad = acc.add_(p.grad)
 
     def step(self) -> None:
         self.micro_steps += 1
