@@ -3,7 +3,7 @@
 Every family config (vision, MAE, GPT, BERT) inherits it, so config.json stays flat and a setting
 reaches the layer through named calls, e.g. ``tools/train_vision.py --set step_size=0.2``:
 
-    crate_vision.training.parse_overrides           ["step_size=0.2"] -> {"step_size": 0.2}
+    crate_core.cli.parse_sets                       ["step_size=0.2"] -> {"step_size": 0.2}
     crate_vision.training.build_model               crate_core.create(name, step_size=0.2)
     crate_core.registry.get_config                  dataclasses.replace(preset config, step_size=0.2):
       TrunkConfig.__post_init__ -> check_trunk      the field exists and applies to config.block
