@@ -141,6 +141,16 @@ def test_eval_forward_reuses_the_operator_until_D_changes():
     check(2 * DIM**3 + token_flops)
     block.step_size = 0.2  # same eta: still cached
     check(token_flops)
+    block.eval()  # eval() again (as a benchmark's per-call switch does) keeps it
+    check(token_flops)
+    block.step_size = 0.3  # another eta: formed again
+    with torch.no_grad():
+        assert square_ista_flops(block, u) == 2 * DIM**3 + token_flops
+        torch.testing.assert_close(block(u), ista_square_column(u, block.D, 0.3, 0.05), rtol=1e-12, atol=1e-12)
+    block.step_size = 0.2
+    block.train()
+    block.eval()  # training in between drops it
+    check(2 * DIM**3 + token_flops)
 
 
 def test_training_step_then_eval_is_not_stale():

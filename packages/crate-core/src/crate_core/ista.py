@@ -77,7 +77,7 @@ class ISTA(nn.Module):
     torch.fx tracing and TorchScript. The cache is keyed on D itself (the object, its storage,
     dtype, device and in-place version counter, which optimizer steps, ``load_state_dict`` and
     ``nn.init`` under no_grad all advance), on eta and on the autocast dtype (W is kept already cast
-    to it), and dropped by ``train()``. An edit through
+    to it), and dropped when the module enters training mode (``train()``). An edit through
     ``D.data`` bypasses the version counter: call ``clear_cache()`` after one."""
 
     __jit_ignored_attributes__ = ["_operator_cache"]
@@ -129,7 +129,8 @@ class ISTA(nn.Module):
         self._operator_cache = None
 
     def train(self, mode: bool = True) -> ISTA:
-        self.clear_cache()
+        if mode:  # training changes D; eval() again keeps a valid W (the key still guards it)
+            self.clear_cache()
         return super().train(mode)
 
     def codes(self, u: torch.Tensor) -> torch.Tensor:
