@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TOOLS = ("train_vision", "pretrain_mae", "pretrain_gpt")  # the tools that read --recipe
+TOOLS = ("train_vision", "pretrain_mae", "pretrain_gpt", "pretrain_ssl")  # the tools that read --recipe
 
 # how each tool spells a data source of each format ({path} is data.path)
 DATA_FORMATS: dict[str, dict[str, str]] = {
@@ -51,6 +51,13 @@ DATA_FORMATS: dict[str, dict[str, str]] = {
         "mnist": "mnist",
     },
     "pretrain_mae": {"imagefolder": "{path}", "shapes": "shapes", "mnist": "mnist"},
+    "pretrain_ssl": {
+        "imagefolder": "imagefolder:{path}",
+        "hf": "hf:{path}",
+        "cifar10": "cifar10:{path}",
+        "cifar100": "cifar100:{path}",
+        "shapes": "shapes",
+    },
     "pretrain_gpt": {"tokens": "{path}"},
 }
 OFFLINE_FORMATS = ("shapes", "mnist")  # need no path

@@ -1,6 +1,7 @@
 """A plain ViT baseline (timm's VisionTransformer, built through its public constructor) with the
 same config fields and helpers as CRATEClassifier, so tools train, export and probe both alike.
-Importing the module registers vit-mini-shapes, vit-mini-shapes-p4 and vit-tiny-test (task classify).
+Importing the module registers vit-mini-shapes, vit-mini-shapes-p4, vit-tiny-test and vit-base-patch16-224
+(task classify).
 
     ViT block: z_half = z + MHSA(LN z) (separate q, k, v);  z_next = z_half + MLP(LN z_half)
 """
@@ -112,6 +113,10 @@ def register_baselines() -> None:
             ViTClassifierConfig(32, 4, 3, 6, 96, 4, 4), "ViT baseline at the size of crate-mini-shapes-p4"
         ),
         "vit-tiny-test": (ViTClassifierConfig(32, 8, 3, 10, 64, 2, 4), "ViT baseline at the size of crate-tiny-test"),
+        "vit-base-patch16-224": (
+            ViTClassifierConfig(224, 16, 3, 1000, 768, 12, 12),
+            "ViT-B/16 (timm vit_base_patch16_224 shapes): the DINO / SimDINO backbone of recipes/ssl-*-vit-b16-*",
+        ),
     }
     for name, (config, description) in presets.items():
         crate_core.register(name, ViTClassifier, config, family="vision", task="classify", description=description)
