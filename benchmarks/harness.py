@@ -24,6 +24,7 @@ forward; ``build_block`` makes one CRATE layer, ToST block or attention operator
 from __future__ import annotations
 
 import contextlib
+import math
 import platform
 import resource
 import statistics
@@ -275,39 +276,72 @@ def synthetic_case(model: nn.Module, family: str, cfg, batch: int, seq: int, dev
     return Case(lambda: model(idx, labels=labels)[1], lambda: model(idx), seq, "tok")
 
 
-BLOCK_KINDS = ("mssa-layer", "tssa-layer", "mssa-op", "tssa-op")
+BLOCK_KINDS = ("mssa-layer", "tssa-layer", "cbsa-layer", "mssa-op", "tssa-op", "cbsa-op")
 
 
 def build_block(kind: str, dim: int, heads: int, causal: bool = False) -> nn.Module:
     """One trunk piece of width ``dim`` with ``heads`` heads, the trunks' other defaults:
     ``mssa-layer`` a CRATE layer (LN, MSSA, LN, ISTA), ``tssa-layer`` a ToST block (LN, TSSA, LN, MLP),
-    ``mssa-op`` / ``tssa-op`` the attention part alone, ``x + attention(LN(x))``."""
+    ``cbsa-layer`` a CBT layer (LN, CBSA, LN, ISTA; 8 x 8 representatives), ``*-op`` the attention part
+    alone, ``x + attention(LN(x))``. CBSA pieces lay their N tokens on ``token_grid(N)``; they have no
+    causal form."""
     import crate_core
+    from crate_core.cbsa import CBSA, CBSALayer
     from crate_core.tost import TSSA, ToSTBlock
 
     if kind not in BLOCK_KINDS:
         raise ValueError(f"unknown block kind {kind!r}; choose one of {list(BLOCK_KINDS)}")
+    if causal and kind.startswith("cbsa"):
+        raise ValueError(f"{kind} has no causal form (CBSA pools an image grid)")
     if kind == "mssa-layer":
         return crate_core.CRATELayer(crate_core.TrunkConfig(dim=dim, depth=1, heads=heads), causal=causal)
     if kind == "tssa-layer":
         return ToSTBlock(crate_core.TrunkConfig(block="tost", dim=dim, depth=1, heads=heads), causal=causal)
+    cbt = crate_core.TrunkConfig(block="cbsa", dim=dim, depth=1, heads=heads)
+    if kind == "cbsa-layer":
+        return _OnGrid(CBSALayer(cbt))
     crate, tost = crate_core.TrunkConfig(), crate_core.TrunkConfig(block="tost")  # the trunks' defaults
     if kind == "mssa-op":
         attn = crate_core.MSSA(dim, heads, causal=causal, out_bias=crate.out_bias, dropout=crate.dropout)
-    else:
+    elif kind == "tssa-op":
         attn = TSSA(dim, heads, causal=causal, qkv_bias=tost.qkv_bias, dropout=tost.dropout)
+    else:
+        attn = CBSA(dim, heads, rep_grid=cbt.rep_grid, rep_window=cbt.rep_window, out_bias=cbt.out_bias,
+                    dropout=cbt.dropout)
+        return _OnGrid(_Residual(nn.LayerNorm(dim), attn))
     return _Residual(nn.LayerNorm(dim), attn)
 
 
+def token_grid(n: int) -> tuple[int, int]:
+    """The patch grid CBSA benchmarks lay n tokens on: (s, s) when n = 1 + s^2 (a class token and a square
+    grid, e.g. 197), else the most square h x w = n with h <= w (e.g. 4096 -> 64 x 64, 2048 -> 32 x 64)."""
+    side = math.isqrt(n - 1)
+    if side * side == n - 1:
+        return side, side
+    h = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    return h, n // h
+
+
 class _Residual(nn.Module):
-    """x + attn(norm(x))."""
+    """x + attn(norm(x), *args)."""
 
     def __init__(self, norm: nn.Module, attn: nn.Module):
         super().__init__()
         self.norm, self.attn = norm, attn
 
+    def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
+        return x + self.attn(self.norm(x), *args)
+
+
+class _OnGrid(nn.Module):
+    """Calls a CBSA piece with ``token_grid`` of its input's token count."""
+
+    def __init__(self, piece: nn.Module):
+        super().__init__()
+        self.piece = piece
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.attn(self.norm(x))
+        return self.piece(x, token_grid(x.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -10,6 +10,8 @@ Speed: forward + backward of one layer (median of --repeats after warm-up, ours 
 interleaved in the same run) at CRATE-S/16 shapes (d 576, 12 heads, 197 tokens, batch 32)
 and at a long sequence (4096 tokens, batch 1), with the FLOPs of each (counted per operation):
 the speed-up a formulation can reach by doing less work is about the FLOP ratio.
+Blocks side by side: forward + backward of one CRATE layer (MSSA + ISTA), one ToST block (TSSA + MLP)
+and one CBT layer (CBSA + ISTA, 8 x 8 representatives) at the same shapes, interleaved, with FLOPs.
 Memory: peak extra memory of the attention part (LN1 + MSSA, forward + backward) at
 N = 1024, 2048, 4096, batch 1. On CUDA: torch.cuda.max_memory_allocated. On CPU (no caching
 allocator): one fresh subprocess per case, peak RSS (VmHWM, reset through /proc/self/clear_refs)
@@ -37,6 +39,7 @@ from crate_core import CRATELayer, TrunkConfig
 from benchmarks.harness import (
     REPORTS,
     PeakMemory,
+    build_block,
     count_flops,
     device_name,
     interleaved,
@@ -96,6 +99,24 @@ def time_case(layer, x, repeats: int, warmup: int) -> dict[str, float]:
         x.grad = None
 
     return medians(interleaved(layer_cases(layer, x), warmup, repeats, x.device, prepare=clear_grads))
+
+
+BLOCKS = {"mssa-layer": "CRATE layer (MSSA)", "tssa-layer": "ToST block (TSSA)", "cbsa-layer": "CBT layer (CBSA)"}
+
+
+def time_blocks(x, repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+    """{kind: {"s": median seconds, "gflop": GFLOP}} of forward + backward of each block of BLOCKS on x,
+    the three interleaved (CBSA lays the tokens on benchmarks.harness.token_grid)."""
+    torch.manual_seed(0)
+    blocks = {k: build_block(k, DIM, HEADS).to(x.device) for k in BLOCKS}
+    cases = {k: (lambda b=b: fwd_bwd(lambda m, z: m(z), b, x)) for k, b in blocks.items()}
+
+    def clear_grads(kind) -> None:
+        blocks[kind].zero_grad(set_to_none=True)
+        x.grad = None
+
+    times = medians(interleaved(cases, warmup, repeats, x.device, prepare=clear_grads))
+    return {k: {"s": times[k], "gflop": count_flops(cases[k]) / 1e9} for k in BLOCKS}
 
 
 def check_equal(layer, x) -> float:
@@ -207,7 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         flops = {k: count_flops(fn) for k, fn in layer_cases(layer, x).items()}
         row = {"case": name, "batch": b, "n": n, **t, "speedup": t["naive"] / t["ours"], "max_abs_diff": err,
                "gflop": {k: f / 1e9 for k, f in flops.items()}, "flop_ratio": flops["naive"] / flops["ours"]}
+        row["blocks"] = time_blocks(x, args.repeats, args.warmup)
         speed_rows.append(row)
+        print(
+            f"{name}: " + ", ".join(f"{BLOCKS[k]} {fmt_ms(v['s'])} ms" for k, v in row["blocks"].items()), flush=True
+        )
         print(
             f"{name}: ours {fmt_ms(t['ours'])} ms, naive {fmt_ms(t['naive'])} ms, "
             f"speed-up {row['speedup']:.2f}x, FLOP ratio {row['flop_ratio']:.2f} (max |diff| {err:.1e})",
@@ -244,6 +269,19 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             f"| {r['case']} | {r['batch']} | {r['n']} | {fmt_ms(r['ours'])} | {fmt_ms(r['naive'])} "
             f"| {r['speedup']:.2f}x | {r['flop_ratio']:.2f} | {r['max_abs_diff']:.1e} |"
+        )
+    lines += [
+        "",
+        "Blocks side by side (forward + backward, one of each, interleaved; CBSA with 8 x 8 representatives):",
+        "",
+        "| case | " + " | ".join(f"{v} ms" for v in BLOCKS.values()) + " | " + " | ".join(f"{v} GFLOP" for v in BLOCKS.values()) + " |",
+        "|---|" + "---:|" * (2 * len(BLOCKS)),
+    ]
+    for r in speed_rows:
+        b = r["blocks"]
+        lines.append(
+            f"| {r['case']} | " + " | ".join(fmt_ms(b[k]["s"]) for k in BLOCKS) + " | "
+            + " | ".join(f"{b[k]['gflop']:.2f}" for k in BLOCKS) + " |"
         )
     how = (
         "torch.cuda.max_memory_allocated"

@@ -1,9 +1,13 @@
-"""Long-context cost of MSSA (quadratic) and TSSA (linear): forward + backward time and peak memory.
+"""Long-context cost of MSSA (quadratic), TSSA and CBSA (linear): forward + backward time and peak memory.
 
 Compares, at batch 1, dim 384, 6 heads and N = 256, 1024, 4096, 16384 tokens:
     layer:     one CRATE layer (crate_core.CRATELayer: LN, MSSA through SDPA, LN, ISTA)
                vs one ToST block (LN, TSSA, LN, 4x GELU MLP)
-    operator:  LN + MSSA vs LN + TSSA alone (the attention part)
+               vs one CBT layer (crate_core.cbsa.CBSALayer: LN, CBSA with 8 x 8 representatives, LN, ISTA;
+               the tokens laid on the most square grid, benchmarks.harness.token_grid)
+    operator:  LN + MSSA vs LN + TSSA vs LN + CBSA alone (the attention part)
+The report gives each one's time and memory factor per doubling of N (2 = linear, 4 = quadratic) and
+CBSA against MSSA from 1024 tokens up. CBSA has no causal form: --causal leaves it out.
 Each case runs in a fresh subprocess: one untimed forward + backward measures peak memory
 (the process's peak resident set size, reset just before the pass through
 /proc/self/clear_refs, minus the resident size before it; getrusage delta where that is not
@@ -33,7 +37,10 @@ KINDS = {  # name -> (label, family, part)
     "tssa-layer": ("TSSA block (ToSTBlock)", "tssa", "layer"),
     "mssa-op": ("LN + MSSA (SDPA)", "mssa", "operator"),
     "tssa-op": ("LN + TSSA", "tssa", "operator"),
+    "cbsa-layer": ("CBSA layer (CBSALayer)", "cbsa", "layer"),
+    "cbsa-op": ("LN + CBSA", "cbsa", "operator"),
 }
+FAMILIES = {"mssa": "tab:red", "tssa": "tab:blue", "cbsa": "tab:green"}
 REPORT_DIR = REPORTS / "long_context"
 
 
@@ -108,12 +115,22 @@ def loglog_slope(sizes, values) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
 
 
+def per_doubling(sizes, values) -> list[float]:
+    """Growth factor per doubling of N between successive sizes: (v2 / v1) ** (1 / log2(n2 / n1))."""
+    return [
+        (max(values[i], 1e-9) / max(values[i - 1], 1e-9)) ** (1 / math.log2(sizes[i] / sizes[i - 1]))
+        for i in range(1, len(sizes))
+    ]
+
+
 def plot(sizes, results, parts, path: Path) -> None:
     plt = pyplot()
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for part in parts:
-        for fam, color in (("mssa", "tab:red"), ("tssa", "tab:blue")):
+        for fam, color in FAMILIES.items():
             kind = f"{fam}-{'layer' if part == 'layer' else 'op'}"
+            if kind not in results:
+                continue
             style = "-o" if part == "layer" else "--s"
             label = KINDS[kind][0]
             ax_t.plot(sizes, [results[kind][n]["median_s"] for n in sizes], style, color=color, label=label)
@@ -170,7 +187,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.sizes, args.repeats = [n for n in args.sizes if n <= 4096] or args.sizes[:1], 1
     sizes = sorted(set(args.sizes))
-    kinds = [k for k, (_, _, part) in KINDS.items() if part in args.parts]
+    kinds = [k for k, (_, fam, part) in KINDS.items() if part in args.parts and not (args.causal and fam == "cbsa")]
     command = "uv run python benchmarks/long_context.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
@@ -191,7 +208,7 @@ def main(argv=None) -> None:
     import torch
 
     lines = [
-        "# Long context: MSSA vs TSSA",
+        "# Long context: MSSA vs TSSA vs CBSA",
         "",
         f"Command: `{command.strip()}`  ",
         f"Machine: {device_name(torch.device('cpu'))}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
@@ -248,6 +265,40 @@ def main(argv=None) -> None:
             )
         lines.append("")
         summary[part] = {"crossover": cross, "speedup_at_max": tm[-1] / tt[-1]}
+        suffix = "layer" if part == "layer" else "op"
+        key = {f: f"{f}-{suffix}" for f in FAMILIES if f"{f}-{suffix}" in results}
+        if len(sizes) > 1:
+            steps = [f"{sizes[i - 1]}->{sizes[i]}" for i in range(1, len(sizes))]
+            lines += [
+                f"Factor per doubling of N ({part}; 2.0 = linear, 4.0 = quadratic):",
+                "",
+                "| | " + " | ".join(steps) + " |",
+                "|---|" + "---:|" * len(steps),
+            ]
+            for f in key:
+                t = [results[key[f]][n]["median_s"] for n in sizes]
+                m = [results[key[f]][n]["peak_mb"] for n in sizes]
+                lines.append(f"| {f.upper()} time | " + " | ".join(f"{v:.2f}" for v in per_doubling(sizes, t)) + " |")
+                lines.append(f"| {f.upper()} memory | " + " | ".join(f"{v:.2f}" for v in per_doubling(sizes, m)) + " |")
+            lines.append("")
+        long = [n for n in sizes if n >= 1024]
+        if "cbsa" in key and long:
+            kc = key["cbsa"]
+            lines += [
+                f"{KINDS[kc][0]} vs {KINDS[km][0]}, N >= 1024:",
+                "",
+                "| N | CBSA time (ms) | MSSA time (ms) | CBSA speed-up | CBSA peak (MB) | MSSA peak (MB) |",
+                "|---:|---:|---:|---:|---:|---:|",
+            ]
+            for n in long:
+                tc, tmn = results[kc][n]["median_s"], results[km][n]["median_s"]
+                lines.append(
+                    f"| {n} | {tc * 1e3:.1f} | {tmn * 1e3:.1f} | {tmn / tc:.2f}x | {results[kc][n]['peak_mb']:.1f} "
+                    f"| {results[km][n]['peak_mb']:.1f} |"
+                )
+            tc = [results[kc][n]["median_s"] for n in sizes]
+            lines += ["", f"- Time growth, log-log slope over N: CBSA {loglog_slope(sizes, tc):.2f}.", ""]
+            summary[part]["cbsa_speedup_at_max"] = tm[-1] / tc[-1]
     lines += ["![time and memory](long_context.png)", ""]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plot(sizes, results, args.parts, args.out_dir / "long_context.png")
