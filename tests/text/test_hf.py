@@ -57,3 +57,25 @@ def test_padded_batches_are_refused():
     hf = CRATEGPTForCausalLM.from_crate(tiny())
     with pytest.raises(ValueError, match="padded batches"):
         hf(torch.ones(2, 3, dtype=torch.long), attention_mask=torch.tensor([[1, 1, 1], [0, 1, 1]]))
+
+
+def test_cache_keyword_of_old_and_new_transformers():
+    """transformers >= 5.24 hands the cache between generate steps as ``cache``, older releases as
+    ``past_key_values`` (.ci/lowest-direct runs this file under the oldest supported one): the output
+    carries it under the installed release's name, and forward and prepare_inputs_for_generation take
+    either spelling."""
+    from crate_text.hf import CACHE_ARG
+
+    fields = transformers.modeling_outputs.CausalLMOutputWithPast.__dataclass_fields__
+    assert CACHE_ARG == ("cache" if "cache" in fields else "past_key_values")
+    hf = CRATEGPTForCausalLM.from_crate(tiny()).eval()
+    idx = torch.randint(0, 120, (2, 6))
+    full = hf(idx).logits
+    for spelling in ("cache", "past_key_values"):
+        cache = hf(idx[:, :4], use_cache=True)[CACHE_ARG]
+        assert cache.length == 4
+        step = hf.prepare_inputs_for_generation(idx, **{spelling: cache})
+        assert step[CACHE_ARG] is cache and torch.equal(step["input_ids"], idx[:, 4:])
+        out = hf(step["input_ids"], **{spelling: cache})
+        assert out[CACHE_ARG] is cache and cache.length == 6
+        torch.testing.assert_close(out.logits, full[:, 4:])

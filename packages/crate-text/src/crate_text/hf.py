@@ -8,7 +8,9 @@ registered with AutoConfig / AutoModelForCausalLM under model_type "crate-gpt", 
     hf.save_pretrained("hf-export"); AutoModelForCausalLM.from_pretrained("hf-export")
 
 Generation keeps CRATE's own cache (crate_text.generate.KVCache, one w per layer), passed between
-steps as ``cache``; transformers' DynamicCache is not created for this model. ``gpt2_hf_tokenizer()``
+steps under the name the installed transformers uses (``cache`` from 5.24, ``past_key_values`` before:
+``CACHE_ARG``); transformers' DynamicCache is not created for this model. Supported: transformers >= 4.45
+(the ``crate-text[hf]`` bound, tested by ``.ci/lowest-direct``). ``gpt2_hf_tokenizer()``
 builds the matching transformers tokenizer offline from the shipped GPT-2 ranks file:
 
     pipe = pipeline("text-generation", model=hf, tokenizer=gpt2_hf_tokenizer())
@@ -20,8 +22,13 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+try:  # transformers >= 5.0; 4.x spells it PretrainedConfig (5.x keeps that alias for now)
+    from transformers import PreTrainedConfig
+except ImportError:
+    from transformers import PretrainedConfig as PreTrainedConfig
 
 from .generate import KVCache
 from .gpt import CRATEGPT, CRATEGPTConfig
@@ -29,6 +36,9 @@ from .tokenizers import GPT2_VOCAB, _gpt2_ranks
 
 MODEL_TYPE = "crate-gpt"
 _FIELDS = [f.name for f in dataclasses.fields(CRATEGPTConfig)]
+# The keyword under which generate() hands the cache from one step to the next: model outputs carry it as
+# ``cache`` from transformers 5.24 on, as ``past_key_values`` before.
+CACHE_ARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class CRATEGPTHFConfig(PreTrainedConfig):
@@ -66,7 +76,8 @@ class CRATEGPTHFConfig(PreTrainedConfig):
 
 
 class CRATEGPTForCausalLM(PreTrainedModel, GenerationMixin):
-    """Wraps crate_text.CRATEGPT as ``self.crate``; forward(input_ids, cache=None, labels=None)."""
+    """Wraps crate_text.CRATEGPT as ``self.crate``; forward(input_ids, cache=None, labels=None)
+    (``past_key_values=`` is the same argument as ``cache=``, for transformers before 5.24)."""
 
     config_class = CRATEGPTHFConfig
     base_model_prefix = "crate"
@@ -132,40 +143,81 @@ class CRATEGPTForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             shift = labels[:, 1:].contiguous()
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shift.flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_ARG: cache})
 
-    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, cache=None, attention_mask=None, past_key_values=None, **kwargs
+    ):
         """Feed only the tokens the cache has not seen; drop the cache when the context is full."""
+        cache = cache if cache is not None else past_key_values
         if isinstance(cache, KVCache) and cache.length < input_ids.shape[1] <= self.config.block_size:
             input_ids = input_ids[:, cache.length :]
         else:
             cache = None
             input_ids = input_ids[:, -self.config.block_size :]
-        return {"input_ids": input_ids, "cache": cache, "use_cache": kwargs.get("use_cache", True)}
+        return {"input_ids": input_ids, CACHE_ARG: cache, "use_cache": kwargs.get("use_cache", True)}
 
     def _reorder_cache(self, cache: KVCache, beam_idx: torch.Tensor) -> KVCache:
         cache.w = [None if t is None else t.index_select(0, beam_idx.to(t.device)) for t in cache.w]
         return cache
 
 
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (the ByteLevel alphabet of ``tokenizers``)."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]  # printable bytes map to themselves
+    shifted = (b for b in range(256) if b not in keep)
+    table = {b: chr(b) for b in keep}
+    table.update({b: chr(256 + n) for n, b in enumerate(shifted)})
+    return table
+
+
 def gpt2_hf_tokenizer(model_max_length: int = 1024):
     """A transformers PreTrainedTokenizerFast for GPT-2 BPE built offline from the shipped ranks
-    file (sha256-checked), with the same ids as ``get_tokenizer("gpt2")``."""
+    file (sha256-checked), with the same ids as ``get_tokenizer("gpt2")``.
+
+    The BPE merges are read off the ranks as tiktoken applies them (every split of a token into two
+    ranked parts, in rank order), and the pipeline is built with ``tokenizers`` directly, so it does
+    not depend on the transformers release's converter classes."""
     from tiktoken_ext.openai_public import r50k_pat_str
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    class _ShippedRanks(TikTokenConverter):
-        @staticmethod
-        def load_tiktoken_bpe(tiktoken_url: str) -> dict[bytes, int]:
-            return _gpt2_ranks()
+    ranks = _gpt2_ranks()
+    table = _byte_to_unicode()
 
+    def text(b: bytes) -> str:
+        return "".join(table[x] for x in b)
+
+    merges = []
+    for token, rank in ranks.items():
+        splits = [
+            (token[:k], token[k:]) for k in range(1, len(token)) if token[:k] in ranks and token[k:] in ranks
+        ]
+        splits.sort(key=lambda lr: (ranks[lr[0]], ranks[lr[1]]))
+        merges.extend((left, right, rank) for left, right in splits)
+    merges.sort(key=lambda m: m[2])
+    bpe = Tokenizer(
+        BPE(
+            {text(t): r for t, r in ranks.items()}, [(text(a), text(b)) for a, b, _ in merges], fuse_unk=False
+        )
+    )
+    if hasattr(bpe.model, "ignore_merges"):  # a whole-token rank wins over merging, as in tiktoken
+        bpe.model.ignore_merges = True
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r50k_pat_str), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
     eot = "<|endoftext|>"
-    converted = _ShippedRanks(
-        vocab_file="gpt2", pattern=r50k_pat_str, extra_special_tokens={eot: 50256}
-    ).converted()
+    bpe.add_special_tokens([AddedToken(eot, normalized=False, special=True)])
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    if bpe.token_to_id(eot) != 50256:
+        raise ValueError(f"GPT-2 ranks file: {eot} got id {bpe.token_to_id(eot)}, expected 50256")
     return PreTrainedTokenizerFast(
-        tokenizer_object=converted, bos_token=eot, eos_token=eot, model_max_length=model_max_length
+        tokenizer_object=bpe, bos_token=eot, eos_token=eot, model_max_length=model_max_length
     )
 
 
