@@ -93,7 +93,7 @@ def test_unknown_layout_names_the_known_ones_and_the_first_keys(tmp_path):
     import timm
 
     torch.save(timm.create_model("vit_tiny_patch16_224", depth=1, num_classes=3).state_dict(), tmp_path / "vit.pth")
-    with pytest.raises(ValueError, match=r"vit\.pth: fits no known layout \(known: crate, crate-alpha, .*crate-lm-square"
+    with pytest.raises(ValueError, match=r"vit\.pth: fits no known layout \(known: cbt, crate, crate-alpha, .*crate-lm-square"
                        r".*\); first keys: blocks\.0\.attn\.proj\.bias"):
         crate_core.load_official(tmp_path / "vit.pth")
     vision = helpers("vision", "test_vision_convert")
