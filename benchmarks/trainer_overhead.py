@@ -43,7 +43,7 @@ import torch
 from crate_core.train import TrainConfig, Trainer
 from torch.utils.data import DataLoader
 
-from benchmarks.harness import device_name, lm_loss, resolve_device
+from benchmarks.harness import autocast, device_name, lm_loss, resolve_device
 
 CONFIGS = {  # TrainConfig fields of the tools' defaults
     "vision": dict(micro_batch=128, lr=2e-3, warmup_steps=100, weight_decay=0.05, zero_stage=0),
@@ -96,10 +96,15 @@ def warmup_cosine(opt: torch.optim.Optimizer, cfg: TrainConfig):
     return SequentialLR(opt, [warm, cosine], milestones=[w])
 
 
-def bare_loop(model, data, collate, loss_fn, cfg: TrainConfig, chunk: int, seed: int) -> list[float]:
-    """Seconds per step of each chunk: DataLoader, forward, backward, clip, AdamW, warm-up + cosine."""
+def bare_loop(model, data, collate, loss_fn, cfg: TrainConfig, chunk: int, seed: int, amp: str = "none",
+              compile: bool = False) -> list[float]:
+    """Seconds per step of each chunk after the first: DataLoader, forward (under bf16 autocast for
+    amp="bf16", as the Trainer's torch engine on a GPU; compiled in place with ``compile``, as its
+    --compile), backward, clip, AdamW, warm-up + cosine."""
     device = resolve_device(cfg.device)
     model.to(device).train()
+    if compile:
+        model.compile()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
@@ -115,7 +120,8 @@ def bare_loop(model, data, collate, loss_fn, cfg: TrainConfig, chunk: int, seed:
             stream = iter(loader)
             batch = next(stream)
         x = [b.to(device) for b in batch]
-        loss = loss_fn(model, x)[0]
+        with autocast(device, amp):
+            loss = loss_fn(model, x)[0]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         opt.step()
@@ -130,14 +136,17 @@ def bare_loop(model, data, collate, loss_fn, cfg: TrainConfig, chunk: int, seed:
     return chunks[1:]
 
 
-def trainer_loop(model, data, collate, loss_fn, cfg: TrainConfig, chunk: int) -> list[float]:
+def trainer_loop(model, data, collate, loss_fn, cfg: TrainConfig, chunk: int, rows: list | None = None) -> list[float]:
     """Seconds per step of each chunk of Trainer.fit, from the times of its log callbacks at multiples of
-    ``chunk`` (the Trainer also logs its first step, which is not a chunk boundary)."""
+    ``chunk`` (the Trainer also logs its first step, which is not a chunk boundary). The log rows of those
+    chunks (step_time_s, mfu, ...) are appended to ``rows`` when it is given."""
     marks: list[float] = []
 
     def mark(trainer, step, row) -> None:
         if step % chunk == 0:
             marks.append(time.perf_counter())
+            if rows is not None:
+                rows.append(dict(row))
 
     trainer = Trainer(cfg, model, data, loss_fn=loss_fn, collate_fn=collate, callbacks=[mark])
     try:
