@@ -51,11 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--method", choices=("dino", "simdino"), default="simdino")
     g.add_argument("--model", default="crate-mini-shapes", help="a registered vision preset (task classify)")
     add_set_arg(g)
-    g.add_argument("--data", default="shapes", help="shapes | cifar10:PATH | cifar100:PATH | imagefolder:PATH | hf:PATH")
+    g.add_argument(
+        "--data", default="shapes", help="shapes | mnist (offline) | cifar10:PATH | cifar100:PATH | imagefolder:PATH | hf:PATH"
+    )
     g.add_argument("--image-size", type=int, default=None, help="global crop size (--set image_size); default: the preset's")
     g.add_argument("--train-size", type=int, default=4000, help="shapes only: training images")
-    g.add_argument("--knn-train-size", type=int, default=1000, help="shapes: labelled images for the k-NN evaluation")
-    g.add_argument("--knn-eval-size", type=int, default=500, help="shapes: held-out images for the k-NN evaluation")
+    g.add_argument("--knn-train-size", type=int, default=1000, help="shapes: labelled images of the k-NN evaluation")
+    g.add_argument("--knn-eval-size", type=int, default=500, help="shapes: held-out images of the k-NN evaluation")
     g.add_argument("--local-crops", type=int, default=4, help="local crops per image (DINO / SimDINO ViT-B: 10)")
     g.add_argument("--hidden-dim", type=int, default=512, help="head MLP width (official 2048)")
     g.add_argument("--bottleneck-dim", type=int, default=128, help="head output / prototype input (official 256)")
@@ -90,11 +92,13 @@ def main(argv: list[str] | None = None) -> dict:
     size = backbone.config.image_size
     train_images, mean, std = raw_images(args.data, size, args.train_size, seed=args.seed)
     knn = None
-    if args.data == "shapes" and args.eval_every:
+    if args.data == "shapes" and args.eval_every:  # a labelled bank and held-out images of another seed
         knn = KNNEval(
             build_dataset("shapes", "val", size, size=args.knn_train_size, seed=args.seed + 1)[0],
             build_dataset("shapes", "test", size, size=args.knn_eval_size, seed=args.seed + 1)[0],
         )
+    elif args.data == "mnist" and args.eval_every:  # the training digits (with labels) as the bank, as DINO
+        knn = KNNEval(build_dataset("mnist", "train", size)[0], build_dataset("mnist", "test", size)[0])
     cfg = train_config_from_args(args, extra={"model": args.model, "data": args.data, "method": args.method, **sets})
     ssl_cfg = SSLConfig(
         method=args.method, local_crops=args.local_crops, hidden_dim=args.hidden_dim, bottleneck_dim=args.bottleneck_dim,

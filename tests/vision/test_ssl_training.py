@@ -6,6 +6,7 @@ tools/eval_knn.py, tools/segment.py and tools/train_vision.py --finetune."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 from pathlib import Path
@@ -179,10 +180,12 @@ def test_tool_exports_the_teacher_for_knn_segmentation_and_finetuning(tmp_path, 
     out = tmp_path / "ssl"
     argv = ["--model", "crate-tiny-test", "--steps", "2", "--micro-batch", "4", "--train-size", "16",
             "--local-crops", "2", "--hidden-dim", "32", "--bottleneck-dim", "16", "--eval-every", "2",
-            "--knn-train-size", "24", "--knn-eval-size", "6", "--num-workers", "0", "--log-every", "1",
+            "--knn-train-size", "24", "--knn-eval-size", "6", "--num-workers", "0", "--log-every", "1", "--layerwise-every", "2",
             "--out-dir", str(out), "--wandb", "disabled", "--progress", "off"]
     result = load_tool("pretrain_ssl").main(argv)
     assert result["steps"] == 2 and 0 <= result["eval/knn_top1"] <= 1
+    layers = [json.loads(line)["layers"] for line in (out / "layerwise.jsonl").read_text().splitlines()]
+    assert {"teacher.trunk", "student.trunk"} <= set(layers[-1])  # --layerwise-every measures the teacher too
     export = out / "final"
     model = crate_core.from_pretrained(export)
     assert type(model).__name__ == "CRATEClassifier" and model.config.num_classes == 0
