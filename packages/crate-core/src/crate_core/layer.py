@@ -86,18 +86,17 @@ class LayerNorm(nn.LayerNorm):
     fuses the casts itself) it is plain nn.LayerNorm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self.keeps_dtype(x):
-            return self.low_precision(x)
+        if not torch.jit.is_scripting():  # TorchScript compiles only the last line
+            if self.keeps_dtype(x):
+                return self.low_precision(x)
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
-    @torch.jit.unused
     def keeps_dtype(self, x: torch.Tensor) -> bool:
         if is_fx_symbolic_tracing() or torch.compiler.is_compiling():
             return False
         device = x.device.type  # CPU autocast already keeps layer_norm in a bfloat16 input's dtype
         return device != "cpu" and x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(device)
 
-    @torch.jit.unused
     def low_precision(self, x: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else self.weight.to(x.dtype)
         bias = None if self.bias is None else self.bias.to(x.dtype)
