@@ -63,8 +63,8 @@ def worker(args) -> None:
     cpu = torch.device("cpu")
     with PeakMemory(cpu) as mem:
         step()
-    times = interleaved({"step": step}, 0, args.repeats, cpu)["step"]["wall"]
-    print(json.dumps({"times": times, "peak_mb": mem.bytes / 2**20, "memory_method": mem.method}))
+    times = interleaved({"step": step}, 0, args.repeats, cpu)["step"]
+    print(json.dumps({"times": times[args.clock], "peak_mb": mem.bytes / 2**20, "memory_method": mem.method}))
 
 
 # ---------------------------------------------------------------- driver
@@ -88,6 +88,8 @@ def run_case(args, kind: str, n: int) -> dict:
         str(args.heads),
         "--batch",
         str(args.batch),
+        "--clock",
+        args.clock,
     ] + (["--causal"] if args.causal else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -170,6 +172,12 @@ def main(argv=None) -> None:
         default=1,
         help="torch threads per case (1: steadiest figures on a shared machine)",
     )
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time; cpu: the process's CPU time (steadier on a shared machine with --threads 1)",
+    )
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--heads", type=int, default=6)
     ap.add_argument("--batch", type=int, default=1)
@@ -215,7 +223,8 @@ def main(argv=None) -> None:
         f"{args.threads} threads; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end "
         "(other jobs share this machine: timings are noisy).  ",
         f"Setting: batch {args.batch}, dim {args.dim}, {args.heads} heads, {'causal' if args.causal else 'bidirectional'}, "
-        f"float32, forward + backward (input requires grad), median of {args.repeats} timed pass(es) after one untimed "
+        f"float32, forward + backward (input requires grad), median {args.clock} time of {args.repeats} timed pass(es) "
+        "after one untimed "
         f"pass, each case in a fresh process; total {time.time() - t_start:.0f} s.  ",
         f"Memory: peak resident memory of one forward + backward above the resident size before it "
         f"({results[kinds[0]][sizes[0]]['memory_method']}).",
