@@ -7,11 +7,10 @@ import math
 import crate_core
 import pytest
 import torch
+from core_formulas import ista_square_column, layer_norm
 from crate_core import rate
 from crate_core.cbsa import CBSA, CBSALayer, CBSAStack
 from crate_core.probes import probe
-
-from core_formulas import ista_square_column, layer_norm
 
 pytestmark = pytest.mark.usefixtures("float64_default")  # every tensor and module here is float64
 

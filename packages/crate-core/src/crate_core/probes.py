@@ -21,7 +21,6 @@ from .mssa import MSSA
 from .rate import OFFICIAL_EPS, measure_layers, official_compression
 from .tost import ToSTBlock
 
-
 LAYERS = {CRATELayer: "mssa", ToSTBlock: "tssa", CBSALayer: "cbsa"}  # each layer type's attention
 
 
