@@ -6,6 +6,7 @@ same network at its initialisation (same config, --seed).
     uv run tools/eval_knn.py runs/pretrain_ssl/final                      # offline shapes
     uv run tools/eval_knn.py runs/pretrain_ssl/final --data imagefolder:/data/imagenet --image-size 224
     uv run tools/eval_knn.py runs/a/final runs/b/final --k 10 --out knn.json
+    uv run tools/eval_knn.py runs/pretrain_ssl/final --linear-probe       # also logistic regression on the features
 
 Features: the pooled, normalised feature before the classifier (forward_head(..., pre_logits=True)), so a
 supervised classifier's export is measured the same way as a self-supervised one.
@@ -37,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--no-baselines", action="store_true", help="skip raw pixels and the initialisation")
+    p.add_argument("--linear-probe", action="store_true", help="also a logistic-regression probe of the same features")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from crate_core.linear_probe import linear_probe
     from crate_vision.data.datasets import build_dataset
     from crate_vision.ssl.knn import extract, knn_accuracy
 
@@ -58,7 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
     test = build_dataset(args.data, args.test_split, size, size=args.test_size if shapes else None, seed=args.seed)[0]
 
     def run(model) -> dict:
-        return knn_accuracy(extract(model, train, args.batch_size), extract(model, test, args.batch_size), args.k, args.temperature)
+        tr, te = extract(model, train, args.batch_size), extract(model, test, args.batch_size)
+        out = knn_accuracy(tr, te, args.k, args.temperature)
+        if args.linear_probe:  # logistic regression on the same frozen features (crate_core.linear_probe)
+            out["linear_probe"] = linear_probe(tr, te)["test_acc"]
+        return out
 
     result = {"data": args.data, "image_size": size, "n_train": len(train), "n_test": len(test), "models": {}}
     for d, model in models.items():
@@ -70,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["models"][d]["at_init"] = run(type(model)(model.config))
     for d, r in result["models"].items():
         line = f"{d}: k-NN top-1 {100 * r['top1']:.1f}%"
+        if "linear_probe" in r:
+            line += f", linear probe {100 * r['linear_probe']:.1f}%"
         if "at_init" in r:
             line += f" (same network at initialisation {100 * r['at_init']['top1']:.1f}%)"
         print(line)

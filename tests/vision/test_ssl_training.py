@@ -195,8 +195,8 @@ def test_tool_exports_the_teacher_for_knn_segmentation_and_finetuning(tmp_path, 
         torch.testing.assert_close(v, state[f"teacher.{k}"].float(), rtol=0, atol=0)
     assert any(not torch.equal(state[f"teacher.{k}"], state[f"student.{k}"]) for k in model.state_dict())
 
-    knn = load_tool("eval_knn").main([str(export), "--train-size", "12", "--test-size", "6", "--k", "5"])
-    assert {"top1", "at_init"} <= set(knn["models"][str(export)]) and "raw_pixels" in knn
+    knn = load_tool("eval_knn").main([str(export), "--train-size", "12", "--test-size", "6", "--k", "5", "--linear-probe"])
+    assert {"top1", "at_init", "linear_probe"} <= set(knn["models"][str(export)]) and "raw_pixels" in knn
 
     seg = load_tool("segment").main(["miou", "--model-dir", str(export), "--n", "4"])
     assert seg is not None
