@@ -612,8 +612,8 @@ def main(argv: list[str] | None = None) -> int:
 def _is_driver_arg(argv: list[str], i: int) -> bool:
     """Whether argv[i] belongs to an option only the driver reads (--out, --only, --budget and their values)."""
     driver = ("--out", "--only", "--budget")
-    if argv[i].split("=")[0] in driver:
-        return True
+    if argv[i].startswith("--"):
+        return argv[i].split("=")[0] in driver
     j = i - 1
     while j >= 0 and not argv[j].startswith("--"):
         j -= 1

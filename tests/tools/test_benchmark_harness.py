@@ -90,3 +90,75 @@ def test_bare_loop_schedule_is_the_trainers(warmup):
         assert opt.param_groups[0]["lr"] == pytest.approx(want, rel=1e-6), s
         opt.step()
         sched.step()
+
+
+# ---- the GPU scorecard (benchmarks/gpu_readiness.py) -------------------------------------------
+def test_block_compiling_finds_every_stack_once():
+    """compile_blocks compiles the blocks of the outermost stacks: CRATE's trunk layers and timm's blocks
+    (an nn.Sequential), not the pieces inside a block."""
+    from benchmarks.gpu_readiness import compile_blocks
+
+    depth = 3
+    crate = harness.build_model("crate-tiny-test", depth=depth)
+    assert compile_blocks(crate, "eager") == depth
+    vit = harness.build_model("timm:vit_tiny_patch16_224", depth=depth, num_classes=3, image_size=32)
+    assert compile_blocks(vit, "eager") == depth
+    x = torch.randn(2, 3, 32, 32)
+    assert vit(x).shape == (2, 3)
+
+
+def test_scorecard_targets_follow_their_thresholds():
+    """MFU >= 40%; CRATE-B/16 / ViT-B/16 >= 2.5x training and >= 3x inference img/s; Trainer / bare <= 1.05
+    (torch engine) and <= 1.10 (ZeRO-1/2); a missing figure is "not measured"."""
+    from types import SimpleNamespace
+
+    from benchmarks import gpu_readiness as g
+
+    st = SimpleNamespace(pairs=g.PAIRS, lm=g.LM)
+    crate, vit = g.PAIRS[0][0], g.PAIRS[0][1]
+    row = lambda m, tr, inf: {"model": m, "train_per_s": tr, "infer_per_s": inf}  # noqa: E731
+    res = {
+        "trainer": {"rows": [{"run": "trainer-torch", "mfu": 0.41}]},
+        "pairs-eager": {"rows": [row(crate, 250.0, 299.0), row(vit, 100.0, 100.0)]},
+        "overhead": {"rows": [{"run": "trainer-torch", "ratio": 1.05}, {"run": "trainer-zero1", "ratio": 1.11},
+                              {"run": "trainer-zero2", "ratio": 1.0}]},
+    }
+    verdicts = [v for _, _, v in g.targets(res, st)]
+    assert verdicts == ["met", "met", "not met", "not measured", "not measured", "met", "not met", "met"]
+    res["trainer"]["rows"][0]["mfu"] = 0.399
+    assert g.targets(res, st)[0][2] == "not met"
+
+
+def test_driver_options_stay_with_the_driver():
+    from benchmarks.gpu_readiness import _is_driver_arg
+
+    argv = ["--smoke", "--only", "trainer", "profile", "--batch", "gpt=4", "--out=/x", "--budget", "60", "--repeats", "2"]
+    kept = [a for i, a in enumerate(argv) if not _is_driver_arg(argv, i)]
+    assert kept == ["--smoke", "--batch", "gpt=4", "--repeats", "2"]
+
+
+def test_gpu_scorecard_smoke_on_the_cpu(tmp_path):
+    """The whole scorecard on the CPU with tiny presets: every section finishes, and the scorecard holds one
+    line per target, the pair tables, both Trainer tables, train_vision's wall time and the kernel tables."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_readiness", "--smoke", "--out", str(out)],
+                          cwd=harness.ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert {n: s["status"] for n, s in res["sections"].items()} == {n: "done" for n in res["sections"]}
+    assert set(res["sections"]) == {"pairs-eager", "trainer", "pairs-compiled", "overhead", "profile", "train-vision"}
+    assert all("error" not in r for r in res["pairs-eager"]["rows"]) and len(res["pairs-eager"]["rows"]) == 8
+    assert all(r["blocks_compiled"] >= 2 for r in res["pairs-compiled"]["rows"])
+    assert [r["run"] for r in res["overhead"]["rows"]] == ["trainer-torch", "trainer-zero1", "trainer-zero2"]
+    assert all("error" not in r and r["ratio"] > 0 for r in res["overhead"]["rows"])
+    assert res["train-vision"]["returncode"] == 0 and res["train-vision"]["steps"] == 2
+    md = (out / "scorecard.md").read_text()
+    assert sum(line.endswith(("**met** |", "**not met** |", "**not measured** |")) for line in md.splitlines()) == 8
+    for needle in ("## Pairs, eager", "## Pairs, compiled", "## Trainer vs the bare loop, compiled",
+                   "## Trainer vs the bare loop, eager", "tools/train_vision.py", "## Kernels"):
+        assert needle in md, needle
+    assert (out / "profile-crate-b16-infer.txt").is_file() and (out / "profile-crate-gpt-train.txt").is_file()
