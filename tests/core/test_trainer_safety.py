@@ -38,6 +38,8 @@ TOY = ToyCRATEConfig(in_dim=4, seq_len=4, dim=16, depth=1, heads=2, num_outputs=
 
 
 def make(out, callbacks=(), **overrides):
+    # device="cpu": fp32 arithmetic, so the torch loop and DeepSpeed agree to 1e-5 (under a GPU's default
+    # bf16 they differ by a few 1e-2; bf16 training is checked in tests/gpu/test_trainer_gpu.py)
     base = dict(out_dir=str(out), steps=8, micro_batch=8, lr=1e-2, warmup_steps=2, log_every=1,
                 wandb="disabled", progress="off", eval_batches=2, seed=0, ckpt_minutes=0, device="cpu")
     base.update(overrides)
