@@ -122,7 +122,10 @@ def test_cache_is_half_a_gpt2_cache():
         past = gpt2(prompt, use_cache=True).past_key_values
     gpt2_bytes = 0
     for layer in range(L):
-        k, v = past.layers[layer].keys, past.layers[layer].values
+        if hasattr(past, "layers"):  # a Cache of layers; older releases (4.45) give a (k, v) tuple per layer
+            k, v = past.layers[layer].keys, past.layers[layer].values
+        else:
+            k, v = past[layer]
         gpt2_bytes += k.numel() * k.element_size() + v.numel() * v.element_size()
     assert cache.nbytes() * 2 == gpt2_bytes
 
