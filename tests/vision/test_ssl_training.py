@@ -106,6 +106,30 @@ def test_teacher_ema_update_matches_the_formula():
     assert int(model.steps_done) == 4
 
 
+def test_teacher_ema_with_bf16_weights_accumulates_in_float32():
+    """DeepSpeed's bf16 casts the teacher too: each EMA step toward the student moves it by 0.004 * 0.5 = 0.002,
+    under half of bf16's spacing at 1 (2^-7), so bf16 arithmetic would leave the teacher at 1 for ever; the
+    teacher must follow the float32 recursion instead (rounded to bf16 when written back)."""
+    torch.manual_seed(0)
+    model = SelfDistillation(crate_core.create("crate-tiny-test", num_classes=0),
+                             SSLConfig(local_crops=0, hidden_dim=16, bottleneck_dim=8, total_steps=1000))
+    with torch.no_grad():
+        for s, t in zip(model.student_parameters(), model.teacher_parameters()):
+            t.copy_(torch.full_like(t, 1.0))
+            s.copy_(torch.full_like(s, 1.5))
+    model.bfloat16()
+    want = torch.tensor(1.0, dtype=torch.float64)
+    student = 1.5
+    for step in range(1, 21):
+        m = 1 - (1 - 0.996) * (1 + math.cos(math.pi * (step - 1) / 1000)) / 2
+        want = m * want + (1 - m) * student
+        model.after_step(step)
+    t = model.teacher_parameters()[0]
+    assert t.dtype == torch.bfloat16
+    assert torch.equal(t, torch.full_like(t, float(want)))  # bf16 of the float32 recursion (about 1.039)
+    assert float(t.flatten()[0]) > 1.03
+
+
 def test_knn_vote_matches_a_direct_count():
     """score_c = sum over the k most cosine-similar training features of class c of exp(s / T)."""
     train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.2]])

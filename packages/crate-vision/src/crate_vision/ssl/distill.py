@@ -105,6 +105,7 @@ class SelfDistillation(nn.Module):
         for p in self.teacher_parameters():
             p.requires_grad_(False)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self._teacher_fp32: list[torch.Tensor] | None = None  # the EMA's float32 copy when the weights are bf16
         self.config = getattr(backbone, "config", None)  # the backbone's, for tools that read model.config
 
     def student_parameters(self) -> list[nn.Parameter]:
@@ -141,10 +142,20 @@ class SelfDistillation(nn.Module):
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
-        """EMA of the teacher after optimizer step ``step`` (1-based, the trainer's count)."""
+        """EMA of the teacher after optimizer step ``step`` (1-based, the trainer's count).
+
+        With bf16 weights (DeepSpeed casts the whole module) an update of (1 - m) |theta_S - theta_T| is
+        below bf16's resolution and would be lost, so the EMA then runs on a float32 copy of the teacher,
+        written back to the bf16 weights after every update (after a resume it restarts from them)."""
         m = momentum_at(step - 1, self.cfg.total_steps, self.cfg.momentum_teacher)
         teacher, student = self.teacher_parameters(), self.student_parameters()
-        torch._foreach_lerp_(teacher, [s.to(t.dtype) for s, t in zip(student, teacher)], 1.0 - m)
+        if teacher[0].dtype == torch.float32:
+            torch._foreach_lerp_(teacher, [s.float() for s in student], 1.0 - m)
+        else:
+            if self._teacher_fp32 is None:
+                self._teacher_fp32 = [t.float() for t in teacher]
+            torch._foreach_lerp_(self._teacher_fp32, [s.float() for s in student], 1.0 - m)
+            torch._foreach_copy_(teacher, self._teacher_fp32)
         self.steps_done.fill_(step)
 
     def teacher_backbone(self) -> nn.Module:
