@@ -36,7 +36,8 @@ def test_plan_pairs_registered_models_with_equal_budgets(report, preset):
         crate, base = [r for r in runs if r.family == fam]
         assert (crate.role, base.role) == ("crate", "baseline")
         assert (ROOT / crate.tool).is_file() and (ROOT / base.tool).is_file()
-        budget = lambda r: [a for a in r.args if a not in ("--model", "--like", crate.model, base.model)]  # noqa: E731
+        names = ("--model", "--like", crate.model, base.model)
+        budget = lambda r, names=names: [a for a in r.args if a not in names]  # noqa: E731
         assert budget(crate) == budget(base), fam  # identical steps, batch, lr, extra flags
         assert "--layerwise-every" in crate.args
         crate_core.get_config(crate.model)  # raises on an unknown name
@@ -104,7 +105,7 @@ def test_bert_flags_are_the_char_lm_flags_by_name_without_the_dropout_override(r
     gpt = report.plan(report.PRESETS["quick"], ["gpt"], {})[0]
     for run in (bert, gpt):
         args = run.args
-        value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
+        value = lambda flag, args=args: args[args.index(flag) + 1]  # noqa: E731
         assert value("--tokenizer") == report.CHAR_DATA and value("--min-lr") == "1e-4"
         assert value("--warmup-steps") == "100" and value("--weight-decay") == "0.1"
         assert args[args.index("--betas") + 1 : args.index("--betas") + 3] == ["0.9", "0.99"]
