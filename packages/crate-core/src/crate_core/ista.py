@@ -103,22 +103,15 @@ class ISTA(nn.Module):
         if is_fx_symbolic_tracing() or torch.compiler.is_compiling() or self.training:
             return None
         D = self.D
-        if (
-            torch.is_grad_enabled() and D.requires_grad
-        ) or D.is_inference():  # inference tensors have no version
-            return None
+        if torch.is_grad_enabled() and D.requires_grad:
+            return None  # autograd needs W's graph
+        if D.is_inference():
+            return None  # an inference tensor has no version counter
         device = D.device.type
         # under autocast the matmul u @ W casts W to the autocast dtype: keep it cast once
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else D.dtype
-        key = (
-            D._version,
-            D.data_ptr(),
-            D.dtype,
-            D.device,
-            dtype,
-            self.step_size,
-            torch.is_inference_mode_enabled(),
-        )
+        inference = torch.is_inference_mode_enabled()  # a W made there must not reach autograd outside
+        key = (D._version, D.data_ptr(), D.dtype, D.device, dtype, self.step_size, inference)
         cache = self._operator_cache
         if cache is None or cache[0] is not D or cache[1] != key:
             with torch.no_grad():
