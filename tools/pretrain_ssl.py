@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
     size = backbone.config.image_size
     train_images, mean, std = raw_images(args.data, size, args.train_size, seed=args.seed)
     knn = None
-    if args.data == "shapes" and args.eval_every:  # a labelled bank and held-out images of another seed
+    if args.data == "shapes" and args.eval_every:  # the labelled bank and held-out images of tools/eval_knn.py
         knn = KNNEval(
-            build_dataset("shapes", "val", size, size=args.knn_train_size, seed=args.seed + 1)[0],
-            build_dataset("shapes", "test", size, size=args.knn_eval_size, seed=args.seed + 1)[0],
+            build_dataset("shapes", "val", size, size=args.knn_train_size, seed=1)[0],
+            build_dataset("shapes", "test", size, size=args.knn_eval_size, seed=1)[0],
         )
     elif args.data == "mnist" and args.eval_every:  # the training digits (with labels) as the bank, as DINO
         knn = KNNEval(build_dataset("mnist", "train", size)[0], build_dataset("mnist", "test", size)[0])
