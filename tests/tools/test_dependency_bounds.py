@@ -23,6 +23,11 @@ SCRIPT = ROOT / ".ci" / "lowest-direct"
 def test_declared_lower_bounds_hold():
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
     proc = subprocess.run([str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3500)
-    tail = (proc.stdout + proc.stderr)[-6000:]
+    out = proc.stdout + proc.stderr
+    # the script's own lines and pytest's failure summaries of both runs, then the end of the output
+    summary = [
+        line for line in out.splitlines() if line.startswith(("lowest-direct:", "FAILED", "ERROR", "="))
+    ]
+    tail = "\n".join(summary) + "\n...\n" + out[-4000:]
     assert proc.returncode == 0, f".ci/lowest-direct failed (exit {proc.returncode}):\n{tail}"
     assert "the declared lower bounds hold" in proc.stdout, tail
