@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from crate_core.train import Trainer, add_train_args, seed_everything, train_config_from_args
@@ -39,6 +40,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=8)
     parser.add_argument("--train-size", type=int, default=2048)
+    parser.add_argument("--step-seconds", type=float, default=0.0,
+                        help="sleep this long after every optimizer step (to test signals on slow steps)")
     parser.add_argument("--no-export", action="store_true", help="skip writing <out-dir>/final")
     args = parser.parse_args(argv)
     cfg = train_config_from_args(args)
@@ -55,7 +58,8 @@ def main(argv=None) -> dict:
     model = ToyCRATE(config)
     train = SyntheticTokens(args.train_size, config, seed=1)
     val = SyntheticTokens(256, config, seed=2)
-    trainer = Trainer(cfg, model, train, loss_fn=toy_loss, eval_dataset=val)
+    pause = (lambda step: time.sleep(args.step_seconds)) if args.step_seconds > 0 else None
+    trainer = Trainer(cfg, model, train, loss_fn=toy_loss, eval_dataset=val, after_step=pause)
     result = trainer.fit()
     if trainer.is_main:
         if not args.no_export:

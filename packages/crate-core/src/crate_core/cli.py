@@ -9,7 +9,8 @@ checkpoint, a busy run folder, bad configuration values and UnicodeDecodeError),
 NotADirectoryError, IsADirectoryError, PermissionError and ConnectionError (no network). They print
 ``TOOL: error: MESSAGE`` and exit 2, as argparse does for a bad flag; ``--debug`` anywhere on the command
 line (or CRATE_DEBUG=1) shows the traceback instead. A run stopped by SIGINT / SIGTERM prints how to resume
-and exits 128 + signal. Anything else (a bug) keeps its traceback.
+and exits 128 + signal; a second signal that aborts a run, a Ctrl-C during start-up and a full disk
+(ENOSPC) are one line too. Anything else (a bug) keeps its traceback.
 
 Model settings. Every training tool takes ``--set KEY=VALUE`` (repeatable) for any field of its model's
 config dataclass; ``parse_sets`` types each value from the field's annotation, and the tool passes the
@@ -20,9 +21,12 @@ trunk) refuses a field that does not apply to the chosen block.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
+import errno
 import os
+import signal
 import sys
 import types
 import typing
@@ -45,15 +49,31 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None, 
     debug = "--debug" in args or os.environ.get("CRATE_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     name = name or Path(sys.argv[0]).name
-    from .train.interrupt import TrainingInterrupted
+    from .train.interrupt import TrainingAborted, TrainingInterrupted
 
     try:
         main(args)
     except TrainingInterrupted as e:
         print(f"{name}: {e}", file=sys.stderr, flush=True)
         raise SystemExit(128 + e.signum) from None
+    except KeyboardInterrupt as e:  # a second signal in fit (TrainingAborted), or Ctrl-C outside it (start-up)
+        with contextlib.suppress(ValueError):  # (not the main thread)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a forwarding parent's copy must not add a traceback
+        if debug:
+            raise
+        if isinstance(e, TrainingAborted):
+            print(f"{name}: {one_line(e)}", file=sys.stderr, flush=True)
+            raise SystemExit(128 + e.signum) from None
+        print(f"{name}: interrupted by SIGINT outside the training loop (no step in progress); checkpoints "
+              "on disk are unchanged", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
     except USER_ERRORS as e:
         if debug:
+            raise
+        print(f"{name}: error: {one_line(e)} (--debug shows the traceback)", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except OSError as e:  # a full disk is the user's to fix, not a bug
+        if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         print(f"{name}: error: {one_line(e)} (--debug shows the traceback)", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -232,7 +232,7 @@ class Trainer:
         """Train from ``self.step`` to ``cfg.steps``; returns the final figures and the log history."""
         t_start = time.perf_counter()
         self._begin_fit()
-        with SignalGuard(self._announce) as signals:
+        with SignalGuard(self._announce, newest=lambda: self.last_checkpoint) as signals:
             try:
                 if self.cfg.layerwise_every and self.step == 0:
                     self.measure_layers(self.logger)
