@@ -1,5 +1,5 @@
 """timm's model conventions for the CRATE and CRATE-alpha classifiers: TorchScript scripting (and saving),
-torch.fx tracing, forward_intermediates and features_only as timm's ViT offers them."""
+torch.fx tracing, tracing then scripting (timm's feature-extractor route), forward_intermediates and features_only as timm's ViT offers them."""
 
 import io
 import warnings
@@ -51,6 +51,21 @@ def test_fx_traces_and_keeps_the_checks(name):
         graph(torch.randn(2, 1, 32, 32))
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         graph(torch.randn(2, 3, 30, 30))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fx_traced_then_scripted_like_timm(name):
+    """timm's route to a scripted feature extractor: fx-trace with its no-trace lists (create_feature_extractor
+    on the last node), then torch.jit.script the graph; the scripted output equals eager, native and resampled grid."""
+    from timm.models._features_fx import create_feature_extractor, get_graph_node_names
+
+    m = model(name)
+    last = get_graph_node_names(m)[0][-1]
+    scripted = torch.jit.script(create_feature_extractor(m, return_nodes=[last]))
+    with torch.no_grad():
+        for size in (32, 48):
+            x = torch.randn(2, 3, size, size)
+            assert (scripted(x)[last] - m(x)).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -11,8 +11,8 @@
 
 Module names map one-to-one onto the official checkpoints (see crate_vision.convert).
 """
-
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: torch.fx writes forward's annotations into the traced
+# module's code, and TorchScript cannot resolve them when they are strings (timm's trace-then-script route).
 
 import math
 from dataclasses import dataclass
@@ -120,10 +120,11 @@ def resize_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tup
 def image_grid(x: torch.Tensor, in_channels: int, patch_size: int) -> tuple[int, int]:
     """Validate an image batch (B, C, H, W); return its patch grid (h, w) (a torch.fx leaf)."""
     if x.dim() != 4:
-        raise ValueError(f"expected images of shape (batch, {in_channels}, H, W), got {tuple(x.shape)}")
+        shape = ", ".join([str(n) for n in x.shape])  # no tuple(x.shape): TorchScript compiles this function
+        raise ValueError(f"expected images of shape (batch, {in_channels}, H, W), got ({shape})")
     if x.shape[1] != in_channels:
         raise ValueError(f"channel mismatch: the model takes in_channels={in_channels}, the images have {x.shape[1]}")
-    h, w = x.shape[-2:]
+    h, w = x.shape[-2], x.shape[-1]
     if h % patch_size or w % patch_size:
         raise ValueError(f"image size {h}x{w} is not divisible by patch_size={patch_size}")
     return h // patch_size, w // patch_size
@@ -309,7 +310,7 @@ class CRATEClassifier(nn.Module):
         self.config = new
 
     @classmethod
-    def from_pretrained(cls, path, map_location="cpu") -> CRATEClassifier:
+    def from_pretrained(cls, path, map_location="cpu") -> "CRATEClassifier":
         return crate_core.from_pretrained(path, map_location=map_location, expected=cls)
 
     def num_params(self) -> int:
