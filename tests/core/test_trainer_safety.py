@@ -247,10 +247,16 @@ def test_bad_flag_values_fail_at_parse_time(capsys):
         (["--steps", "ten"], "argument --steps: expected an integer, got 'ten'"),
         (["--ckpt-minutes", "-5"], "argument --ckpt-minutes: must be >= 0, got -5"),
         (["--engine", "jax"], "argument --engine: invalid choice: 'jax'"),
+        (["--lr", "inf"], "argument --lr: must be a finite number, got inf"),
+        (["--weight-decay", "nan"], "argument --weight-decay: must be a finite number, got nan"),
+        (["--min-lr", "inf"], "argument --min-lr: must be a finite number, got inf"),
     ):
         with pytest.raises(SystemExit) as e:
             parser.parse_args(argv)
         assert e.value.code == 2 and message in capsys.readouterr().err
+    for field in ("lr", "eps", "weight_decay", "grad_clip", "ckpt_minutes"):  # Python callers: the same rule
+        with pytest.raises(ValueError, match=rf"^{field} must be a finite number, got {field}=inf$"):
+            TrainConfig(**{field: math.inf})
     assert parser.parse_args(["--grad-accum", "none"]).grad_accum is None
 
 

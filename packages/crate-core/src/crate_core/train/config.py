@@ -1,7 +1,7 @@
 """The typed training config; its command-line flags are generated from the field metadata.
 
 Each field is declared once, with its help text, its choices and its bound ("positive": > 0,
-"nonnegative": >= 0) next to it. ``TrainConfig.__post_init__`` checks the bounds for Python callers,
+"nonnegative": >= 0; a bounded float must also be finite: ``--lr inf`` is refused) next to it. ``TrainConfig.__post_init__`` checks the bounds for Python callers,
 and ``add_train_args`` turns the same metadata into argparse flags that reject a bad value at parse
 time (``--micro-batch 0`` -> "argument --micro-batch: must be a positive integer, got 0").
 """
@@ -130,15 +130,18 @@ class TrainConfig:
 
 
 def _within(value: Any, bound: str) -> bool:
+    """Whether ``value`` meets ``bound``; a bounded number must also be finite (no inf, no NaN)."""
     if value is None:
         return True
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return False
     return value > 0 if bound == "positive" else value >= 0
 
 
 def _bound_message(f: dataclasses.Field, value: Any) -> str:
     name, integer = f.name, "int" in str(f.type)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {name}={value!r}"
     if f.name == "grad_clip":
         return f"grad_clip must be >= 0 (0 disables clipping), got grad_clip={value!r}"
     if f.name == "min_lr":
@@ -168,6 +171,8 @@ def _parser_for(kind: str, bound: str | None, optional: bool):
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind == 'int' else 'a number'}, "
                                              f"got {text!r}") from None
         if bound and not _within(value, bound):
+            if not math.isfinite(value):
+                raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
             what = {"positive": "a positive integer" if kind == "int" else "> 0"}.get(bound, ">= 0")
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
