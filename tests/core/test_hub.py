@@ -128,6 +128,35 @@ def test_destination_rules(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
+def test_overwrite_refuses_a_user_file_of_an_export_name(tmp_path):
+    """overwrite writes next to the user's files and replaces a previous export's own files, never a user's
+    file of the same name (their config.json, README.md): that is refused by name and left as it was."""
+    model = make_model()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"learning_rate": 0.1}')
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files \\(config.json, notes.txt\\)"):
+        hub.save_pretrained(model, mine)
+    with pytest.raises(ValueError, match=r"mine: config.json is not from a crate export.*move it away") as e:
+        hub.save_pretrained(model, mine, overwrite=True)
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "notes.txt"]
+    assert (mine / "config.json").read_text() == '{"learning_rate": 0.1}'  # untouched, nothing half-written
+    (mine / "config.json").unlink()
+    (mine / "README.md").write_text("my notes")
+    hub.save_pretrained(model, mine, overwrite=True)  # no card written: the user's README.md is not in the way
+    assert (mine / "README.md").read_text() == "my notes"
+    with pytest.raises(ValueError, match="README.md is not from a crate export"):
+        hub.save_pretrained(model, mine, overwrite=True, model_card=True)
+    (mine / "README.md").unlink()
+    hub.save_pretrained(model, mine, overwrite=True, model_card=True)  # the export's own files: replaced
+    hub.save_pretrained(make_model(depth=3), mine, overwrite=True, model_card=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["README.md", "config.json", "model.safetensors", "notes.txt"]
+    assert len(crate_core.from_pretrained(mine).trunk.layers) == 3 and (mine / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
 def test_exports_respect_the_umask(tmp_path):
     old = os.umask(0o027)
     try:

@@ -178,6 +178,17 @@ def test_command_line(tmp_path, capsys):
     assert "crate_text.convert: error:" in capsys.readouterr().err and not (tmp_path / "busy" / "config.json").exists()
     assert convert_main([str(src), str(tmp_path / "busy"), "--overwrite"]) == 0
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and (tmp_path / "busy" / "config.json").exists()
+    capsys.readouterr()
+    assert convert_main([str(src), str(tmp_path / "busy"), "--overwrite"]) == 0  # again: its own files replaced
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "notes.txt"]
+    mine = tmp_path / "mine"  # the user's own config.json: --overwrite refuses it by name and leaves it as it was
+    mine.mkdir()
+    (mine / "config.json").write_text('{"lr": 0.1}')
+    assert exit_code(convert_main, [str(src), str(mine), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"crate_text.convert: error: {mine}: config.json is not from a crate export") and err.count("\n") == 1
+    assert [p.name for p in mine.iterdir()] == ["config.json"] and (mine / "config.json").read_text() == '{"lr": 0.1}'
     with pytest.raises(SystemExit) as e:
         convert_main(["--help"])
     assert e.value.code == 0 and "CRATE-LM" in capsys.readouterr().out
@@ -203,3 +214,15 @@ def exit_code(main, argv) -> int:
     with pytest.raises(SystemExit) as e:
         main(argv)
     return e.value.code
+
+
+@pytest.mark.parametrize("package", ["crate_text", "crate_mae"])
+def test_python_m_convert_runs_without_runpy_warning(package):
+    """The package does not import its command-line module, so ``python -m PKG.convert`` runs it once (runpy warns
+    when a package's __init__ has already imported the module it is asked to run)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", f"{package}.convert", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "" and f"python -m {package}.convert" in out.stdout

@@ -7,7 +7,8 @@ dataclass it was built from. config.json records where both classes live, so
 
 - ``save_pretrained(model, dir)`` writes into a temporary folder, then renames it into place. A
   destination that is a file, or a folder holding anything but a previous export, is refused unless
-  ``overwrite=True``; even then only the export's own files are replaced, nothing else is deleted.
+  ``overwrite=True``; even then only a previous export's own files are replaced (a user's file of the
+  same name, such as their own config.json, is refused by name), nothing else is deleted.
   Folders and files get the user's umask.
 - ``from_pretrained("dir" or "org/name", revision=...)`` reads a local folder or a snapshot in the local
   Hugging Face cache (``huggingface_hub.snapshot_download``); offline by default
@@ -24,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,34 +77,65 @@ def _umask() -> int:
     return mask
 
 
+def has_export_config(path: Path) -> bool:
+    """True when ``path/config.json`` is a crate export's (it names a model class): the export files beside it are ours."""
+    try:
+        return "model_class" in json.loads((path / CONFIG_NAME).read_text())
+    except (OSError, ValueError, TypeError):  # absent, a folder, not JSON, or JSON that is not an object
+        return False
+
+
+def is_model_card(path: Path) -> bool:
+    """True for a README.md that ``make_model_card`` wrote (its YAML front matter says ``library_name: crate``)."""
+    try:
+        head = path.read_text(errors="replace")[:4096]
+    except OSError:  # absent or a folder
+        return False
+    return head.startswith("---") and "\nlibrary_name: crate\n" in head.split("\n---", 1)[0] + "\n"
+
+
 def is_export(path: Path) -> bool:
     """True for a folder holding nothing but a crate export's own files (config.json naming a model class)."""
     names = {p.name for p in path.iterdir()}
     if not names or not names <= set(EXPORT_FILES) or any((path / n).is_dir() for n in names):
         return False
-    if CONFIG_NAME not in names:
-        return False
-    try:
-        return "model_class" in json.loads((path / CONFIG_NAME).read_text())
-    except (OSError, ValueError):
-        return False
+    return has_export_config(path)
 
 
 class DestinationError(FileExistsError, ValueError):
     """The export destination holds something else (a user mistake: a ValueError for crate_core.cli)."""
 
 
-def check_destination(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse a destination that is a file, or a folder holding something other than an export, unless overwrite."""
+def check_destination(path: str | os.PathLike, overwrite: bool = False, files: Sequence[str] = EXPORT_FILES) -> Path:
+    """Refuse a destination that is a file, or a folder holding something other than an export, unless overwrite.
+    With overwrite, ``files`` (the names about to be written) may replace only a previous export's files: the
+    weights and config.json when config.json is a crate export's, README.md when it is a card this module
+    generated. One that is the user's is refused by name."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DestinationError(f"{path}: exists and is not a folder; choose another destination")
-    if path.is_dir() and any(path.iterdir()) and not is_export(path) and not overwrite:
+    if not path.is_dir() or not any(path.iterdir()) or is_export(path):
+        return path
+    if not overwrite:
         others = sorted(p.name for p in path.iterdir())
         shown = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")
         raise DestinationError(
             f"{path}: holds other files ({shown}); choose an empty folder, or pass overwrite=True (--overwrite) "
             "to write the export next to them (nothing else is deleted)"
+        )
+    config_ours = has_export_config(path)
+
+    def ours(name: str) -> bool:
+        if name == CARD_NAME:
+            return is_model_card(path / name)
+        return config_ours and (path / name).is_file()
+
+    theirs = [n for n in files if (path / n).exists() and not ours(n)]
+    if theirs:
+        one = len(theirs) == 1
+        raise DestinationError(
+            f"{path}: {', '.join(theirs)} {'is' if one else 'are'} not from a crate export, and overwrite replaces "
+            f"only an export's own files; move {'it' if one else 'them'} away or choose another folder"
         )
     return path
 
@@ -116,8 +149,10 @@ def save_pretrained(
 ) -> Path:
     """Write ``path/model.safetensors`` and ``path/config.json`` (and ``README.md`` when ``model_card`` is
     True or a text) through a temporary folder. ``path`` may be absent, empty or a previous export;
-    anything else needs ``overwrite=True``, which replaces only the export's files."""
-    path = check_destination(path, overwrite)
+    anything else needs ``overwrite=True``, which replaces only a previous export's files (a user's file of the
+    same name is refused by name)."""
+    files = (WEIGHTS_NAME, CONFIG_NAME) + ((CARD_NAME,) if model_card else ())
+    path = check_destination(path, overwrite, files)
     config = getattr(model, "config", None)
     meta = {
         "format_version": FORMAT_VERSION,

@@ -9,10 +9,10 @@ skeleton ``MaskedAutoencoder`` (mask, encode, decode, masked MSE, features).
 
 from .baseline import ViTMAE, ViTMAEConfig
 from .common import MAEOutput, MaskedAutoencoder
-from .convert import convert_official_state_dict, load_official
 from .decoder import CRATEDecoder, CRATEDecoderLayer, DecoderLayerOutputs
 from .masking import Masking, patchify, random_masking, unpatchify
 from .model import CRATEMAE, CRATEMAEConfig
+from .official import convert_official_state_dict, load_official
 from .pos_embed import sincos_2d
 
 __all__ = [

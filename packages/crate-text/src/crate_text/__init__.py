@@ -10,7 +10,6 @@ from .bert import (
     CRATEBertForSequenceClassification,
     mask_tokens,
 )
-from .convert import load_official
 from .corpus import shakespeare_plays
 from .data import (
     MLMDataset,
@@ -25,6 +24,7 @@ from .data import (
 from .generate import KVCache, filter_logits
 from .gpt import CRATEGPT, CRATEGPTConfig
 from .losses import LOSSES, causal_lm_loss, masked_lm_loss
+from .official import load_official
 from .tokenizers import Tokenizer, get_tokenizer
 
 __all__ = [
