@@ -60,9 +60,45 @@ def test_offline_by_default_and_hf_hub_offline_wins(tmp_path, monkeypatch):
     assert calls == [True]  # no network unless asked
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(FileNotFoundError, match="org/missing"):  # asked for the network, refused offline
-        crate_core.from_pretrained("org/missing", local_files_only=False, cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match="org/missing .*, and HF_HUB_OFFLINE is set; unset it") as e:
+        crate_core.from_pretrained("org/missing", local_files_only=False, cache_dir=cache)  # asked for, refused offline
+    assert "local_files_only" not in str(e.value)
     assert calls[-1] is False
+
+
+def hub_connection_error() -> Exception:
+    """What huggingface_hub's HTTP client raises when the network is unreachable (httpx2 / httpx / requests by release)."""
+    from huggingface_hub import _snapshot_download
+
+    for client in ("httpx2", "httpx"):
+        if hasattr(_snapshot_download, client):
+            return getattr(_snapshot_download, client).ConnectError("[Errno 101] Network is unreachable")
+    import requests
+
+    return requests.exceptions.ConnectionError("[Errno 101] Network is unreachable")
+
+
+def test_no_network_is_one_line_naming_the_repo(tmp_path, monkeypatch):
+    """local_files_only=False with the network down: one line naming the repo, the cache and the network, and no
+    advice to pass local_files_only=False again; no traceback chain from huggingface_hub's client."""
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise hub_connection_error()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", unreachable)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    cache = tmp_path / "hf-cache"
+    with pytest.raises(ConnectionError) as e:
+        crate_core.from_pretrained("org/name", local_files_only=False, cache_dir=cache)
+    msg = str(e.value)
+    assert msg.startswith("org/name is neither a local folder nor in the local Hugging Face cache, and the network is unreachable")
+    assert "\n" not in msg and "local_files_only" not in msg
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # the client's chain is not printed
+    with pytest.raises(FileNotFoundError, match="org/name is neither .*; pass local_files_only=False"):
+        crate_core.from_pretrained("org/name", cache_dir=cache)  # offline (the default): downloading is the advice
 
 
 def test_push_to_hub_uploads_the_export_with_a_card(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ dataclass it was built from. config.json records where both classes live, so
   Folders and files get the user's umask.
 - ``from_pretrained("dir" or "org/name", revision=...)`` reads a local folder or a snapshot in the local
   Hugging Face cache (``huggingface_hub.snapshot_download``); offline by default
-  (``local_files_only=True``), and ``HF_HUB_OFFLINE=1`` forbids the network even when asked for it.
+  (``local_files_only=True``), and ``HF_HUB_OFFLINE=1`` forbids the network even when asked for it. A repo
+  that cannot be had is one line naming it and why (not cached; HF_HUB_OFFLINE; the Hub's answer; no network).
 - ``push_to_hub(model or dir, "org/name")`` uploads an export with a generated model card
   (architecture, training command and metrics of the run, citation).
 """
@@ -247,12 +248,19 @@ def resolve(
         )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError) as e:
         at = f" at revision {revision!r}" if revision else ""
-        raise FileNotFoundError(
-            f"{name_or_path}{at} is neither a local folder nor in the local Hugging Face cache; "
-            "pass local_files_only=False (with HF_HUB_OFFLINE unset) to download it"
-        ) from e
+        missing = f"{name_or_path}{at} is neither a local folder nor in the local Hugging Face cache"
+        if offline:
+            raise FileNotFoundError(f"{missing}; pass local_files_only=False (with HF_HUB_OFFLINE unset) to download it") from e
+        # the download was asked for: say why it did not happen (huggingface_hub chains the cause of its look-up)
+        cause = e.__cause__
+        if isinstance(e, OfflineModeIsEnabled) or isinstance(cause, OfflineModeIsEnabled):
+            raise FileNotFoundError(f"{missing}, and HF_HUB_OFFLINE is set; unset it to download") from None
+        if isinstance(cause, HfHubHTTPError):
+            raise FileNotFoundError(f"{missing}, and the Hub answered: {' '.join(str(cause).split())}") from None
+        reason = f" ({type(cause).__name__})" if cause is not None else ""
+        raise ConnectionError(f"{missing}, and the network is unreachable{reason}") from None
     except HfHubHTTPError as e:
-        raise FileNotFoundError(f"{name_or_path}: the Hub answered {e}") from e
+        raise FileNotFoundError(f"{name_or_path}: the Hub answered {' '.join(str(e).split())}") from None
 
 
 def from_pretrained(
