@@ -25,10 +25,10 @@ from crate_core.train import (
     TrainingInterrupted,
     WarmupCosine,
     add_train_args,
+    interrupt,
     seed_everything,
 )
 from crate_core.train import checkpoint as ckpt
-from crate_core.train import interrupt
 from crate_core.train.engine import TorchEngine
 from crate_core.train.toy import SyntheticTokens, ToyCRATE, ToyCRATEConfig, toy_loss
 

@@ -13,12 +13,15 @@ Every rank writes into the temporary directory; after a barrier rank 0 writes tr
 and the manifest and renames the directory to its final name (atomic on one filesystem). A crash at
 any point before the rename leaves the previous checkpoints untouched, and ``resume="auto"`` only
 considers directories named ``step_*`` that hold trainer_state.json, newest first, skipping (with a
-warning naming the file) any that fails the manifest check. ``keep_last`` deletes only older
+warning naming the file) any that fails the manifest check (one without a manifest must at least
+load). A save that runs out of space removes its temporary directory (one DiskFullError line); one
+that a crash or a kill left is removed by ``remove_stale`` when the folder is next resumed. ``keep_last`` deletes only older
 checkpoints of the same run (its ``run_id``). Multi-node runs need a shared filesystem.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -103,8 +106,18 @@ def verify_checkpoint(path: str | os.PathLike) -> None:
             raise ValueError("no 'step' field")
     except (OSError, ValueError) as e:
         raise DamagedCheckpointError(f"{path / STATE_FILE} cannot be read ({e})") from None
-    if not manifest.is_file():
-        return  # written before manifests existed: nothing to check it against
+    if not manifest.is_file():  # written before manifests existed, or the manifest was lost: every file must load
+        for rel in _files(path):
+            if rel.endswith(".pt"):
+                try:
+                    torch.load(path / rel, map_location="cpu", weights_only=False, mmap=True)
+                except Exception as e:  # a truncated zip, a bad pickle, ...: whatever torch raises
+                    reason = " ".join(str(e).split())[:200]
+                    raise DamagedCheckpointError(
+                        f"{path / rel} cannot be loaded ({type(e).__name__}: {reason}) and {path.name} has no "
+                        f"{MANIFEST} to check it against"
+                    ) from None
+        return
     try:
         files = json.loads(manifest.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -269,8 +282,72 @@ def write_client_state(tmp: Path, rank: int) -> None:
     torch.save(capture_rng(), tmp / rng_file(rank))
 
 
+class DiskFullError(OSError):
+    """A checkpoint could not be written for lack of space (errno ENOSPC); the message says where and how much."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _disk_full(err: BaseException, root: Path) -> bool:
+    """Whether a write error is a full disk: ENOSPC / EDQUOT, or torch's zip writer's own error ("unexpected
+    pos ...", "file write failed": it does not pass the errno on) with (almost) no space left under ``root``."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, RuntimeError) and ("unexpected pos" in str(err) or "write failed" in str(err)):
+        return shutil.disk_usage(root).free < (16 << 20)
+    return False
+
+
+def _bytes_under(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def _disk_full_error(root: Path, final: Path, written: int) -> DiskFullError:
+    """The one line for a checkpoint that did not fit: the folder, the bytes free, the bytes one takes."""
+    previous = list_checkpoints(root)
+    need = f"; the previous checkpoint {previous[-1].name} takes {_bytes_under(previous[-1])} bytes" if previous else ""
+    return DiskFullError(
+        f"No space left on device: writing checkpoint {final.name} into {root} failed after {written} bytes "
+        f"({shutil.disk_usage(root).free} bytes free{need}). The partial checkpoint was removed and the "
+        "checkpoints already written are intact: free some space, then continue with --resume auto"
+    )
+
+
+def remove_stale(root: Path) -> list[str]:
+    """Clear what interrupted saves left under ``root`` (call it with the run folder locked): a
+    ``.tmp-step_*`` is removed; a ``.old-step_*`` (a re-save stopped between its two renames) is put
+    back as ``step_*`` if that is missing, else removed. Returns one line per folder handled."""
+    done = []
+    if not Path(root).is_dir():
+        return done
+    for p in sorted(Path(root).iterdir()):
+        if not p.is_dir():
+            continue
+        if p.name.startswith(".tmp-step_"):
+            size = _bytes_under(p)
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"removed {p.name}, left by an interrupted save ({size} bytes)")
+        elif p.name.startswith(".old-step_"):
+            final = p.with_name(p.name[len(".old-"):])
+            if final.exists():
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(f"removed {p.name}, replaced by {final.name}")
+            else:
+                p.rename(final)
+                done.append(f"restored {final.name} from {p.name} (a re-save was interrupted)")
+    return done
+
+
 def save_checkpoint(engine, root: Path, step: int, state: dict, rank: int, keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    """Collective: every rank calls it. Returns the final checkpoint directory.
+
+    A write that fails leaves the checkpoints already written untouched; on a full disk the temporary
+    folder is removed at once and DiskFullError says so in one line naming the folder and the bytes.
+    """
     root = Path(root)
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}"
@@ -282,13 +359,21 @@ def save_checkpoint(engine, root: Path, step: int, state: dict, rank: int, keep_
             shutil.rmtree(tmp)
         tmp.mkdir()
     barrier()
-    engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
-    write_client_state(tmp, rank)
-    barrier()
+    try:
+        engine.save_checkpoint(str(tmp), tag=DS_TAG, client_state={}, save_latest=False)
+        write_client_state(tmp, rank)
+        barrier()
+        if rank == 0:
+            _write_json_atomic(tmp / STATE_FILE, state)
+            write_manifest(tmp)
+            _fsync_dir(tmp)
+    except (OSError, RuntimeError) as e:
+        if not _disk_full(e, root):
+            raise  # (what it wrote stays a .tmp- folder, never read, removed by the next resume)
+        written = _bytes_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back at once
+        raise _disk_full_error(root, final, written) from e
     if rank == 0:
-        _write_json_atomic(tmp / STATE_FILE, state)
-        write_manifest(tmp)
-        _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (resumed run): swap
             old = root / f".old-{step_name(step)}"
             shutil.rmtree(old, ignore_errors=True)

@@ -105,6 +105,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg, model: nn.Module) -> None:
+    """Set ``cfg``'s betas, eps and weight decay on a restored optimizer's groups (loading a state dict
+    brings back the checkpoint's). The groups are param_groups' order: the decayed matrices first (when
+    the model has any), then the rest, which is never decayed; the learning rate is the schedule's."""
+    decayed = any(p.requires_grad and p.ndim >= 2 for p in model.parameters())
+    for i, group in enumerate(optimizer.param_groups):
+        if "betas" in group:
+            group["betas"] = tuple(cfg.betas)
+        if "eps" in group:
+            group["eps"] = cfg.eps
+        group["weight_decay"] = cfg.weight_decay if decayed and i == 0 else 0.0
+
+
 def lion(groups: list[dict], cfg):
     try:
         from lion_pytorch import Lion

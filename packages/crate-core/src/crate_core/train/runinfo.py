@@ -77,3 +77,11 @@ def write_train_result(out_dir: Path, result: dict, model: nn.Module) -> None:
     summary = {k: v for k, v in result.items() if k != "history"}
     summary["params"] = sum(p.numel() for p in model.parameters())
     (out_dir / "train_result.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def read_train_result(out_dir: Path) -> dict | None:
+    """out_dir/train_result.json as written by write_train_result (None if absent or unreadable)."""
+    try:
+        return json.loads((Path(out_dir) / "train_result.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -31,6 +31,7 @@ every N steps (evaluate, log, measure layers, checkpoint).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -68,6 +69,7 @@ from .runinfo import (
     append_layerwise,
     git_commit,
     model_fingerprint,
+    read_train_result,
     seed_everything,
     write_run_config,
     write_train_result,
@@ -155,7 +157,8 @@ class Trainer:
         self._unlock = weakref.finalize(self, runlock.release, held) if held is not None else None
         try:
             resume = runfolder.resolve(
-                cfg, self.out_dir, self.fingerprint, self.world_size, self.layout, self.engine_kind, self.is_main
+                cfg, self.out_dir, self.fingerprint, self.world_size, self.layout, self.engine_kind, self.is_main,
+                self.grad_accum,
             )
             self.resume_path, self.run_id = resume.path, resume.run_id
             self._build(model, train_dataset, loss_fn, eval_dataset, eval_fn, collate_fn, callbacks)
@@ -204,13 +207,14 @@ class Trainer:
         self._rng_to_restore = None
         self.git = git_commit()
         if self.resume_path is not None:
-            restored = runfolder.restore(self.engine, self.resume_path, self.rank, cfg)
+            restored = runfolder.restore(self.engine, self.resume_path, self.rank, cfg, model, self.grad_accum)
             self.step, self.nonfinite_total = restored.step, restored.nonfinite_total
             self.stream.seek(**restored.data)
             self._rng_to_restore = restored.rng  # restored at the start of fit
             self.last_checkpoint, self._last_ckpt_step = self.resume_path, self.step
-            if restored.schedule_change:
-                runfolder.say(self.is_main, restored.schedule_change)
+            for line in (restored.schedule_change, restored.settings_change):
+                if line:
+                    runfolder.say(self.is_main, line)
         if self.is_main:
             write_run_config(self.out_dir, {
                 "train_config": cfg.to_dict(), "ds_config": self.ds_config, "engine": self.engine_kind,
@@ -365,6 +369,9 @@ class Trainer:
         )
         if self.resume_path is not None:
             self.logger.message(f"resumed from {self.resume_path} at step {self.step}")
+        if self.step >= cfg.steps:
+            self.logger.message(f"nothing to train: the run is already at step {self.step} (--steps {cfg.steps}); "
+                                "train_result.json keeps the loss it had")
         self.history: list[dict] = []
         self._count_mfu = self.device.type == "cuda"
         dtype = torch.bfloat16 if self.bf16 else torch.float32
@@ -414,10 +421,13 @@ class Trainer:
             self.logger.log(self.step, {"step": self.step, **final_eval})
 
     def _result(self, time_s: float) -> dict:
+        loss = self.last_loss
+        if math.isnan(loss):  # no step in this fit (resumed at --steps): the run's last figure stands
+            loss = (read_train_result(self.out_dir) or {}).get("loss")
         result = {
             "steps": self.step,
             "time_s": time_s,
-            "loss": self.last_loss,
+            "loss": loss,
             **self.last_eval,
             "history": self.history,
             "nonfinite_skipped": self.nonfinite_total,
