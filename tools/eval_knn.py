@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     for d in args.exports:
         if not Path(d).is_dir():
             raise FileNotFoundError(f"{d} is not a directory (expected an exported model, OUT/final)")
-    models = {d: crate_core.from_pretrained(d) for d in args.exports}
+    models = {d: crate_core.from_pretrained(d, task="classify") for d in args.exports}
     size = args.image_size or next(iter(models.values())).config.image_size
     shapes = args.data == "shapes"
     train = build_dataset(args.data, args.train_split, size, size=args.train_size if shapes else None, seed=args.seed)[0]

@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     if Path(args.model).is_file():  # an official CRATE-LM checkpoint (crate-lm repository), converted in memory
         model = crate_core.load_official(args.model, family="text").to(args.device).eval()
     elif Path(args.model).is_dir():
-        model = crate_core.from_pretrained(args.model).to(args.device).eval()
+        model = crate_core.from_pretrained(args.model, task="causal-lm").to(args.device).eval()
     else:
         raise FileNotFoundError(f"--model {args.model} is neither an exported model directory nor a checkpoint file")
     c = model.config

@@ -50,9 +50,10 @@ def load_encoder(args) -> tuple[torch.nn.Module, str]:
         path = Path(args.checkpoint)
         if not path.is_dir():
             raise FileNotFoundError(f"--checkpoint {path} is not a directory (expected an exported model)")
-        return crate_core.from_pretrained(path), str(path)
+        return crate_core.from_pretrained(path, task="mae"), str(path)
     if args.official:
         return crate_mae.load_official(args.official), args.official
+    crate_core.registry.resolve_for_task(args.model, "mae")  # a classifier or LM preset is refused by name
     return crate_core.create(args.model), f"{args.model} (random init, no weights given)"
 
 

@@ -64,11 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 def load_model(spec: str):
     path = Path(spec)
     if path.is_dir():
-        return crate_core.from_pretrained(path)
+        return crate_core.from_pretrained(path, task="causal-lm")
     if path.exists() or "/" in spec:
         raise FileNotFoundError(
             f"model {spec!r} is not an exported model directory (config.json + model.safetensors)"
         )
+    crate_core.registry.resolve_for_task(spec, "causal-lm")  # another task is refused by name
     return crate_core.create(spec)
 
 

@@ -20,9 +20,10 @@ from crate_text import get_tokenizer
 
 def load_model(name_or_dir: str):
     if Path(name_or_dir).is_dir():
-        return crate_core.from_pretrained(name_or_dir)
+        return crate_core.from_pretrained(name_or_dir, task="causal-lm")
     if Path(name_or_dir).exists():
         raise ValueError(f"--model {name_or_dir} is a file; pass the exported directory (with config.json)")
+    crate_core.registry.resolve_for_task(name_or_dir, "causal-lm")  # another task is refused by name
     return crate_core.create(name_or_dir)
 
 

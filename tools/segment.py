@@ -67,7 +67,7 @@ def load_model(args):
         raise ValueError("give exactly one of --model-dir (an export folder) or --official (a checkpoint file)")
     if args.official:
         return crate_core.load_official(args.official, family="vision", heads=args.heads).eval()
-    return crate_core.from_pretrained(args.model_dir[0]).eval()
+    return crate_core.from_pretrained(args.model_dir[0], task="classify").eval()
 
 
 def overlay(args) -> None:
@@ -95,7 +95,7 @@ def overlay(args) -> None:
 def miou(args) -> dict:
     results = {}
     for d in args.model_dir:
-        model = crate_core.from_pretrained(d).eval()
+        model = crate_core.from_pretrained(d, task="classify").eval()
         ds = ShapesDataset(args.n, model.config.image_size, "test", num_classes=max(2, model.config.num_classes))
         results[d] = shapes_miou(model, ds, n=args.n, layer=args.layer, mass=args.mass)
         r = results[d]

@@ -231,6 +231,14 @@ def test_save_and_load_round_trip(tmp_path):
         crate_core.from_pretrained(out, expected=OtherModel)
 
 
+def test_task_of_a_class_no_preset_uses_is_unknown(tmp_path):
+    """from_pretrained(task=...) refuses an export whose class builds presets of another task
+    (tests/tools/test_tool_errors.py); a class no preset uses has no known task and passes."""
+    out = crate_core.save_pretrained(make_model(), tmp_path / "export")
+    assert hub.class_task(hub.read_config(out)["model_class"]) is None
+    assert isinstance(crate_core.from_pretrained(out, task="classify"), TinyModel)
+
+
 def test_overwrite_replaces_export_and_leaves_no_temp_dirs(tmp_path):
     crate_core.save_pretrained(make_model(depth=1), tmp_path / "export")
     crate_core.save_pretrained(make_model(depth=3), tmp_path / "export")

@@ -263,6 +263,29 @@ def resolve(
         raise FileNotFoundError(f"{name_or_path}: the Hub answered {' '.join(str(e).split())}") from None
 
 
+def class_task(model_class: str) -> str | None:
+    """The registry task (``crate_core.registry.TASKS``) of the presets built by ``model_class`` ("module:Class",
+    as config.json records it), or None when no registered preset is built by that class (or several tasks are)."""
+    from . import registry
+
+    registry.list_models()  # imports the installed packages, which register their presets
+    tasks = {e.task for e in registry.entries().values() if e.task and _qualname(e.builder) == model_class}
+    return tasks.pop() if len(tasks) == 1 else None
+
+
+def check_task(path: str | os.PathLike, model_class: str, tasks: Sequence[str]) -> None:
+    """WrongTaskError naming the export, its class and task and the expected ones, when the export's class
+    builds presets of another task; an export of a class no preset uses passes (its task is unknown)."""
+    from .registry import WrongTaskError
+
+    have = class_task(model_class)
+    if have is not None and have not in tasks:
+        want = " or ".join(repr(t) for t in tasks)
+        raise WrongTaskError(
+            f"{path} holds a {model_class.split(':')[-1]} (task {have!r}), this tool needs a model of task {want}"
+        )
+
+
 def from_pretrained(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -270,10 +293,15 @@ def from_pretrained(
     revision: str | None = None,
     local_files_only: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
+    task: str | Sequence[str] | None = None,
 ):
-    """Rebuild the model saved by ``save_pretrained`` (a folder or Hub repo ``org/name``) and load its weights (strict)."""
+    """Rebuild the model saved by ``save_pretrained`` (a folder or Hub repo ``org/name``) and load its weights (strict).
+    ``task`` (one of ``crate_core.registry.TASKS``, or several): refuse, before building anything, an export whose
+    class builds presets of another task (a tool's one-line WrongTaskError, as ``registry.resolve_for_task``)."""
     path = resolve(path, revision=revision, local_files_only=local_files_only, cache_dir=cache_dir)
     meta = read_config(path)
+    if task is not None:
+        check_task(path, meta["model_class"], (task,) if isinstance(task, str) else tuple(task))
     model_cls, config_cls = _import(meta["model_class"]), _import(meta["config_class"])
     if expected is not None and not issubclass(model_cls, expected):
         raise ValueError(f"{path} holds a {model_cls.__name__}, not a {expected.__name__}")

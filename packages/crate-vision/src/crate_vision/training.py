@@ -42,7 +42,7 @@ def load_weights(path: str | Path) -> nn.Module:
     """An exported model directory (config.json + model.safetensors) or an official checkpoint file."""
     path = Path(path)
     if path.is_dir():
-        return crate_core.from_pretrained(path)
+        return crate_core.from_pretrained(path, task="classify")  # an MAE or LM export: one line
     if path.is_file():
         return load_official(path)
     raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
