@@ -73,6 +73,12 @@ class SignalGuard:
             signal.signal(sig, handler)
         self._old = {}
 
+    def relay(self, signum: int) -> None:
+        """Another rank was signalled: stop as if this one had been (its own copy, within SAME_EVENT_S, is
+        the same event)."""
+        if self.received is None:
+            self.received, self._first_at = signum, time.monotonic()
+
     def _handle(self, signum, frame) -> None:
         if self.received is not None:
             if time.monotonic() - self._first_at < SAME_EVENT_S:

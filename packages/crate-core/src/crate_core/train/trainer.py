@@ -271,8 +271,8 @@ class Trainer:
         if self.world_size > 1:
             red = all_reduce_vector([float(stop), float(due and self.is_main)])
             stop, due = red[0] > 0, red[1] > 0
-            if stop and signals.received is None:
-                signals.received = signal.SIGTERM  # another rank was signalled
+            if stop:
+                signals.relay(signal.SIGTERM)  # (no-op when this rank was signalled itself)
         if last or self._last_ckpt_step == self.step or not (stop or due):
             return
         t0 = time.perf_counter()
