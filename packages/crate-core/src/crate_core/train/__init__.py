@@ -9,10 +9,16 @@ result = trainer.fit()
 if trainer.is_main: trainer.export(out_dir / "final")
 """
 
-from .checkpoint import DamagedCheckpointError, list_checkpoints, resolve_resume, verify_checkpoint
+from .checkpoint import (
+    DamagedCheckpointError,
+    DiskFullError,
+    list_checkpoints,
+    resolve_resume,
+    verify_checkpoint,
+)
 from .config import TrainConfig, add_train_args, train_config_from_args
 from .ds_config import build_ds_config
-from .interrupt import TrainingInterrupted
+from .interrupt import TrainingAborted, TrainingInterrupted
 from .runlock import RunFolderBusyError
 from .trainer import NonFiniteLossError, Trainer, WarmupCosine, model_fingerprint, seed_everything
 
@@ -24,8 +30,10 @@ __all__ = [
     "build_ds_config",
     "NonFiniteLossError",
     "TrainingInterrupted",
+    "TrainingAborted",
     "RunFolderBusyError",
     "DamagedCheckpointError",
+    "DiskFullError",
     "verify_checkpoint",
     "WarmupCosine",
     "seed_everything",

@@ -236,7 +236,7 @@ class Trainer:
         """Train from ``self.step`` to ``cfg.steps``; returns the final figures and the log history."""
         t_start = time.perf_counter()
         self._begin_fit()
-        with SignalGuard(self._announce, newest=lambda: self.last_checkpoint) as signals:
+        with SignalGuard(self._announce, newest=self._newest_checkpoint) as signals:
             try:
                 if self.cfg.layerwise_every and self.step == 0:
                     self.measure_layers(self.logger)
@@ -280,6 +280,11 @@ class Trainer:
         self._paused += time.perf_counter() - t0
         if stop:
             raise TrainingInterrupted(signals.received, self.step, self.last_checkpoint, self.out_dir)
+
+    def _newest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of this run on disk (else the one it resumed from, or None)."""
+        ours = [p for p in ckpt.list_checkpoints(self.ckpt_root) if ckpt.run_id_of(p) == self.run_id]
+        return ours[-1] if ours else self.last_checkpoint
 
     def _announce(self, text: str) -> None:
         if self.is_main:
