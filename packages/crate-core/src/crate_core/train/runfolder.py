@@ -59,11 +59,12 @@ class Restored:
 # flags whose change on resume would break exact resume: refused, with why
 REFUSED_ON_RESUME = {
     "optimizer": "the checkpoint's optimizer state belongs to its optimizer",
-    "micro_batch": "a step would hold another number of samples (and the data position counts micro-batches)",
+    "micro_batch": "a step would hold another number of samples",
     "grad_accum": "a step would hold another number of samples",
     "seed": "the order of every epoch's data and the restored random streams come from it",
 }
-# not compared: the schedule's fields (engine.rebuild has its own line), where to write and what to resume
+# not compared: the schedule's fields (engine.rebuild has its own line), where to write, what to resume,
+# the tool's free-form settings, and the accumulation's flags (compared as the effective accumulation)
 NOT_COMPARED = ("steps", "warmup_steps", "lr", "min_lr", "out_dir", "resume", "extra", "grad_accum", "global_batch")
 
 
@@ -161,7 +162,7 @@ def resolve(
     if int(saved["step"]) > cfg.steps:
         raise ValueError(f"checkpoint {found} is at step {saved['step']}, beyond steps={cfg.steps}")
     if cfg.resume != "auto" and found.resolve().parent == ckpt_root.resolve():
-        newer = [p.name for p in own if int(ckpt.read_state(p).get("step", -1)) > int(saved["step"])]
+        newer = [p.name for p in own if int(p.name.split("_")[1]) > int(saved["step"])]
         if newer:
             raise ValueError(
                 f"--resume {found} is at step {saved['step']}, but {out_dir} holds newer checkpoints of its run "
