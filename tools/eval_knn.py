@@ -21,10 +21,11 @@ from pathlib import Path
 import crate_core
 import crate_vision  # noqa: F401  registers the vision presets
 import torch
+from crate_core.cli import add_debug_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("exports", nargs="+", help="exported model directories (OUT/final)")
     p.add_argument("--data", default="shapes", help="shapes | cifar10:PATH | cifar100:PATH | imagefolder:PATH | hf:PATH")
     p.add_argument("--image-size", type=int, default=None, help="default: the (first) export's image size")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from crate_core.cli import add_debug_arg
 from crate_text import get_tokenizer, load_tokens
 
 
@@ -46,7 +47,7 @@ def evaluate(
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument(
         "--model", default=None,
         help="exported model directory (tools/pretrain_gpt.py writes OUT/final) or an official CRATE-LM checkpoint",

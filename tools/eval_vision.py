@@ -13,13 +13,14 @@ from pathlib import Path
 
 import crate_vision  # noqa: F401
 import torch
+from crate_core.cli import add_debug_arg
 from crate_vision.data.datasets import build_dataset
 from crate_vision.evaluate import evaluate
 from crate_vision.training import load_weights
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("model", nargs="?", default=None, help="exported model directory (config.json + model.safetensors) or official checkpoint")
     p.add_argument("--data", default="shapes", help="shapes | mnist | cifar10:PATH | cifar100:PATH | imagefolder:PATH | hf:PATH_OR_NAME")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])

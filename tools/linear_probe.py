@@ -19,12 +19,13 @@ from pathlib import Path
 import crate_core
 import crate_mae  # noqa: F401  registers the presets
 import torch
+from crate_core.cli import add_debug_arg
 from crate_mae.data import load_split
 from crate_mae.probe import probe_encoder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--checkpoint", help="an exported model directory (tools/pretrain_mae.py writes OUT/final)"

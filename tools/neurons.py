@@ -18,6 +18,7 @@ from pathlib import Path
 
 import crate_core
 import torch
+from crate_core.cli import add_debug_arg
 from crate_text import get_tokenizer
 from crate_text.data import check_tokenizer, read_header
 from crate_text.interp import collect, write_viewer
@@ -26,7 +27,7 @@ from crate_text.interp.viewer import SORT_KEYS, report_summary
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--model", required=True, help="exported model directory or preset name")
     p.add_argument("--baseline", default=None, help="a second model to compare (e.g. the GPT-2 baseline)")
     p.add_argument("--name", default=None, help="label of --model (default: its directory or preset name)")

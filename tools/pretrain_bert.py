@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from crate_core.cli import add_debug_arg
 from crate_core.train import Trainer, add_train_args, train_config_from_args
 from crate_text.pretrain import add_lm_args, lm_run
 
@@ -23,7 +24,7 @@ TASK = "masked-lm"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     add_train_args(
         p,
         out_dir="runs/pretrain_bert",

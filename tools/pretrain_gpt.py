@@ -22,6 +22,7 @@ from pathlib import Path
 
 import crate_core
 import torch
+from crate_core.cli import add_debug_arg
 from crate_core.train import Trainer, add_train_args, train_config_from_args
 from crate_text.pretrain import add_lm_args, lm_run
 
@@ -29,7 +30,7 @@ TASK = "causal-lm"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     add_train_args(
         p,
         out_dir="runs/pretrain_gpt",
@@ -64,11 +65,11 @@ def main(argv=None) -> dict:
     run = lm_run(args, TASK, dict(block_size=args.block_size))
     model, tok, train, val = run.model, run.tok, run.train, run.val
     block = model.config.block_size
-    # a GPU-sized run started without a GPU stops here with the estimate and what to run on a CPU
+    # a GPU-sized run started without a GPU stops here with the estimate and the --steps that fit on a CPU
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = cfg.global_batch or cfg.micro_batch * (cfg.grad_accum or 1) * world
-    check_cpu_budget(model.num_params(), cfg.steps * per_step * block, cfg.device, f"--model {args.model}",
-                     "uv run tools/pretrain_gpt.py (crate-gpt-nano) or uv run deepspeed --num_gpus 2 tools/pretrain_gpt.py")
+    smaller = None if "nano" in args.model else "--model crate-gpt-nano"
+    check_cpu_budget(model.num_params(), cfg.steps * per_step * block, cfg.device, args.model, smaller, steps=cfg.steps)
     trainer = Trainer(cfg, model, train, loss_fn=run.loss_fn, eval_dataset=val)
     if trainer.is_main:
         print(

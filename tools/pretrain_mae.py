@@ -23,14 +23,14 @@ from pathlib import Path
 import crate_core
 import crate_mae  # noqa: F401  registers the presets
 import torch
-from crate_core.cli import add_set_arg, parse_sets
+from crate_core.cli import add_debug_arg, add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
 from crate_mae.data import load_split
 from crate_mae.pretrain import pretrain
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     add_train_args(
         p,
         out_dir="runs/pretrain_mae",

@@ -22,7 +22,7 @@ import json
 import crate_core
 import crate_vision  # noqa: F401  registers the vision presets
 import torch
-from crate_core.cli import add_set_arg, parse_sets
+from crate_core.cli import add_debug_arg, add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
 
 # model fields the self-supervised run decides
@@ -30,7 +30,7 @@ FIXED = {"num_classes": "the self-supervised run (a features-only backbone, num_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     add_train_args(
         p,
         out_dir="runs/pretrain_ssl",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import crate_core
 import torch
+from crate_core.cli import add_debug_arg
 from crate_text import get_tokenizer
 
 
@@ -28,7 +29,7 @@ def load_model(name_or_dir: str):
 
 
 def main(argv=None) -> list[str]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--model", required=True, help="exported model directory or preset name")
     p.add_argument("--tokenizer", default=None, help="default: the one recorded in the model config")
     p.add_argument("--prompt", default="\n", help="prompt text (non-empty)")

@@ -25,6 +25,7 @@ import crate_vision  # noqa: F401
 import numpy as np
 import torch
 import torch.nn.functional as F
+from crate_core.cli import add_debug_arg
 from crate_vision.data import ShapesDataset
 from crate_vision.segment import pca_rgb, save_overlay, shapes_miou
 from PIL import Image
@@ -156,7 +157,7 @@ def compare(args) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     sub = p.add_subparsers(dest="cmd", required=True)
     o = sub.add_parser("overlay", help="PNG overlays of cls attention and PCA for given images")
     o.add_argument("--model-dir", action="append", default=[], help="exported model directory")
@@ -182,6 +183,7 @@ def main(argv=None):
     c.add_argument("--wandb", default="disabled", choices=["offline", "online", "disabled"])
     c.add_argument("--overlays", type=int, default=4, help="PNG overlays of this many test images per model")
     for q in (o, m, c):
+        add_debug_arg(q)
         q.add_argument("--layer", type=int, default=-1, help="layer whose cls attention is used (default last)")
         q.add_argument("--out-dir", default="runs/segment")
     for q in (m, c):

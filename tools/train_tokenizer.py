@@ -13,9 +13,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from crate_core.cli import add_debug_arg
+
 
 def main(argv=None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument(
         "--input", nargs="*", default=None, help="text files (default: the offline Shakespeare plays)"
     )

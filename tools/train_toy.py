@@ -14,14 +14,15 @@ import json
 import time
 from pathlib import Path
 
+from crate_core.cli import add_debug_arg
 from crate_core.train import Trainer, add_train_args, seed_everything, train_config_from_args
 from crate_core.train.toy import SyntheticTokens, ToyCRATE, ToyCRATEConfig, toy_loss
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
+    parser = add_debug_arg(argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ))
     add_train_args(
         parser,
         out_dir="runs/toy",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import crate_core
 import crate_vision  # noqa: F401  registers the vision presets
-from crate_core.cli import add_set_arg, parse_sets
+from crate_core.cli import add_debug_arg, add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
 from crate_vision.training import build_model, load_weights, train_classifier
 
@@ -30,7 +30,7 @@ FROM_DATA = {"num_classes": "the data (--data, --num-classes)", "in_channels": "
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     add_train_args(
         p,
         out_dir="runs/vision",

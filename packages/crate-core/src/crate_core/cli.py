@@ -8,9 +8,9 @@ Error path. Caught as user mistakes: ValueError (which covers UnknownModelError,
 checkpoint, a busy run folder, bad configuration values and UnicodeDecodeError), FileNotFoundError,
 NotADirectoryError, IsADirectoryError, PermissionError and ConnectionError (no network). They print
 ``TOOL: error: MESSAGE`` and exit 2, as argparse does for a bad flag; ``--debug`` anywhere on the command
-line (or CRATE_DEBUG=1) shows the traceback instead. A run stopped by SIGINT / SIGTERM prints how to resume
-and exits 128 + signal; a second signal that aborts a run, a Ctrl-C during start-up and a full disk
-(ENOSPC) are one line too. Anything else (a bug) keeps its traceback.
+line (or CRATE_DEBUG=1) shows the traceback instead (``add_debug_arg`` lists it in a tool's --help). A run
+stopped by SIGINT / SIGTERM prints how to resume and exits 128 + signal; a second signal that aborts a run,
+a Ctrl-C during start-up and a full disk (ENOSPC) are one line too. Anything else (a bug) keeps its traceback.
 
 Model settings. Every training tool takes ``--set KEY=VALUE`` (repeatable) for any field of its model's
 config dataclass; ``parse_sets`` types each value from the field's annotation, and the tool passes the
@@ -77,6 +77,13 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None, 
             raise
         print(f"{name}: error: {one_line(e)} (--debug shows the traceback)", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+def add_debug_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """List ``--debug`` in a tool's --help (and its sub-commands'). ``run`` reads and removes the flag before
+    ``main`` parses, so the parser only documents it (and accepts it when main is called directly)."""
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
+    return parser
 
 
 # ---- --set KEY=VALUE -----------------------------------------------------------------------------
@@ -193,24 +200,41 @@ class SlowOnCPUWarning(UserWarning):
 
 
 def check_cpu_budget(
-    params: int, tokens: float, device: str = "auto", what: str = "this run", cpu_command: str | None = None
+    params: int,
+    tokens: float,
+    device: str = "auto",
+    what: str = "this run",
+    cpu_command: str | None = None,
+    steps: int | None = None,
 ) -> float:
     """Estimated CPU hours of a run, ``6 x params x tokens / CPU_FLOPS`` (the 6N rule; CRATE's ISTA costs a
     bit more, so it is a lower bound); ``tokens`` = every token (or image patch) the run processes.
 
     With no CUDA device and ``device == "auto"`` a run over CPU_LIMIT_HOURS raises TooSlowForCPUError
-    naming the estimate and what to run on a CPU instead; ``device == "cpu"`` (asked for) only warns.
+    naming the estimate and what to change; ``device == "cpu"`` (asked for) only warns. With ``steps`` (the
+    run's --steps; ``what`` then names the model) the message names the step count and the largest one that
+    fits CPU_LIMIT_HOURS, and ``cpu_command`` is one more way out (e.g. "--model crate-gpt-nano"); without
+    it, ``cpu_command`` is what to run on a CPU instead.
     """
     import torch
 
     hours = 6 * params * tokens / CPU_FLOPS / 3600
     if torch.cuda.is_available() or device == "cuda" or hours <= CPU_LIMIT_HOURS:
         return hours
-    msg = (
-        f"{what} ({params / 1e6:.1f}M parameters, {tokens:,.0f} tokens) is sized for a GPU: no CUDA device here, and "
-        f"at ~{CPU_FLOPS / 1e9:.0f} GFLOP/s it would take at least {hours:,.1f} hours on this CPU"
-    )
-    hint = f". On a CPU run {cpu_command}" if cpu_command else ""
+    if steps:
+        fits = int(steps * CPU_LIMIT_HOURS / hours)  # the cost is linear in the steps
+        msg = (
+            f"--steps {steps} of {what} ({params / 1e6:.1f}M parameters, {tokens / steps:,.0f} tokens a step) would "
+            f"take at least {hours:,.1f} hours on this CPU (no CUDA device here; ~{CPU_FLOPS / 1e9:.0f} GFLOP/s)"
+        )
+        ways = ([f"--steps <= {fits}"] if fits else []) + ([cpu_command] if cpu_command else []) + ["a GPU"]
+        hint = "; use " + ", or ".join(ways)
+    else:
+        msg = (
+            f"{what} ({params / 1e6:.1f}M parameters, {tokens:,.0f} tokens) is sized for a GPU: no CUDA device here, "
+            f"and at ~{CPU_FLOPS / 1e9:.0f} GFLOP/s it would take at least {hours:,.1f} hours on this CPU"
+        )
+        hint = f". On a CPU run {cpu_command}" if cpu_command else ""
     if device == "cpu":
         warnings.warn(SlowOnCPUWarning(msg + " (--device cpu was asked for: going ahead)"), stacklevel=2)
         return hours

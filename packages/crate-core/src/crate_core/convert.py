@@ -34,16 +34,15 @@ def converter_main(
 ) -> int:
     """The command line every converter shares: SRC DST [--heads K] [--overwrite] [--debug] [family options].
     Errors go through crate_core.cli.run: one line ``PROG: error: ...`` and SystemExit(2)."""
-    from .cli import run
+    from .cli import add_debug_arg, run
 
-    parser = argparse.ArgumentParser(
+    parser = add_debug_arg(argparse.ArgumentParser(
         prog=f"python -m {prog}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ))
     parser.add_argument("src", help="official checkpoint (.pth / .pt / .bin / .safetensors)")
     parser.add_argument("dst", help="output folder (model.safetensors + config.json + README.md)")
     parser.add_argument("--heads", type=int, default=None, help="number of heads when no preset or metadata gives it")
     parser.add_argument("--overwrite", action="store_true", help="write into a folder that holds other files")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     if add_arguments is not None:
         add_arguments(parser)
 

@@ -25,6 +25,8 @@ import os
 import shutil
 from pathlib import Path
 
+from crate_core.cli import add_debug_arg
+
 from .corpus import shakespeare_plays
 from .data import TokenFileWriter, load_tokens, read_header
 from .shards import tokenize_shards
@@ -42,7 +44,7 @@ EXTENSIONS = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_debug_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--input", nargs="+", help="local files or directories (default: the offline Shakespeare plays)"
