@@ -7,8 +7,9 @@ One event is one event: a signal that reaches the process again within ``SAME_EV
 first counts once. A scheduler or a terminal signals the whole process group, and a forwarding parent
 in that group (``uv run``, ``torchrun``, ``srun``) sends the trainer its own copy a moment later; that
 copy must not abort the run. A deliberate second signal, later than that, aborts at once: it raises
-``TrainingAborted`` (a KeyboardInterrupt) whose one-line message names the newest complete checkpoint,
-and a checkpoint being written then stays a temporary directory that resuming removes.
+``TrainingAborted`` (a KeyboardInterrupt, for SIGTERM too) whose one-line message names the newest
+complete checkpoint; ``cli.run`` prints it and exits 128 + signal. A checkpoint being written then
+stays a temporary directory that resuming removes.
 """
 
 from __future__ import annotations
