@@ -1,5 +1,6 @@
 """timm's model conventions for the CRATE and CRATE-alpha classifiers: TorchScript scripting (and saving),
-torch.fx tracing, tracing then scripting (timm's feature-extractor route), forward_intermediates and features_only as timm's ViT offers them."""
+torch.fx tracing, tracing then scripting (timm's feature-extractor route; ToST and CBT too), forward_intermediates
+and features_only as timm's ViT offers them."""
 
 import io
 import warnings
@@ -53,7 +54,7 @@ def test_fx_traces_and_keeps_the_checks(name):
         graph(torch.randn(2, 3, 30, 30))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + ["tost-tiny-test", "cbt-tiny-test"])
 def test_fx_traced_then_scripted_like_timm(name):
     """timm's route to a scripted feature extractor: fx-trace with its no-trace lists (create_feature_extractor
     on the last node), then torch.jit.script the graph; the scripted output equals eager, native and resampled grid."""
@@ -62,8 +63,9 @@ def test_fx_traced_then_scripted_like_timm(name):
     m = model(name)
     last = get_graph_node_names(m)[0][-1]
     scripted = torch.jit.script(create_feature_extractor(m, return_nodes=[last]))
+    native, patch = m.config.image_size, m.config.patch_size
     with torch.no_grad():
-        for size in (32, 48):
+        for size in (native, native + 2 * patch):
             x = torch.randn(2, 3, size, size)
             assert (scripted(x)[last] - m(x)).abs().max() < 1e-5
 

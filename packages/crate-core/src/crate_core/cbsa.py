@@ -35,8 +35,10 @@ The CBT layer is CBSA followed by CRATE's square ISTA:
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -55,15 +57,18 @@ def as_grid(grid) -> Grid:
     return int(grid[0]), int(grid[1])
 
 
-def check_grid(n: int, grid: Grid | None, rep_grid: int) -> Grid:
+def check_grid(n: int, grid: Optional[tuple[int, int]], rep_grid: int) -> tuple[int, int]:  # noqa: UP045
     """Validate that ``n`` tokens hold the patch grid ``grid`` = (h, w) (the last h*w tokens) and that
-    an m x m grid of representatives (m = ``rep_grid``) fits inside it; return (h, w)."""
+    an m x m grid of representatives (m = ``rep_grid``) fits inside it; return (h, w). A torch.fx leaf
+    (the grid of traced images is a traced value) that TorchScript compiles: hence Optional, which it reads."""
     if grid is None:
         raise ValueError(
             "CBSA needs the patch grid (h, w) of its tokens: build the stack with grid=(h, w) "
             "(image models do) or pass grid= to its forward"
         )
-    h, w = as_grid(grid)
+    if not torch.jit.is_scripting():  # TorchScript has typed the grid already
+        grid = as_grid(grid)
+    h, w = grid[0], grid[1]
     if h * w > n:
         raise ValueError(f"{n} tokens cannot hold a {h} x {w} patch grid ({h * w} patch tokens)")
     if rep_grid > h or rep_grid > w:
@@ -72,6 +77,16 @@ def check_grid(n: int, grid: Grid | None, rep_grid: int) -> Grid:
             f"representatives needs at least {rep_grid} patches per side (use rep_grid <= {min(h, w)})"
         )
     return h, w
+
+
+def check_cbsa_input(x: torch.Tensor, dim: int) -> None:
+    """ValueError unless x is (batch, tokens, dim) (a torch.fx leaf)."""
+    if x.dim() != 3 or x.shape[-1] != dim:
+        raise ValueError(f"CBSA expects x of shape (batch, tokens, {dim}), got {tuple(x.shape)}")
+
+
+torch.fx.wrap("check_grid")
+torch.fx.wrap("check_cbsa_input")
 
 
 def pool_representatives(w: torch.Tensor, grid: Grid, rep_grid: int, window: str) -> torch.Tensor:
@@ -153,8 +168,7 @@ class CBSA(SubspaceHeads):
         """x: (B, N, d) normalised tokens whose last h*w are the patches of ``grid`` = (h, w).
         Returns (B, N, d), plus the maps A^T A (B, K, N, N) when return_attention.
         ``w`` may pass a precomputed ``project(x)``."""
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"CBSA expects x of shape (batch, tokens, {self.dim}), got {tuple(x.shape)}")
+        check_cbsa_input(x, self.dim)
         grid = check_grid(x.shape[1], grid, self.rep_grid)
         w = self.project(x) if w is None else w
         attn, rep = self.contract(w, grid)

@@ -30,7 +30,10 @@ their outputs are zero before the output projection.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -40,7 +43,28 @@ from .trunk import TrunkConfig, require_block
 
 
 def _tiny(t: torch.Tensor) -> float:
+    """The smallest normal number of t's dtype (a torch.fx leaf; TorchScript, which has no finfo, uses float32's)."""
+    if torch.jit.is_scripting():
+        return 1.1754943508222875e-38
     return torch.finfo(t.dtype).tiny
+
+
+def check_tssa_input(x: torch.Tensor, dim: int, max_len: Optional[int]) -> None:  # noqa: UP045  TorchScript reads no 'int | None' string
+    """ValueError unless x is (batch, tokens, dim) with at most max_len tokens (a torch.fx leaf)."""
+    if x.dim() != 3 or x.shape[-1] != dim:
+        raise ValueError(f"TSSA expects x of shape (batch, tokens, {dim}), got {tuple(x.shape)}")
+    if max_len is not None and x.shape[1] > max_len:
+        raise ValueError(f"sequence of {x.shape[1]} tokens is longer than max_len={max_len}")
+
+
+def statistics_input(w: torch.Tensor) -> torch.Tensor:
+    """w in float32 at least: bf16 running sums over long sequences lose too much (a torch.fx leaf: it reads the dtype)."""
+    return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+
+
+torch.fx.wrap("_tiny")
+torch.fx.wrap("check_tssa_input")
+torch.fx.wrap("statistics_input")
 
 
 def key_padding_mask(attn_mask: torch.Tensor | None, batch: int, n: int) -> torch.Tensor | None:
@@ -146,16 +170,12 @@ class TSSA(SubspaceHeads):
         """x: (B, N, d) normalised tokens; attn_mask: (B, N) key padding (True = real token).
         Returns (B, N, d), plus the memberships Pi (B, K, N) when return_memberships.
         ``w`` may pass a precomputed ``project(x)``."""
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"TSSA expects x of shape (batch, tokens, {self.dim}), got {tuple(x.shape)}")
-        b, n, _ = x.shape
-        if self.max_len is not None and n > self.max_len:
-            raise ValueError(f"sequence of {n} tokens is longer than max_len={self.max_len}")
+        check_tssa_input(x, self.dim, self.max_len)
+        b, n = x.shape[0], x.shape[1]
         mask = key_padding_mask(attn_mask, b, n)
         w = self.project(x) if w is None else w
         bias = None if self.position_bias is None else self.position_bias[:, :n]
-        # statistics in float32 at least: bf16 running sums over long sequences lose too much
-        ws = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+        ws = statistics_input(w)
         pi, moment = token_statistics(ws, self.temperature, mask, self.causal, bias)
         o = (-pi[..., None] * ws / (1.0 + moment)).to(w.dtype)
         out = self.out_drop(self.out(o.transpose(1, 2).flatten(2)))  # concat_k o_k: (B, N, K*p)
