@@ -64,6 +64,17 @@ def test_from_pretrained_task_check(exports):
         crate_core.from_pretrained(exports["mae"], task=("classify", "causal-lm"))
 
 
+def test_finetune_of_a_loaded_non_classifier_is_one_short_line():
+    """build_model(finetune=<a module>) names the module's class, not its repr (a multi-line dump)."""
+    from crate_vision.data.datasets import build_dataset
+    from crate_vision.training import build_model
+
+    _, spec = build_dataset("shapes", "val", 32, size=8)
+    with pytest.raises(ValueError) as e:
+        build_model(None, spec, finetune=crate_core.create("crate-mae-nano"))
+    assert str(e.value) == "--finetune needs an image classifier; the model is a CRATEMAE"
+
+
 # ---- --debug in every --help -------------------------------------------------------------------------------------
 TOOLS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "tools").glob("*.py"))
 

@@ -59,13 +59,14 @@ def build_model(
     load_weights) trained weights with a new head, positions resampled to the data's image size."""
     if finetune is not None:
         model = finetune if isinstance(finetune, nn.Module) else load_weights(finetune)
+        source = "the model" if isinstance(finetune, nn.Module) else str(finetune)  # never a module's repr
         if not isinstance(model, (CRATEClassifier, ViTClassifier)):
-            raise ValueError(f"--finetune needs an image classifier; {finetune} holds a {type(model).__name__}")
+            raise ValueError(f"--finetune needs an image classifier; {source} is a {type(model).__name__}")
         if overrides:
             raise ValueError("model overrides (--set) cannot be combined with --finetune")
         if model.config.in_channels != spec.in_channels:
             raise ValueError(
-                f"channel mismatch: {finetune} takes {model.config.in_channels} channels, data has {spec.in_channels}"
+                f"channel mismatch: {source} takes {model.config.in_channels} channels, data has {spec.in_channels}"
             )
         if model.config.image_size != spec.image_size:
             if not hasattr(model, "resize_image"):
