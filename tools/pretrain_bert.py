@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
 from crate_core.cli import add_debug_arg
 from crate_core.train import Trainer, add_train_args, train_config_from_args
 from crate_text.pretrain import add_lm_args, lm_run
@@ -50,6 +51,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     cfg = train_config_from_args(args)
     # a model of another task fails here, before any process group starts
+    torch.manual_seed(cfg.seed)  # the initialisation is part of the run
     run = lm_run(args, TASK, dict(max_positions=args.max_positions), mask_prob=args.mask_prob, seed=cfg.seed)
     trainer = Trainer(cfg, run.model, run.train, loss_fn=run.loss_fn, eval_dataset=run.val)
     result = trainer.fit()

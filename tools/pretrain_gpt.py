@@ -62,6 +62,7 @@ def main(argv=None) -> dict:
     args = parse_with_recipe(build_parser(), argv, tool="pretrain_gpt")  # --recipe PATH: its values become defaults
     cfg = train_config_from_args(args)
     # a model of another task fails here, before any process group starts
+    torch.manual_seed(cfg.seed)  # the initialisation is part of the run
     run = lm_run(args, TASK, dict(block_size=args.block_size))
     model, tok, train, val = run.model, run.tok, run.train, run.val
     block = model.config.block_size

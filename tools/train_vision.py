@@ -21,6 +21,7 @@ from pathlib import Path
 
 import crate_core
 import crate_vision  # noqa: F401  registers the vision presets
+import torch
 from crate_core.cli import add_debug_arg, add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
 from crate_vision.training import build_model, load_weights, train_classifier
@@ -90,6 +91,7 @@ def main(argv=None) -> dict:
     _, spec = build_dataset(
         args.data, "val", image_size, num_classes=args.num_classes
     )  # fails fast on bad data
+    torch.manual_seed(cfg.seed)  # the initialisation is part of the run
     model = build_model(args.model, spec, finetune=base, overrides=sets)
     start, cpu_start = time.time(), time.process_time()
     out = train_classifier(
