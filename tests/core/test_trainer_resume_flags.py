@@ -86,6 +86,23 @@ def test_changed_optimizer_flags_are_applied_as_a_fresh_optimizer_would(tmp_path
     assert max((tr.model.state_dict()[k] - old[k]).abs().max().item() for k in old) > 1e-4
 
 
+def test_changed_optimizer_flags_reach_deepspeeds_zero_optimizer(tmp_path):
+    """ZeRO keeps the parameter groups' order (decayed matrices first) and restores its own clip_grad from
+    the checkpoint: the new settings must land on the right groups and replace that clip, so a ZeRO-1
+    resume with new flags takes the torch loop's step (checked directly above)."""
+    new = dict(weight_decay=0.5, betas=(0.8, 0.9), eps=1e-4, grad_clip=0.05)
+    weights = {}
+    for name, kw in (("torch", {}), ("zero1", dict(engine="deepspeed", zero_stage=1)),
+                     ("zero1-unchanged", dict(engine="deepspeed", zero_stage=1))):
+        make(tmp_path / name, **kw).fit()
+        tr = make(tmp_path / name, steps=5, resume="auto", **kw, **({} if "unchanged" in name else new))
+        tr.fit()
+        weights[name] = {k: v.detach().clone().float() for k, v in tr.consolidated_state_dict().items()}
+    for k, want in weights["torch"].items():
+        torch.testing.assert_close(weights["zero1"][k], want, rtol=1e-5, atol=1e-6, msg=k)
+    assert max((weights["zero1-unchanged"][k] - w).abs().max().item() for k, w in weights["torch"].items()) > 1e-4
+
+
 @pytest.mark.parametrize("flag,value,line", [
     ("optimizer", "lion", "--optimizer lion differs from the checkpoint's run (adamw) and cannot change on resume: "
                           "the checkpoint's optimizer state belongs to its optimizer"),

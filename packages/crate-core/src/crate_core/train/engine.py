@@ -105,17 +105,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg, model: nn.Module) -> None:
-    """Set ``cfg``'s betas, eps and weight decay on a restored optimizer's groups (loading a state dict
-    brings back the checkpoint's). The groups are param_groups' order: the decayed matrices first (when
-    the model has any), then the rest, which is never decayed; the learning rate is the schedule's."""
+def apply_optimizer_settings(engine, cfg, model: nn.Module) -> None:
+    """Set ``cfg``'s betas, eps, weight decay and gradient clipping on a restored engine (loading a
+    checkpoint brings back the checkpoint's). The optimizer's groups are param_groups' order (ZeRO keeps
+    it): the decayed matrices first (when the model has any), then the rest, which is never decayed; the
+    learning rate is the schedule's. DeepSpeed's ZeRO / bf16 / fp16 wrappers restore their own
+    ``clip_grad`` from the checkpoint; the torch engine's ``clip`` is always this run's."""
     decayed = any(p.requires_grad and p.ndim >= 2 for p in model.parameters())
-    for i, group in enumerate(optimizer.param_groups):
+    for i, group in enumerate(engine.basic_optimizer.param_groups):
         if "betas" in group:
             group["betas"] = tuple(cfg.betas)
         if "eps" in group:
             group["eps"] = cfg.eps
         group["weight_decay"] = cfg.weight_decay if decayed and i == 0 else 0.0
+    wrapper = getattr(engine, "optimizer", None)
+    if wrapper is not engine.basic_optimizer and hasattr(wrapper, "clip_grad"):
+        wrapper.clip_grad = float(cfg.grad_clip or 0.0)
 
 
 def lion(groups: list[dict], cfg):

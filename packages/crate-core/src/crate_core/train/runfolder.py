@@ -11,8 +11,8 @@
 - every other flag that differs from the checkpoint's run (its ``train_config``) is applied or
   refused, per ``REFUSED_ON_RESUME``: the optimizer, the micro-batch, the accumulation (samples per
   step) and the seed are refused with one line naming the flag, since exact resume would break; the
-  rest are applied (weight decay, betas and eps are set on the restored optimizer; gradient clipping
-  and everything else come from this run's flags) and one line lists them;
+  rest are applied (weight decay, betas, eps and gradient clipping are set on the restored engine,
+  everything else comes from this run's flags) and one line lists them;
 - ``--resume PATH`` to a checkpoint of this folder older than its newest is refused (it would
   overwrite the newer ones): ``--resume auto`` continues the newest, and an empty ``--out-dir``
   branches from the older one;
@@ -185,11 +185,11 @@ def resolve(
 
 def restore(engine, path: Path, rank: int, cfg, model, grad_accum: int = 1) -> Restored:
     """Load the checkpoint at ``path`` into the engine (model, optimizer, scheduler), rebuild the
-    schedule for ``cfg``, set ``cfg``'s optimizer settings on the restored optimizer, and return the
+    schedule for ``cfg``, set ``cfg``'s optimizer settings on the restored engine, and return the
     rest of its state with a line for each kind of change."""
     state = ckpt.load_checkpoint(engine, path, rank)
     change = rebuild(engine.lr_scheduler, cfg)
-    apply_optimizer_settings(engine.basic_optimizer, cfg, model)
+    apply_optimizer_settings(engine, cfg, model)
     settings = None
     if "train_config" in state:
         tc = state["train_config"]
