@@ -133,6 +133,9 @@ def test_ctrl_c_during_start_up_is_one_line(capsys):
         time.sleep(5)
 
     handler = signal.getsignal(signal.SIGINT)
+    # a tool started in the foreground: Python's own SIGINT handler (a shell's background job, as under CI,
+    # starts with SIGINT ignored, and Python then installs none)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(SystemExit) as e:
             cli.run(main, [], name="tool")
