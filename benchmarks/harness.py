@@ -2,8 +2,9 @@
 building and synthetic inputs.
 
 Constants: ``ROOT`` (the repository), ``REPORTS`` (benchmarks/reports), ``CHAR_DATA`` (the character-level
-Shakespeare corpus the report's text runs use) and ``FAMILIES``, the one table of model families: per family
-its registry task, its training tool and the official checkpoint layout it reads (if any).
+Shakespeare corpus the report's text runs use), ``FAMILIES``, the one table of model families: per family
+its registry task, its training tool and the official checkpoint layout it reads (if any), and ``ROLES``, the
+models a family compares in the report.
 
 Timing: a case is a callable; ``interleaved`` runs ``warmup`` untimed then ``repeats`` timed rounds, and in
 each round every case once, in order, so that load on a shared machine hits all cases alike. Each call is
@@ -59,7 +60,13 @@ FAMILIES = {
     "mae": Family("mae", "tools/pretrain_mae.py", "mae"),
     "gpt": Family("causal-lm", "tools/pretrain_gpt.py", "text"),
     "bert": Family("masked-lm", "tools/pretrain_bert.py", None),
+    "ssl": Family("classify", "tools/pretrain_ssl.py", None),  # self-supervised vision (SimDINO / DINO)
 }
+# The models of a family in benchmarks/report.py: CRATE, an optional second white-box model (CBT: CBSA
+# attention in place of MSSA at the same width, depth, patch and budget) and the standard transformer. The
+# white-box roles get the layer-wise verdicts and plots.
+ROLES = ("crate", "cbt", "baseline")
+WHITE_BOX = ("crate", "cbt")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

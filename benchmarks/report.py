@@ -9,11 +9,14 @@ measurements at initialisation, over training and after.
     uv run benchmarks/report.py --checkpoint vision=CRATE_base.pth --checkpoint gpt=runs/gpt/final --name real
 
 Every family trains a CRATE model and its standard counterpart through the project's own tools
-(tools/train_vision.py, pretrain_mae.py, pretrain_gpt.py, pretrain_bert.py) with identical budgets
-(steps, batch, learning rate, data), each with --layerwise-every so the trainer records the
-per-layer measures (crate_core.probes) at step 0 and along training. Text runs on characters:
-tools/prepare_text.py --tokenizer char prepares data/shakespeare-char (a 90/10 split of the plays)
-first. Then tools/segment.py scores the emergent segmentation of the two vision models,
+(tools/train_vision.py, pretrain_mae.py, pretrain_gpt.py, pretrain_bert.py, pretrain_ssl.py) with identical
+budgets (steps, batch, learning rate, data), each with --layerwise-every so the trainer records the
+per-layer measures (crate_core.probes) at step 0 and along training. The vision family adds CBT (CBSA
+attention, the same width, depth and budget) as a second white-box model; the ssl family pretrains CRATE and
+ViT with SimDINO and scores them with tools/eval_knn.py (k-NN beside its raw-pixel and at-initialisation
+floors). Text runs on characters: tools/prepare_text.py --tokenizer char prepares data/shakespeare-char (a
+90/10 split of the plays) first. Then tools/segment.py scores the emergent segmentation of the vision and
+self-supervised models,
 benchmarks/speed.py measures throughput and memory (full preset), and the floors (reporting/floors.py) and
 verdicts (reporting/verdicts.py) are computed. With --checkpoint nothing is trained: the measurement half
 runs on the given weights (reporting/checkpoints.py). Also ``python -m benchmarks.report``. Output: benchmarks/reports/<name>/report.md,
@@ -34,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.harness import CHAR_DATA, FAMILIES, REPORTS, ROOT
+from benchmarks.harness import CHAR_DATA, FAMILIES, REPORTS, ROLES, ROOT, WHITE_BOX
 from benchmarks.reporting.progress import Job, Progress, run_many, threads_per_slot
 from benchmarks.reporting.render import compare, copy_overlays, relativize, write_report
 from benchmarks.reporting.results import combine, floors
@@ -45,7 +48,7 @@ class Run:
     """One training run of one model through a project tool."""
 
     family: str
-    role: str  # "crate" | "baseline"
+    role: str  # one of ROLES
     model: str
     tool: str
     args: list[str] = field(default_factory=list)
@@ -74,32 +77,40 @@ def flags(**named) -> list[str]:
 CHAR_LM = dict(tokenizer=CHAR_DATA, min_lr="1e-4", warmup_steps=100, weight_decay=0.1, betas=(0.9, 0.99),
                grad_clip=1.0, set="dropout=0", eval_every=0)
 CHAR_BERT = {**CHAR_LM, "set": None}  # the same schedule with BERT's own dropout
+# SimDINO on the offline shapes, CRATE vs ViT, with pretrain_ssl's defaults (DINO's augmentation, 4 local
+# crops); the crops are drawn in the training process (a worker process would compete with the other run for
+# the 2 cores); k-NN on a labelled bank and held-out set of knn_bank / knn_test shapes (tools/eval_knn.py)
+SSL_QUICK = dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=400, micro_batch=64, lr=1e-3,
+                 extra=dict(method="simdino", eval_every=0, num_workers=0),
+                 knn_bank=2000, knn_test=2000, prior_s=300)
 # Per preset: the shared budget of each family and the model pairs. Budgets are equal within a family;
 # "extra" holds the tools' further flags by name (see flags). prior_s: expected wall seconds of one run on 2 CPU cores (the progress line's first ETA).
 PRESETS = {
     "quick": {
-        "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=5500, micro_batch=128, lr=2e-3,
-                       extra=dict(eval_every=0, train_size=20000), prior_s=600),
+        "vision": dict(crate="crate-mini-shapes", cbt="cbt-mini-shapes", baseline="vit-mini-shapes", steps=5500,
+                       micro_batch=128, lr=2e-3, extra=dict(eval_every=0, train_size=20000), prior_s=600),
         "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=2000, micro_batch=32, lr=1e-3,
                     data="mnist", extra=dict(eval_every=0), prior_s=400),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=12, lr=1e-3,
                     extra=dict(CHAR_LM, block_size=64, eval_batches=200), prior_s=100),
         "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=600, micro_batch=12,
                      lr=1e-3, extra=dict(CHAR_BERT, max_positions=66, eval_batches=100), prior_s=45),
+        "ssl": SSL_QUICK,
         "layerwise_points": 4,
         "segment_images": 300,
         # no benchmarks/speed.py phase in the quick preset (time): the training runs' own throughput is shown
         "speed": None,
     },
     "full": {
-        "vision": dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=9000, micro_batch=128, lr=2e-3,
-                       extra=dict(eval_every=0), prior_s=600),
+        "vision": dict(crate="crate-mini-shapes", cbt="cbt-mini-shapes", baseline="vit-mini-shapes", steps=9000,
+                       micro_batch=128, lr=2e-3, extra=dict(eval_every=0), prior_s=600),
         "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=3000, micro_batch=128, lr=1.5e-3,
                     prior_s=900),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=5000, micro_batch=64,
                     lr=1e-3, extra=dict(CHAR_LM, block_size=256, eval_batches=200), prior_s=1800),
         "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=5000, micro_batch=64,
                      lr=1e-3, extra=dict(tokenizer=CHAR_DATA, eval_every=0, eval_batches=100), prior_s=1800),
+        "ssl": {**SSL_QUICK, "steps": 3000, "prior_s": 1200},
         "layerwise_points": 8,
         "segment_images": 1000,
         "speed": ["--preset", "quick", "--batch", "32", "--repeats", "10"],
@@ -112,6 +123,7 @@ PRESETS["smoke"] = {
     "layerwise_points": 2, "segment_images": 20,
     "speed": ["--models", "crate-gpt-nano", "gpt2-like-crate-gpt-nano", "--batch", "2", "--seq", "32", "--repeats", "1"],
 }
+PRESETS["smoke"]["ssl"].update(knn_bank=120, knn_test=60)
 DEFAULT_DATA = {"gpt": CHAR_DATA, "bert": CHAR_DATA}
 
 
@@ -133,10 +145,9 @@ def plan(preset: dict, families: list[str], data: dict[str, str | None], seeds: 
             if source:
                 common += ["--data", source]
             tool = FAMILIES[fam].tool
-            runs.append(Run(fam, "crate", spec["crate"], tool, ["--model", spec["crate"], *common], seed))
-            if spec["baseline"] is None:  # no standard-transformer trainer for this family yet (see README)
-                continue
-            runs.append(Run(fam, "baseline", spec["baseline"], tool, ["--model", spec["baseline"], *common], seed))
+            for role in ROLES:
+                if spec.get(role):  # a family without a second white-box model has no "cbt"
+                    runs.append(Run(fam, role, spec[role], tool, ["--model", spec[role], *common], seed))
     return runs
 
 
@@ -280,10 +291,14 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
         job = Job(run.label, cmd, run_dir / "log.txt", spec["steps"], f"{run.family}-{run.role}", spec["prior_s"])
         jobs.append(job)
         by_job[run.label] = run
-    segment = "vision" in families and not args.no_segment
+    if "ssl" in families:
+        jobs.append(Job("knn", [], work / "knn" / "log.txt", prior_s=30))
+    drawn = [r for r in runs if r.family in ("vision", "ssl") and r.seed == 0]  # the models tools/segment.py scores
+    segment = bool(drawn) and not args.no_segment
     if segment:
-        jobs += [Job("segment", [], work / "segment" / "log.txt", prior_s=25),
-                 Job("overlays", [], work / "overlays" / "log.txt", prior_s=15)]
+        jobs.append(Job("segment", [], work / "segment" / "log.txt", prior_s=10 + 8 * len(drawn)))
+        jobs += [Job(f"overlays-{r.label}", [], work / f"overlays-{r.label}" / "log.txt", prior_s=10)
+                 for r in drawn if r.role in WHITE_BOX]
     if preset["speed"] and not args.no_speed:
         jobs.append(Job("speed", [], work / "speed" / "log.txt", prior_s=80))
     progress = Progress(jobs, slots=args.parallel)
@@ -313,14 +328,23 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
                  "layerwise": read_layerwise(run_dir / "layerwise.jsonl"), "dir": rel(run_dir)}
         entries.setdefault((run.family, run.role), []).append(entry)
     results["_phase_s"]["training runs"] = time.perf_counter() - t0
+    knn = None
+    if "ssl" in families:
+        t_phase = time.perf_counter()
+        knn = knn_phase(progress, next(j for j in jobs if j.name == "knn"), preset["ssl"], by_job, work, cmds)
+        for (fam, role), seeds in entries.items():
+            for entry in seeds if fam == "ssl" else []:
+                entry["metrics"]["knn/top1"] = knn[(role, entry["seed"])]["top1"]
+        knn = {role: r for (role, seed), r in knn.items() if seed == 0}
+        results["_phase_s"]["k-NN evaluation"] = time.perf_counter() - t_phase
     for (fam, role), seeds in entries.items():
         results.setdefault(fam, {})[role] = combine(fam, role, seeds, preset, out)
-    floors(results, families, preset, data)
+    floors(results, families, preset, data, knn)
 
     t_phase = time.perf_counter()
     seg = None
     if segment:
-        seg = segmentation(progress, jobs, work, preset, cmds, out, results)
+        seg = segmentation(progress, jobs, drawn, work, preset, cmds, out, results)
         results["_phase_s"]["segmentation"] = time.perf_counter() - t_phase
     t_phase = time.perf_counter()
     speed = None
@@ -346,24 +370,51 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
     return out
 
 
-def segmentation(progress: Progress, jobs: list[Job], work: Path, preset: dict, cmds: list[str], out: Path,
-                 results: dict) -> list:
-    dirs = [str(work / "vision-crate" / "final"), str(work / "vision-baseline" / "final")]
-    seg_dir, ov_dir = work / "segment", work / "overlays"
+def knn_phase(progress: Progress, job: Job, spec: dict, by_job: dict, work: Path, cmds: list[str]) -> dict:
+    """tools/eval_knn.py on every self-supervised export at once (one labelled bank, one held-out set): the
+    weighted k-NN of each, of the same network at its initialisation and of the raw pixels.
+    Returns {(role, seed): that model's entry, with the shared raw-pixel result and the test-set size}."""
+    runs = [run for run in by_job.values() if run.family == "ssl"]
+    dirs = [str(work / run.label / "final") for run in runs]
+    out = work / "knn" / "knn.json"
+    sizes = ["--train-size", str(spec["knn_bank"]), "--test-size", str(spec["knn_test"])]
+    job.cmd = [sys.executable, "tools/eval_knn.py", *dirs, *sizes, "--out", str(out)]
+    cmds.append("uv run tools/eval_knn.py " + " ".join(rel(d) for d in dirs) + " " + " ".join(sizes)
+                + f" --out {rel(out)}")
+    progress.run(job)
+    res = json.loads(out.read_text())
+    return {(run.role, run.seed): {**res["models"][d], "raw_pixels": res["raw_pixels"], "n_test": res["n_test"]}
+            for run, d in zip(runs, dirs)}
+
+
+def segmentation(progress: Progress, jobs: list[Job], drawn: list[Run], work: Path, preset: dict, cmds: list[str],
+                 out: Path, results: dict) -> list:
+    """tools/segment.py: the mIoU of every vision and self-supervised model's thresholded cls attention on the
+    shapes test set (one process), then the attention overlays of each white-box model."""
+    dirs = [str(work / run.label / "final") for run in drawn]
+    seg_dir = work / "segment"
     job = next(j for j in jobs if j.name == "segment")
-    job.cmd = [sys.executable, "tools/segment.py", "miou", "--model-dir", dirs[0], "--model-dir", dirs[1],
+    job.cmd = [sys.executable, "tools/segment.py", "miou", *(a for d in dirs for a in ("--model-dir", d)),
                "--n", str(preset["segment_images"]), "--out-dir", str(seg_dir)]
     cmds.append("uv run tools/segment.py miou --model-dir " + " --model-dir ".join(rel(d) for d in dirs)
                 + f" --n {preset['segment_images']} --out-dir {rel(seg_dir)}")
     progress.run(job)
     seg = json.loads((seg_dir / "results.json").read_text())
-    job = next(j for j in jobs if j.name == "overlays")
-    job.cmd = [sys.executable, "tools/segment.py", "overlay", "--model-dir", dirs[0], "--model-dir", dirs[1],
-               "--shapes", "2", "--skimage", "astronaut", "--out-dir", str(ov_dir)]
-    cmds.append("uv run tools/segment.py overlay --model-dir " + " --model-dir ".join(rel(d) for d in dirs)
-                + f" --shapes 2 --skimage astronaut --out-dir {rel(ov_dir)}")
-    progress.run(job)
-    results["_overlays"] = copy_overlays(ov_dir, out)
+    for row, run in zip(seg, drawn):  # the tool names rows by class; the report by family, role and preset
+        row["model"] = f"{run.family} {run.role}: {run.model}"
+    overlays = []
+    for run, d in zip(drawn, dirs):
+        if run.role not in WHITE_BOX:
+            continue
+        ov_dir = work / f"overlays-{run.label}"
+        job = next(j for j in jobs if j.name == f"overlays-{run.label}")
+        job.cmd = [sys.executable, "tools/segment.py", "overlay", "--model-dir", d, "--shapes", "2",
+                   "--skimage", "astronaut", "--out-dir", str(ov_dir)]
+        cmds.append(f"uv run tools/segment.py overlay --model-dir {rel(d)} --shapes 2 --skimage astronaut "
+                    f"--out-dir {rel(ov_dir)}")
+        progress.run(job)
+        overlays += copy_overlays(ov_dir, out)
+    results["_overlays"] = overlays
     return seg
 
 

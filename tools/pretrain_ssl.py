@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--knn-train-size", type=int, default=1000, help="shapes: labelled images of the k-NN evaluation")
     g.add_argument("--knn-eval-size", type=int, default=500, help="shapes: held-out images of the k-NN evaluation")
     g.add_argument("--local-crops", type=int, default=4, help="local crops per image (DINO / SimDINO ViT-B: 10)")
+    g.add_argument("--global-scale", type=float, nargs=2, default=(0.4, 1.0), metavar=("LO", "HI"),
+                   help="area range of the global crops (DINO: 0.4 1)")
+    g.add_argument("--local-scale", type=float, nargs=2, default=(0.05, 0.4), metavar=("LO", "HI"),
+                   help="area range of the local crops (DINO: 0.05 0.4)")
+    g.add_argument("--color-jitter", type=float, nargs=4, default=(0.4, 0.4, 0.2, 0.1), metavar=("B", "C", "S", "H"),
+                   help="colour jitter brightness, contrast, saturation, hue, applied with p 0.8 (DINO: 0.4 0.4 0.2 0.1)")
+    g.add_argument("--grayscale-p", type=float, default=0.2, help="probability of a grey crop (DINO: 0.2)")
     g.add_argument("--hidden-dim", type=int, default=512, help="head MLP width (official 2048)")
     g.add_argument("--bottleneck-dim", type=int, default=128, help="head output / prototype input (official 256)")
     g.add_argument("--momentum-teacher", type=float, default=0.996, help="EMA momentum at step 0 (cosine to 1)")
@@ -101,7 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
         knn = KNNEval(build_dataset("mnist", "train", size)[0], build_dataset("mnist", "test", size)[0])
     cfg = train_config_from_args(args, extra={"model": args.model, "data": args.data, "method": args.method, **sets})
     ssl_cfg = SSLConfig(
-        method=args.method, local_crops=args.local_crops, hidden_dim=args.hidden_dim, bottleneck_dim=args.bottleneck_dim,
+        method=args.method, local_crops=args.local_crops, global_scale=tuple(args.global_scale),
+        local_scale=tuple(args.local_scale), color_jitter=tuple(args.color_jitter), grayscale_p=args.grayscale_p,
+        hidden_dim=args.hidden_dim, bottleneck_dim=args.bottleneck_dim,
         momentum_teacher=args.momentum_teacher, total_steps=cfg.steps, eps=args.simdino_eps, coeff=args.coeff,
         expa_type=args.expa_type, reduce_cov=args.reduce_cov, out_dim=args.out_dim, norm_last_layer=args.norm_last_layer,
         teacher_temp=args.teacher_temp, warmup_teacher_temp=args.warmup_teacher_temp,

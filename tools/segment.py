@@ -97,7 +97,8 @@ def miou(args) -> dict:
     results = {}
     for d in args.model_dir:
         model = crate_core.from_pretrained(d, task="classify").eval()
-        ds = ShapesDataset(args.n, model.config.image_size, "test", num_classes=max(2, model.config.num_classes))
+        classes = model.config.num_classes  # a features-only (self-supervised) export: the default 6 classes
+        ds = ShapesDataset(args.n, model.config.image_size, "test", num_classes=classes if classes >= 2 else 6)
         results[d] = shapes_miou(model, ds, n=args.n, layer=args.layer, mass=args.mass)
         r = results[d]
         print(f"{d}: mIoU {r['miou']:.3f} (2-class {r['miou_2class']:.3f}; best head {r['best_head']}: "

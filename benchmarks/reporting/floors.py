@@ -9,7 +9,10 @@ scored on (benchmarks/report.py puts it beside their metrics):
 - MAE: the PSNR (0-1 pixels) of predicting every masked patch with its image's mean colour
   (per channel, over the whole image), on the same images and masks as the model's evaluation
   (crate_mae.pretrain.ReconstructionEval: the first ``eval_size`` validation images, masks drawn
-  with ``torch.Generator().manual_seed(seed)``).
+  with ``torch.Generator().manual_seed(seed)``);
+- self-supervised k-NN: the same weighted k-NN (tools/eval_knn.py: k 20, T 0.07, the same labelled bank and
+  held-out images) on the raw pixels, and on the same network at its initialisation (the weights the run
+  started from: the same config and seed). A self-supervised model has learnt something only above both.
 """
 
 from __future__ import annotations
@@ -91,3 +94,10 @@ def mae_floor(model_dir, data: str = "shapes", eval_size: int = 256, batch: int 
         den += float(mask.sum())
     mse = num / den
     return {"mean_colour_mse01": mse, "mean_colour_psnr": psnr(mse), "n": n}
+
+
+def knn_floors(knn_model: dict) -> dict:
+    """The two k-NN floors of one model out of its tools/eval_knn.py entry (``{"top1", "at_init": {...},
+    "raw_pixels": {...}}``, the report copies the shared raw-pixel result into each model's entry)."""
+    return {"knn_raw_pixels": knn_model["raw_pixels"]["top1"], "knn_at_init": knn_model["at_init"]["top1"],
+            "n": knn_model.get("n_test")}

@@ -9,8 +9,8 @@ import math
 import shutil
 from pathlib import Path
 
-from benchmarks.harness import FAMILIES
-from benchmarks.reporting.verdicts import Z, verdict_lines
+from benchmarks.harness import FAMILIES, ROLES, WHITE_BOX
+from benchmarks.reporting.verdicts import Z, floor_verdict_lines, verdict_lines
 
 # per family: (row name, key in metrics.json, format, floor key in results[fam]["floor"] or None)
 METRICS = {
@@ -20,6 +20,7 @@ METRICS = {
     "gpt": [("val loss (nats/token)", "eval/loss", "{:.3f}", "unigram_ce")],
     "bert": [("val MLM loss (nats)", "eval/loss", "{:.3f}", "unigram_ce"),
              ("val MLM acc", "eval/accuracy", "{:.3f}", "mlm_mode_acc")],
+    "ssl": [("k-NN top-1 (k 20, T 0.07)", "knn/top1", "{:.3f}", "knn")],
 }
 FLOOR_NAMES = {"unigram_ce": "unigram cross-entropy", "mlm_mode_acc": "most-frequent-token acc",
                "mean_colour_psnr": "mean-colour PSNR", "mean_colour_mse01": "mean-colour MSE"}
@@ -99,6 +100,13 @@ def floor_cell(fam: str, res: dict, key: str | None, f: str) -> str:
     if key == "vision":
         v = floor.get("vision")
         return f"chance {v['chance']:.3f}, majority {v['majority']:.3f}" if v else "-"
+    if key == "knn":
+        rows = {role: floor[role] for role in ROLES if floor.get(role)}
+        if not rows:
+            return "-"
+        raw = next(iter(rows.values()))["knn_raw_pixels"]
+        return (f"raw pixels {raw:.3f}; same network at init " + " / ".join(
+            f"{r['knn_at_init']:.3f}" for r in rows.values()))
     vals = {role: (floor.get(role) or {}).get(key) for role in ("crate", "baseline")}
     if vals["crate"] is None and vals["baseline"] is None:
         return "-"
@@ -108,15 +116,19 @@ def floor_cell(fam: str, res: dict, key: str | None, f: str) -> str:
     return f"{name} {fmt(vals['crate'], f)} / {fmt(vals['baseline'], f)}"
 
 
+def white_box_models(results: dict) -> list[tuple[str, str]]:
+    """(family, role) of every white-box model in the results, in FAMILIES then WHITE_BOX order."""
+    return [(fam, role) for fam in FAMILIES if fam in results for role in WHITE_BOX if results[fam].get(role)]
+
+
 def metrics_table(results: dict, speed: list[dict] | None) -> list[str]:
     speed_by = {r["model"]: r for r in (speed or [])}
-    lines = ["| family | metric | CRATE | baseline | floor (same evaluation data) | params CRATE / baseline (M) | "
-             "train throughput CRATE / baseline | infer throughput CRATE / baseline | peak MB CRATE / baseline |",
+    lines = ["| family | metric | white-box | baseline | floor (same evaluation data) | params white-box / baseline (M) | "
+             "train throughput white-box / baseline | infer throughput white-box / baseline | "
+             "peak MB white-box / baseline |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for fam in FAMILIES:
-        if fam not in results:
-            continue
-        c = results[fam]["crate"]
+    for fam, role in white_box_models(results):  # CRATE vs the baseline, then CBT vs the same baseline
+        c = results[fam][role]
         b = results[fam].get("baseline") or {"model": "(none)", "metrics": {}}
         sc, sb = speed_by.get(c["model"], {}), speed_by.get(b["model"], {})
         if not speed:  # no speed.py phase: the training runs' samples per second (evaluation time included)
@@ -168,12 +180,13 @@ def write_report(out: Path, env: dict, results: dict, speed, seg, cmds: list[str
                      "(their throughput figures are per run)")
     if note:
         lines.append(f"- note: {note}")
-    lines += ["", "## Task metrics, CRATE vs the standard transformer (identical budgets)", ""]
+    lines += ["", "## Task metrics, the white-box models (CRATE; CBT) vs the standard transformer (identical budgets)", ""]
     lines += metrics_table(results, speed)
     lines += ["", "Floors are computed on the data each metric is scored on (benchmarks/reporting/floors.py): chance "
               "and majority class of the test labels; the unigram cross-entropy of the validation ids under the "
               "training frequencies; the share of the most frequent training id among the maskable validation ids; "
-              "the PSNR of filling every masked patch with its image's mean colour, on the same images and masks. "
+              "the PSNR of filling every masked patch with its image's mean colour, on the same images and masks; "
+              "the same k-NN on the raw pixels and on the self-supervised network at its initialisation. "
               + ("Throughput and peak memory come from benchmarks/speed.py (synthetic inputs, median of repeats; CPU "
                  "peak memory is the whole process's resident set size)." if speed else
                  "Train throughput: steps x batch / wall time of each training run (evaluation and layer-wise "
@@ -184,11 +197,12 @@ def write_report(out: Path, env: dict, results: dict, speed, seg, cmds: list[str
         lines += ["## MAE reconstructions (validation images: input | masked | output)", ""]
         lines += [f"![{fam} {role} reconstruction]({p})" for fam, role, p in grids] + [""]
     lines += ["## White-box claims: verdicts", "", RULE, ""]
-    for fam in FAMILIES:
-        if fam not in results:
-            continue
-        c = results[fam]["crate"]
+    for fam, role in white_box_models(results):
+        c = results[fam][role]
         lines += [f"### {fam}: {c['model']}", ""]
+        if fam == "ssl":  # does the k-NN beat its floors beyond noise
+            lines += floor_verdict_lines(c["metrics"].get("knn/top1"), (results[fam].get("floor") or {}).get(role))
+            lines += [""]
         lines += verdict_lines(fam, c.get("verdicts") or {})
         lines += [""] + [f"![{fam} layer-wise]({p})" for p in c.get("plots", [])] + [""]
     lines += ["Each plot shows, per layer, the plain Rc(Z^{l+1/2} | U^l) (eps 0.1), the official protocol (per-head "
@@ -196,6 +210,8 @@ def write_report(out: Path, env: dict, results: dict, speed, seg, cmds: list[str
               "dark) and along training (light = final), seed 0. Error bars: spread (std) over the batch.", ""]
     if seg:
         lines += ["## Emergent segmentation (shapes test set, thresholded cls attention vs true masks)", "",
+                  "Supervised (vision) and self-supervised (ssl, the teacher) models on the same test images; "
+                  "overlays of each white-box model: cls attention per head and a PCA of the patch features.", "",
                   "| model | mIoU |", "|---|---|"]
         lines += [f"| {row.get('model', row.get('model_dir', '?'))} | {fmt(row.get('miou'), '{:.3f}')} |" for row in seg]
         lines += [""] + [f"![overlay]({p})" for p in results.get("_overlays", [])] + [""]
@@ -209,7 +225,7 @@ def write_report(out: Path, env: dict, results: dict, speed, seg, cmds: list[str
 def flat_numbers(report: dict) -> dict[str, float]:
     flat = {}
     for fam in FAMILIES:
-        for role in ("crate", "baseline"):
+        for role in ROLES:
             r = (report.get("results", {}).get(fam) or {}).get(role)
             if not r:
                 continue

@@ -7,7 +7,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from benchmarks.harness import CHAR_DATA, ROOT
+from benchmarks.harness import CHAR_DATA, ROOT, WHITE_BOX
 from benchmarks.reporting import floors as rf
 from benchmarks.reporting.render import plot_layerwise
 from benchmarks.reporting.verdicts import claim_verdicts
@@ -36,10 +36,11 @@ def combine(fam: str, role: str, seeds: list[dict], preset: dict, out: Path) -> 
              "run_samples_per_s": m["steps"] * preset[fam]["micro_batch"] / run_s if run_s and m.get("steps") else None,
              "per_seed": [{"seed": e["seed"], "dir": e["dir"], "wall_s": e["wall_s"], "metrics": e["metrics"]}
                           for e in seeds], "layerwise": first["layerwise"], "wall_s": sum(e["wall_s"] for e in seeds)}
-    if role == "crate":
+    if role in WHITE_BOX:
         batch = min(preset[fam]["micro_batch"], 10**9)
         entry["verdicts"] = claim_verdicts([e["layerwise"] for e in seeds], batch)
-        entry["plots"] = plot_layerwise(first["layerwise"], f"{fam}: {first['model']}", out / f"layerwise-{fam}.png")
+        name = f"layerwise-{fam}.png" if role == "crate" else f"layerwise-{fam}-{role}.png"
+        entry["plots"] = plot_layerwise(first["layerwise"], f"{fam}: {first['model']}", out / name)
     recon = sorted((ROOT / first["dir"] / "recon").glob("*.png")) if fam == "mae" else []
     if recon:
         dest = out / f"mae-recon-{role}.png"
@@ -48,8 +49,9 @@ def combine(fam: str, role: str, seeds: list[dict], preset: dict, out: Path) -> 
     return entry
 
 
-def floors(results: dict, families: list[str], preset: dict, data: dict) -> None:
-    """The trivial floor of each task on its evaluation data (floors.py)."""
+def floors(results: dict, families: list[str], preset: dict, data: dict, knn: dict | None = None) -> None:
+    """The trivial floor of each task on its evaluation data (floors.py); ``knn``: tools/eval_knn.py's result
+    for the self-supervised family, keyed by role (its raw-pixel and at-initialisation k-NN are the floors)."""
 
     for fam in families:
         if fam not in results:
@@ -61,6 +63,8 @@ def floors(results: dict, families: list[str], preset: dict, data: dict) -> None
 
             size = crate_core.get_config(preset["vision"]["crate"]).image_size
             res["floor"] = {"vision": rf.vision_floor(data.get("vision") or "shapes", size)}
+        elif fam == "ssl":
+            res["floor"] = {role: rf.knn_floors(r) for role, r in (knn or {}).items() if role in res}
         elif fam == "mae":
             res["floor"] = {role: rf.mae_floor(ROOT / res[role]["per_seed"][0]["dir"] / "final",
                                                data.get("mae") or "shapes")

@@ -144,3 +144,26 @@ def verdict_lines(family: str, verdicts: dict) -> list[str]:
                     f"per layer at step 0: {init} | **{e['training']['verdict']}** |"
                 )
     return lines
+
+
+def above_floor(acc: float, floor: float, n: int) -> dict:
+    """Is a k-NN accuracy ``acc`` above a floor accuracy ``floor``, both measured on the same ``n`` held-out
+    images? The difference d = acc - floor; its noise sqrt(acc (1 - acc) / n + floor (1 - floor) / n) (the two
+    binomial standard errors as if independent: the shared images make them positively correlated, so this
+    is an upper bound, as for the layer-wise claims). Holds beyond Z noise units, does not hold below -Z."""
+    se = math.sqrt((acc * (1 - acc) + floor * (1 - floor)) / n)
+    d = acc - floor
+    verdict = "holds" if d > Z * se else "does not hold" if d < -Z * se else "within noise"
+    return {"difference": d, "se": se, "verdict": verdict}
+
+
+def floor_verdict_lines(acc: float | None, floor: dict | None) -> list[str]:
+    """Markdown rows: the k-NN accuracy against its raw-pixel and at-initialisation floors."""
+    if acc is None or not floor:
+        return ["No k-NN evaluation was recorded."]
+    lines = ["| claim | statistic | verdict |", "|---|---|---|"]
+    for key, name in (("knn_raw_pixels", "raw pixels"), ("knn_at_init", "the same network at initialisation")):
+        v = above_floor(acc, floor[key], floor["n"])
+        lines.append(f"| k-NN top-1 above {name} | {acc:.3f} vs {floor[key]:.3f} on {floor['n']} held-out images: "
+                     f"difference {v['difference']:+.3f}, noise {v['se']:.3f} | **{v['verdict']}** |")
+    return lines

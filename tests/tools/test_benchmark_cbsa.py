@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from benchmarks.harness import build_block, token_grid
 
 

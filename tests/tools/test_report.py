@@ -33,15 +33,35 @@ def test_plan_pairs_registered_models_with_equal_budgets(report, preset):
     runs = report.plan(report.PRESETS[preset], list(report.FAMILIES), {})
     assert {r.family for r in runs} == set(report.FAMILIES)
     for fam in report.FAMILIES:
-        crate, base = [r for r in runs if r.family == fam]
-        assert (crate.role, base.role) == ("crate", "baseline")
-        assert (ROOT / crate.tool).is_file() and (ROOT / base.tool).is_file()
-        names = ("--model", "--like", crate.model, base.model)
-        budget = lambda r, names=names: [a for a in r.args if a not in names]  # noqa: E731
-        assert budget(crate) == budget(base), fam  # identical steps, batch, lr, extra flags
-        assert "--layerwise-every" in crate.args
-        crate_core.get_config(crate.model)  # raises on an unknown name
-        crate_core.get_config(base.model)  # baselines are registered at import, gpt2-like-* included
+        family = [r for r in runs if r.family == fam]
+        roles = [r.role for r in family]
+        assert roles == (["crate", "cbt", "baseline"] if fam == "vision" else ["crate", "baseline"]), fam
+        models = {r.model for r in family}
+        budget = lambda r, models=models: [a for a in r.args if a not in models]  # noqa: E731
+        for r in family:
+            assert (ROOT / r.tool).is_file()
+            assert budget(r) == budget(family[0]), fam  # identical steps, batch, lr, extra flags
+            assert "--layerwise-every" in r.args
+            crate_core.get_config(r.model)  # raises on an unknown name; baselines are registered at import
+
+
+def test_cbt_row_differs_from_crate_only_in_its_attention():
+    """The report's CBT model is crate-mini-shapes with the CBSA block: same width, depth, heads, patch and
+    patch embedding, a representatives' grid that fits its 4 x 4 patch grid."""
+    crate, cbt = crate_core.get_config("crate-mini-shapes"), crate_core.get_config("cbt-mini-shapes")
+    differ = {k for k in vars(crate) if getattr(crate, k) != getattr(cbt, k)}
+    assert differ == {"block", "rep_grid"} and (cbt.block, cbt.rep_grid) == ("cbsa", 2)
+
+
+def test_ssl_family_trains_with_pretrain_ssl_flags_and_evaluates_knn(report):
+    """The self-supervised runs parse with tools/pretrain_ssl.py's parser (SimDINO, no in-training evaluation)."""
+    from crate_core.train import train_config_from_args
+
+    for run in report.plan(report.PRESETS["quick"], ["ssl"], {}):
+        parsed = _tool_parser("pretrain_ssl").parse_args(run.args)
+        assert parsed.method == "simdino" and parsed.model == run.model
+        assert train_config_from_args(parsed).eval_every == 0
+    assert report.PRESETS["quick"]["ssl"]["knn_test"] >= 1000  # the k-NN's binomial noise stays near 1%
 
 
 def test_plan_passes_data_paths_and_extra_flags(report):
@@ -141,7 +161,7 @@ def test_report_runs_as_a_module_and_as_a_script():
 # ---- floors, verdicts, progress, checkpoint mode ----------------------------------------------
 def test_seeds_repeat_every_run_with_its_own_seed(report):
     runs = report.plan(report.PRESETS["quick"], ["vision", "gpt"], {}, seeds=2)
-    assert len(runs) == 8 and len({r.label for r in runs}) == 8
+    assert len(runs) == 10 and len({r.label for r in runs}) == 10  # vision: CRATE, CBT, ViT; gpt: CRATE, GPT
     for r in runs:
         assert r.args[r.args.index("--seed") + 1] == str(r.seed)
     gpt = [r for r in runs if r.family == "gpt"]
@@ -253,6 +273,19 @@ def test_verdicts_follow_the_stated_rule():
     assert v["rc"]["depth"]["verdict"] == "holds" and v["rc"]["training"]["verdict"] == "within noise"
     assert v["sparsity"]["depth"]["verdict"] == "holds" and v["sparsity"]["right_steps"] == [2]
     assert "**holds**" in "\n".join(rv.verdict_lines("vision", {"trunk": v}))
+
+
+def test_knn_floor_verdict_is_the_stated_binomial_rule():
+    """d = acc - floor against sqrt(acc (1 - acc) / n + floor (1 - floor) / n), 2 units either way."""
+    n = 2000
+    se = math.sqrt((0.4 * 0.6 + 0.3 * 0.7) / n)
+    v = rv.above_floor(0.4, 0.3, n)
+    assert math.isclose(v["se"], se, rel_tol=1e-12) and math.isclose(v["difference"], 0.1, rel_tol=1e-12)
+    assert v["verdict"] == "holds"
+    assert rv.above_floor(0.3, 0.3 + 1.5 * se, n)["verdict"] == "within noise"
+    assert rv.above_floor(0.2, 0.3, n)["verdict"] == "does not hold"
+    rows = rv.floor_verdict_lines(0.4, {"knn_raw_pixels": 0.3, "knn_at_init": 0.39, "n": n})
+    assert "**holds**" in rows[2] and "**within noise**" in rows[3]
 
 
 def test_progress_lines_and_full_child_log(tmp_path):

@@ -73,6 +73,28 @@ def test_crop_sizes_and_multicrop_views():
     assert len(batch[0]) == 5 and batch[0][0].shape == (4, 3, 32, 32) and batch[0][4].shape == (4, 3, 16, 16)
     with pytest.raises(ValueError, match="local_scale"):
         MultiCrop(32, 16, 2, local_scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="color_jitter"):
+        MultiCrop(32, 16, 2, color_jitter=(0.4, 0.4, 0.2, 0.7))  # a hue shift beyond half the circle
+    with pytest.raises(ValueError, match="grayscale_p"):
+        MultiCrop(32, 16, 2, grayscale_p=1.5)
+
+
+def test_multicrop_colour_arguments_reach_the_views():
+    """No jitter and p(grey) = 1: every view is grey (R = G = B) with the image's own brightness order; the
+    SSLConfig fields build the same augmentation through multicrop_for."""
+    from crate_vision.ssl import SSLConfig
+    from crate_vision.ssl.train import multicrop_for
+
+    mc = MultiCrop(32, 16, 2, mean=(0.0,) * 3, std=(1.0,) * 3, color_jitter=(0, 0, 0, 0), grayscale_p=1.0)
+    for crop in mc(torch.rand(3, 32, 32)):
+        assert torch.allclose(crop[0], crop[1], atol=1e-6) and torch.allclose(crop[1], crop[2], atol=1e-6)
+    cfg = SSLConfig(local_crops=1, color_jitter=(0, 0, 0, 0), grayscale_p=1.0, global_scale=(1.0, 1.0))
+    built = multicrop_for(crate_core.create("crate-tiny-test", num_classes=0), cfg, (0.0,) * 3, (1.0,) * 3)
+    image = torch.rand(3, 32, 32)
+    grey = (0.2989 * image[0] + 0.587 * image[1] + 0.114 * image[2]).clamp(0, 1)
+    g1 = built(image)[0]
+    assert g1.shape == (3, 32, 32) and torch.allclose(g1[0], g1[2], atol=1e-6)
+    assert torch.allclose(g1[0], grey, atol=0.02) or torch.allclose(g1[0], grey.flip(-1), atol=0.02)  # whole image, maybe flipped
 
 
 @pytest.mark.parametrize("name", ["crate-tiny-test", "crate-alpha-tiny-test", "tost-tiny-test", "vit-tiny-test"])

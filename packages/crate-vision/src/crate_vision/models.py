@@ -361,6 +361,11 @@ def preset_configs() -> dict[str, tuple[CRATEClassifierConfig, str]]:
         _cfg(128, 4, 4, 8, image=32, classes=6, pool="cls"),
         "default of tools/train_vision.py: 128 wide, 4 layers, 4 heads, patch 8 on 32 px shapes (16 tokens)",
     )
+    out["cbt-mini-shapes"] = (
+        _cfg(128, 4, 4, 8, image=32, classes=6, pool="cls", block="cbsa", rep_grid=2),
+        "crate-mini-shapes with CBSA attention (2 x 2 representatives of the 4 x 4 patch grid; the same linear "
+        "patch embedding): the report's CBT row",
+    )
     out["crate-mini-shapes-p4"] = (
         _cfg(96, 4, 4, 4, image=32, classes=6, pool="cls"),
         "96 wide, 4 layers, patch 4 on 32 px shapes (64 tokens): finer attention maps for tools/segment.py",

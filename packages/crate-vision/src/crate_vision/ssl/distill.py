@@ -36,6 +36,11 @@ class SSLConfig:
 
     method: str = "simdino"
     local_crops: int = 10
+    # multi-crop augmentation (crate_vision.ssl.multicrop; DINO's values)
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    grayscale_p: float = 0.2
     hidden_dim: int = 2048
     bottleneck_dim: int = 256  # SimDINO's z_dim
     nlayers: int = 3

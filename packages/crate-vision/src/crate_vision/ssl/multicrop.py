@@ -5,6 +5,11 @@
     local      RandomResizedCrop(L, scale=(0.05, 0.4)) flip, colour jitter, grey, blur (p 0.5)
     then       Normalize(mean, std)     (on float images in [0, 1]; the crop's bicubic overshoot is clamped)
 
+The colour jitter (brightness, contrast, saturation, hue), the grey probability and both crop scale ranges are
+arguments with DINO's values as defaults (SimCLR's stronger colour distortion, e.g. jitter 0.8 0.8 0.8 0.2 and
+grey 0.2, is one setting of them; tools/pretrain_ssl.py --color-jitter, --grayscale-p, --global-scale,
+--local-scale).
+
 At DINO's 224 px, G = 224 and L = 96; ``crop_sizes(image_size, patch_size)`` keeps the ratio 96/224 for
 smaller images, rounded to a whole number of patches (32 px, patch 8: G = 32, L = 16). The blur's sigma range
 (0.1, 2) px at 224 px is scaled with the crop size the same way. Colour jitter: brightness 0.4, contrast 0.4,
@@ -21,6 +26,8 @@ from torchvision.transforms import v2
 DINO_GLOBAL_SCALE = (0.4, 1.0)
 DINO_LOCAL_SCALE = (0.05, 0.4)
 DINO_GLOBAL_SIZE, DINO_LOCAL_SIZE = 224, 96
+DINO_COLOR_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+DINO_GRAYSCALE_P = 0.2
 
 
 def crop_sizes(image_size: int, patch_size: int) -> tuple[int, int]:
@@ -54,12 +61,21 @@ class MultiCrop:
         std=(0.229, 0.224, 0.225),
         global_scale: tuple[float, float] = DINO_GLOBAL_SCALE,
         local_scale: tuple[float, float] = DINO_LOCAL_SCALE,
+        color_jitter: tuple[float, float, float, float] = DINO_COLOR_JITTER,
+        grayscale_p: float = DINO_GRAYSCALE_P,
     ):
         if local_crops < 0:
             raise ValueError(f"local_crops must be >= 0, got local_crops={local_crops}")
         for name, (lo, hi) in (("global_scale", global_scale), ("local_scale", local_scale)):
             if not 0 < lo <= hi <= 1:
                 raise ValueError(f"{name} must be (lo, hi) with 0 < lo <= hi <= 1, got {name}={(lo, hi)}")
+        if len(color_jitter) != 4 or min(color_jitter) < 0 or color_jitter[3] > 0.5:
+            raise ValueError(
+                "color_jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, "
+                f"got color_jitter={tuple(color_jitter)}"
+            )
+        if not 0 <= grayscale_p <= 1:
+            raise ValueError(f"grayscale_p must be in [0, 1], got grayscale_p={grayscale_p}")
         self.global_size, self.local_size, self.local_crops = global_size, local_size, local_crops
 
         def view(size, scale, blur_p, solarize_p=0.0):
@@ -69,8 +85,8 @@ class MultiCrop:
                 v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
                 v2.Lambda(_clamp01),  # bicubic overshoots; PIL's 8-bit output (DINO's) is clamped too
                 v2.RandomHorizontalFlip(),
-                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-                v2.RandomGrayscale(p=0.2),
+                v2.RandomApply([v2.ColorJitter(*color_jitter)], p=0.8),
+                v2.RandomGrayscale(p=grayscale_p),
                 _blur(size, blur_p),
             ]
             if solarize_p:

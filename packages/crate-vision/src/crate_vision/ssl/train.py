@@ -58,10 +58,14 @@ def export_teacher(trainer, backbone: nn.Module, path: str | Path, extra: dict |
     return save_pretrained(plain, path, extra=meta)
 
 
-def multicrop_for(backbone: nn.Module, local_crops: int, mean, std) -> MultiCrop:
+def multicrop_for(backbone: nn.Module, ssl_cfg: SSLConfig, mean, std) -> MultiCrop:
+    """The multi-crop augmentation of ``ssl_cfg`` at the backbone's image and patch size."""
     c = backbone.config
     g, l = crop_sizes(c.image_size, c.patch_size)
-    return MultiCrop(g, l, local_crops, mean, std)
+    return MultiCrop(
+        g, l, ssl_cfg.local_crops, mean, std, global_scale=tuple(ssl_cfg.global_scale),
+        local_scale=tuple(ssl_cfg.local_scale), color_jitter=tuple(ssl_cfg.color_jitter), grayscale_p=ssl_cfg.grayscale_p,
+    )
 
 
 def pretrain(
@@ -74,8 +78,8 @@ def pretrain(
     knn_eval: KNNEval | None = None,
     export_extra: dict | None = None,
 ) -> dict:
-    """Train; returns the trainer's result plus ``params``, ``train_time_s`` and ``export`` (the teacher's
-    directory, ``train_cfg.out_dir``/final)."""
+    """Train; returns the trainer's result plus ``params`` (the backbone's), ``head_params``, ``train_time_s``
+    and ``export`` (the teacher's directory, ``train_cfg.out_dir``/final)."""
     from crate_core.train import Trainer
 
     if train_cfg.zero_stage == 3:
@@ -83,13 +87,14 @@ def pretrain(
     if isinstance(backbone, CRATEClassifier) and backbone.config.num_classes:
         raise ValueError(f"build the backbone with num_classes=0 (features only), got {backbone.config.num_classes}")
     model = SelfDistillation(backbone, ssl_cfg)
-    data = MultiCropDataset(train_images, multicrop_for(backbone, ssl_cfg.local_crops, mean, std))
+    data = MultiCropDataset(train_images, multicrop_for(backbone, ssl_cfg, mean, std))
     trainer = Trainer(train_cfg, model, data, loss_fn=ssl_loss, eval_fn=knn_eval, after_step=model.after_step)
     try:
         t0 = time.perf_counter()
         result = trainer.fit()
         result["train_time_s"] = time.perf_counter() - t0
-        result["params"] = sum(p.numel() for p in model.student_parameters())
+        result["params"] = sum(p.numel() for p in backbone.parameters())  # the exported network
+        result["head_params"] = sum(p.numel() for p in model.student_head.parameters())  # trained, not exported
         result["export"] = str(Path(train_cfg.out_dir) / "final")
         if trainer.is_main:
             export_teacher(trainer, backbone, result["export"], export_extra)
