@@ -80,21 +80,24 @@ CHAR_BERT = {**CHAR_LM, "set": None}  # the same schedule with BERT's own dropou
 # SimDINO on the offline shapes, CRATE vs ViT, with pretrain_ssl's defaults (DINO's augmentation, 4 local
 # crops); the crops are drawn in the training process (a worker process would compete with the other run for
 # the 2 cores); k-NN on a labelled bank and held-out set of knn_bank / knn_test shapes (tools/eval_knn.py)
-SSL_QUICK = dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=400, micro_batch=64, lr=1e-3,
+SSL_QUICK = dict(crate="crate-mini-shapes", baseline="vit-mini-shapes", steps=300, micro_batch=64, lr=1e-3,
                  extra=dict(method="simdino", eval_every=0, num_workers=0),
-                 knn_bank=2000, knn_test=2000, prior_s=300)
+                 knn_bank=2000, knn_test=2000, prior_s=dict(crate=160, baseline=210))
 # Per preset: the shared budget of each family and the model pairs. Budgets are equal within a family;
-# "extra" holds the tools' further flags by name (see flags). prior_s: expected wall seconds of one run on 2 CPU cores (the progress line's first ETA).
+# "extra" holds the tools' further flags by name (see flags). prior_s: expected wall seconds of one run on 2 CPU
+# cores, or of each role's run (the progress line's first ETA; the runs start longest first).
 PRESETS = {
     "quick": {
-        "vision": dict(crate="crate-mini-shapes", cbt="cbt-mini-shapes", baseline="vit-mini-shapes", steps=5500,
-                       micro_batch=128, lr=2e-3, extra=dict(eval_every=0, train_size=20000), prior_s=600),
-        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=2000, micro_batch=32, lr=1e-3,
-                    data="mnist", extra=dict(eval_every=0), prior_s=400),
+        "vision": dict(crate="crate-mini-shapes", cbt="cbt-mini-shapes", baseline="vit-mini-shapes", steps=3300,
+                       micro_batch=128, lr=2e-3, extra=dict(eval_every=0, train_size=20000),
+                       prior_s=dict(crate=270, cbt=290, baseline=520)),
+        "mae": dict(crate="crate-mae-nano", baseline="vit-mae-nano", steps=1200, micro_batch=32, lr=1e-3,
+                    data="mnist", extra=dict(eval_every=0), prior_s=dict(crate=120, baseline=185)),
         "gpt": dict(crate="crate-gpt-nano", baseline="gpt2-like-crate-gpt-nano", steps=2000, micro_batch=12, lr=1e-3,
-                    extra=dict(CHAR_LM, block_size=64, eval_batches=200), prior_s=100),
+                    extra=dict(CHAR_LM, block_size=64, eval_batches=200), prior_s=dict(crate=45, baseline=180)),
         "bert": dict(crate="crate-bert-nano", baseline="bert-like-crate-bert-nano", steps=600, micro_batch=12,
-                     lr=1e-3, extra=dict(CHAR_BERT, max_positions=66, eval_batches=100), prior_s=45),
+                     lr=1e-3, extra=dict(CHAR_BERT, max_positions=66, eval_batches=100),
+                     prior_s=dict(crate=50, baseline=80)),
         "ssl": SSL_QUICK,
         "layerwise_points": 4,
         "segment_images": 300,
@@ -288,7 +291,8 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
         cmd = child_command(run, run_dir, args.resume)
         cmds.append(" ".join(["uv run", run.tool, *run.args, "--out-dir", rel(run_dir)]))
         spec = preset[run.family]
-        job = Job(run.label, cmd, run_dir / "log.txt", spec["steps"], f"{run.family}-{run.role}", spec["prior_s"])
+        prior = spec["prior_s"][run.role] if isinstance(spec["prior_s"], dict) else spec["prior_s"]
+        job = Job(run.label, cmd, run_dir / "log.txt", spec["steps"], f"{run.family}-{run.role}", prior)
         jobs.append(job)
         by_job[run.label] = run
     if "ssl" in families:
@@ -315,6 +319,7 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
             results["_reused_s"] += walls[job.name]
         else:
             to_run.append(job)
+    to_run.sort(key=lambda job: -job.prior_s)  # longest first: the side-by-side slots finish closer together
     walls.update(run_many(progress, to_run, args.parallel))
     entries: dict = {}
     for job in (j for j in jobs if j.name in by_job):

@@ -253,3 +253,24 @@ def test_tool_exports_the_teacher_for_knn_segmentation_and_finetuning(tmp_path, 
     )
     assert ft["steps"] == 1
     assert crate_core.from_pretrained(tmp_path / "ft" / "final").config.num_classes == 6
+
+
+@pytest.mark.parametrize("name", ["crate-tiny-test", "vit-tiny-test"])
+def test_eval_knn_initialisation_floor_is_the_weights_pretraining_started_from(name, tmp_path):
+    """tools/pretrain_ssl.py seeds then builds crate_core.create(name, num_classes=0); tools/eval_knn.py's
+    at-initialisation floor seeds then builds type(export)(export.config): the same weights for the same seed."""
+    from crate_core.hub import save_pretrained
+
+    torch.manual_seed(3)
+    start = crate_core.create(name, num_classes=0)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.add_(1.0)  # the export holds trained weights, not the initial ones
+    save_pretrained(start, tmp_path / "final")
+    export = crate_core.from_pretrained(tmp_path / "final", task="classify")
+    torch.manual_seed(3)
+    floor = type(export)(export.config)
+    torch.manual_seed(3)
+    started = crate_core.create(name, num_classes=0)
+    for (k, a), b in zip(started.state_dict().items(), floor.state_dict().values()):
+        assert torch.equal(a, b), k
