@@ -242,18 +242,20 @@ def _eta(progress: Progress, c: _Child, now: float) -> float:
 
 def _many_status(progress: Progress, running: list[_Child], pending: list[Job], slots: int, now: float) -> str:
     """One line: each running child (step/total, loss, ETA), then the overall time left: the running
-    ETAs and the pending runs' expected durations, list-scheduled onto the slots."""
+    ETAs and the pending runs' expected durations, list-scheduled onto the slots, then the one-at-a-time jobs
+    that follow the runs (the runs may go in any order: the report starts the longest first)."""
     free = sorted([_eta(progress, c, now) for c in running] + [0.0] * (slots - len(running)))
     for job in pending:  # each pending run starts on the slot that frees first
         free[0] += progress.expected(job)
         free.sort()
-    last = pending[-1] if pending else max((c.job for c in running), key=progress.jobs.index)
-    left = free[-1] + sum(progress.expected(j) for j in progress.jobs[progress.jobs.index(last) + 1 :])
+    batch = {c.job.name for c in running} | {j.name for j in pending}
+    last = max(progress.jobs.index(j) for j in progress.jobs if j.name in batch)
+    left = free[-1] + sum(progress.expected(j) for j in progress.jobs[last + 1 :] if j.name not in batch and not j.steps)
     parts = []
     for c in running:
         where = f"step {c.pace.step}/{c.job.steps}" if c.pace.step and c.job.steps else "starting"
         parts.append(f"{c.job.name}: {where}" + (f", loss {c.loss}" if c.loss else "")
                      + f", ETA {hms(_eta(progress, c, now))}")
-    first = min(progress.jobs.index(c.job) for c in running) + 1
+    first = min((progress.jobs.index(c.job) for c in running), default=0) + 1
     return (f"[report {first}/{len(progress.jobs)}, {len(running)} side by side] " + "; ".join(parts)
             + f" | overall {hms(now - progress.t0)} elapsed, ~{hms(left)} left")

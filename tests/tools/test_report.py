@@ -318,6 +318,20 @@ def test_eta_counts_from_the_first_logged_step_not_from_start_up():
     assert pace.eta(201, 20.0, fallback=42.0) == pytest.approx(10.0)
 
 
+def test_time_left_when_the_runs_start_longest_first(tmp_path):
+    """The report starts the longest runs first, out of plan order: the time left list-schedules every pending
+    run onto the slots once and adds only the one-at-a-time jobs after the runs (here 100 + 5 s)."""
+    import io
+    import time
+
+    short = rp.Job("short", [], tmp_path / "a", steps=10, family="a", prior_s=10)
+    long = rp.Job("long", [], tmp_path / "b", steps=10, family="b", prior_s=100)
+    after = rp.Job("segment", [], tmp_path / "c", prior_s=5)
+    prog = rp.Progress([short, long, after], stream=io.StringIO(), live=False)
+    line = rp._many_status(prog, [], [long, short], 2, time.perf_counter())
+    assert line.endswith("~1m45s left"), line
+
+
 def test_runs_side_by_side_share_the_cores_and_keep_their_logs(tmp_path):
     import io
     import time
