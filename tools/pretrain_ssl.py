@@ -25,6 +25,7 @@ import torch
 from crate_core.cli import add_debug_arg, add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
 
+AUGMENTATION = ("global_scale", "local_scale", "color_jitter", "grayscale_p")  # SSLConfig fields with flags
 # model fields the self-supervised run decides
 FIXED = {"num_classes": "the self-supervised run (a features-only backbone, num_classes 0)"}
 
@@ -59,13 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--knn-train-size", type=int, default=1000, help="shapes: labelled images of the k-NN evaluation")
     g.add_argument("--knn-eval-size", type=int, default=500, help="shapes: held-out images of the k-NN evaluation")
     g.add_argument("--local-crops", type=int, default=4, help="local crops per image (DINO / SimDINO ViT-B: 10)")
-    g.add_argument("--global-scale", type=float, nargs=2, default=(0.4, 1.0), metavar=("LO", "HI"),
-                   help="area range of the global crops (DINO: 0.4 1)")
-    g.add_argument("--local-scale", type=float, nargs=2, default=(0.05, 0.4), metavar=("LO", "HI"),
-                   help="area range of the local crops (DINO: 0.05 0.4)")
-    g.add_argument("--color-jitter", type=float, nargs=4, default=(0.4, 0.4, 0.2, 0.1), metavar=("B", "C", "S", "H"),
-                   help="colour jitter brightness, contrast, saturation, hue, applied with p 0.8 (DINO: 0.4 0.4 0.2 0.1)")
-    g.add_argument("--grayscale-p", type=float, default=0.2, help="probability of a grey crop (DINO: 0.2)")
+    # the augmentation's defaults are SSLConfig's (DINO's values), filled in by main
+    g.add_argument("--global-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="area range of the global crops (default DINO's: 0.4 1)")
+    g.add_argument("--local-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="area range of the local crops (default DINO's: 0.05 0.4)")
+    g.add_argument("--color-jitter", type=float, nargs=4, default=None, metavar=("B", "C", "S", "H"),
+                   help="colour jitter brightness, contrast, saturation, hue, applied with p 0.8 "
+                        "(default DINO's: 0.4 0.4 0.2 0.1)")
+    g.add_argument("--grayscale-p", type=float, default=None, help="probability of a grey crop (default DINO's: 0.2)")
     g.add_argument("--hidden-dim", type=int, default=512, help="head MLP width (official 2048)")
     g.add_argument("--bottleneck-dim", type=int, default=128, help="head output / prototype input (official 256)")
     g.add_argument("--momentum-teacher", type=float, default=0.996, help="EMA momentum at step 0 (cosine to 1)")
@@ -107,9 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.data == "mnist" and args.eval_every:  # the training digits (with labels) as the bank, as DINO
         knn = KNNEval(build_dataset("mnist", "train", size)[0], build_dataset("mnist", "test", size)[0])
     cfg = train_config_from_args(args, extra={"model": args.model, "data": args.data, "method": args.method, **sets})
+    given = {name: getattr(args, name) for name in AUGMENTATION if getattr(args, name) is not None}
+    augmentation = {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}  # nargs gives lists
     ssl_cfg = SSLConfig(
-        method=args.method, local_crops=args.local_crops, global_scale=tuple(args.global_scale),
-        local_scale=tuple(args.local_scale), color_jitter=tuple(args.color_jitter), grayscale_p=args.grayscale_p,
+        method=args.method, local_crops=args.local_crops, **augmentation,
         hidden_dim=args.hidden_dim, bottleneck_dim=args.bottleneck_dim,
         momentum_teacher=args.momentum_teacher, total_steps=cfg.steps, eps=args.simdino_eps, coeff=args.coeff,
         expa_type=args.expa_type, reduce_cov=args.reduce_cov, out_dim=args.out_dim, norm_last_layer=args.norm_last_layer,

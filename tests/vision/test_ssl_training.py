@@ -274,3 +274,23 @@ def test_eval_knn_initialisation_floor_is_the_weights_pretraining_started_from(n
     started = crate_core.create(name, num_classes=0)
     for (k, a), b in zip(started.state_dict().items(), floor.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_tool_augmentation_flags_reach_sslconfig_and_default_to_dino(monkeypatch, tmp_path):
+    """pretrain_ssl passes only the augmentation flags given (as tuples); the rest keep SSLConfig's DINO values."""
+    import crate_vision.ssl.train as ssl_train
+    from crate_vision.ssl.multicrop import DINO_COLOR_JITTER, DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE
+
+    seen = []
+    monkeypatch.setattr(ssl_train, "pretrain", lambda backbone, ssl_cfg, *a, **k: seen.append(ssl_cfg) or {
+        "steps": 0, "train_time_s": 0.0, "loss": 0.0, "export": ""})
+    common = ["--model", "crate-tiny-test", "--steps", "1", "--eval-every", "0", "--train-size", "8",
+              "--out-dir", str(tmp_path), "--wandb", "disabled"]
+    tool = load_tool("pretrain_ssl")
+    tool.main(common)
+    tool.main([*common, "--color-jitter", "0.8", "0.8", "0.8", "0.2", "--grayscale-p", "0.5", "--local-scale", "0.1", "0.3"])
+    default, given = seen
+    assert (default.global_scale, default.local_scale, default.color_jitter, default.grayscale_p) == (
+        DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE, DINO_COLOR_JITTER, 0.2)
+    assert (given.global_scale, given.local_scale, given.color_jitter, given.grayscale_p) == (
+        DINO_GLOBAL_SCALE, (0.1, 0.3), (0.8, 0.8, 0.8, 0.2), 0.5)

@@ -25,6 +25,7 @@ from torch import nn
 
 from .dino_loss import DINOLoss
 from .heads import DINOHead, Projector
+from .multicrop import DINO_COLOR_JITTER, DINO_GLOBAL_SCALE, DINO_GRAYSCALE_P, DINO_LOCAL_SCALE
 from .simdino_loss import SimDINOLoss
 
 METHODS = ("dino", "simdino")
@@ -37,10 +38,10 @@ class SSLConfig:
     method: str = "simdino"
     local_crops: int = 10
     # multi-crop augmentation (crate_vision.ssl.multicrop; DINO's values)
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
-    grayscale_p: float = 0.2
+    global_scale: tuple[float, float] = DINO_GLOBAL_SCALE
+    local_scale: tuple[float, float] = DINO_LOCAL_SCALE
+    color_jitter: tuple[float, float, float, float] = DINO_COLOR_JITTER
+    grayscale_p: float = DINO_GRAYSCALE_P
     hidden_dim: int = 2048
     bottleneck_dim: int = 256  # SimDINO's z_dim
     nlayers: int = 3

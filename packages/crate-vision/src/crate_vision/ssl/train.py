@@ -63,8 +63,8 @@ def multicrop_for(backbone: nn.Module, ssl_cfg: SSLConfig, mean, std) -> MultiCr
     c = backbone.config
     g, l = crop_sizes(c.image_size, c.patch_size)
     return MultiCrop(
-        g, l, ssl_cfg.local_crops, mean, std, global_scale=tuple(ssl_cfg.global_scale),
-        local_scale=tuple(ssl_cfg.local_scale), color_jitter=tuple(ssl_cfg.color_jitter), grayscale_p=ssl_cfg.grayscale_p,
+        g, l, ssl_cfg.local_crops, mean, std, global_scale=ssl_cfg.global_scale, local_scale=ssl_cfg.local_scale,
+        color_jitter=ssl_cfg.color_jitter, grayscale_p=ssl_cfg.grayscale_p,
     )
 
 
