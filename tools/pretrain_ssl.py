@@ -25,7 +25,7 @@ import torch
 from crate_core.cli import add_debug_arg, add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
 
-AUGMENTATION = ("global_scale", "local_scale", "color_jitter", "grayscale_p")  # SSLConfig fields with flags
+AUGMENTATION = ("global_scale", "local_scale", "color_jitter", "grayscale_p", "blur_sigma")  # SSLConfig fields with flags
 # model fields the self-supervised run decides
 FIXED = {"num_classes": "the self-supervised run (a features-only backbone, num_classes 0)"}
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         log_every=20,
         wandb="offline",
         zero_stage=0,
-        num_workers=2,  # the crops are drawn in worker processes (one thread each: torchvision's ops are slow threaded)
+        num_workers=2,  # --crops image draws the crops in these worker processes (one thread each: torchvision's ops are slow threaded)
     )
     g = p.add_argument_group("self-supervised")
     g.add_argument("--method", choices=("dino", "simdino"), default="simdino")
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-size", type=int, default=4000, help="shapes only: training images")
     g.add_argument("--knn-train-size", type=int, default=1000, help="shapes: labelled images of the k-NN evaluation")
     g.add_argument("--knn-eval-size", type=int, default=500, help="shapes: held-out images of the k-NN evaluation")
+    g.add_argument("--crops", choices=("auto", "batch", "image"), default="auto",
+                   help="draw the crops per batch in the training process (kornia) or per image in the data loader "
+                        "(torchvision); auto: batch on the fixed-size offline sets (shapes, mnist), else image")
     g.add_argument("--local-crops", type=int, default=4, help="local crops per image (DINO / SimDINO ViT-B: 10)")
     # the augmentation's defaults are SSLConfig's (DINO's values), filled in by main
     g.add_argument("--global-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
@@ -69,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="colour jitter brightness, contrast, saturation, hue, applied with p 0.8 "
                         "(default DINO's: 0.4 0.4 0.2 0.1)")
     g.add_argument("--grayscale-p", type=float, default=None, help="probability of a grey crop (default DINO's: 0.2)")
+    g.add_argument("--blur-sigma", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="Gaussian blur sigma range in pixels, every crop (default DINO's 0.1 2 px at 224 px, "
+                        "scaled to the crop: 0.014 0.29 at 32 px)")
     g.add_argument("--hidden-dim", type=int, default=512, help="head MLP width (official 2048)")
     g.add_argument("--bottleneck-dim", type=int, default=128, help="head output / prototype input (official 256)")
     g.add_argument("--momentum-teacher", type=float, default=0.996, help="EMA momentum at step 0 (cosine to 1)")
@@ -109,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
     elif args.data == "mnist" and args.eval_every:  # the training digits (with labels) as the bank, as DINO
         knn = KNNEval(build_dataset("mnist", "train", size)[0], build_dataset("mnist", "test", size)[0])
-    cfg = train_config_from_args(args, extra={"model": args.model, "data": args.data, "method": args.method, **sets})
+    crops = args.crops if args.crops != "auto" else ("batch" if args.data in ("shapes", "mnist") else "image")
+    cfg = train_config_from_args(
+        args, extra={"model": args.model, "data": args.data, "method": args.method, "crops": crops, **sets}
+    )
     given = {name: getattr(args, name) for name in AUGMENTATION if getattr(args, name) is not None}
     augmentation = {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}  # nargs gives lists
     ssl_cfg = SSLConfig(
@@ -123,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = pretrain(
         backbone, ssl_cfg, cfg, train_images, mean, std, knn_eval=knn,
         export_extra={"ssl": {"method": args.method, "model": args.model, "data": args.data}},
+        crops=crops,
     )
     summary = {
         "method": args.method,

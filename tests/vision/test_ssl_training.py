@@ -18,6 +18,7 @@ import torch
 from crate_core.train import TrainConfig, Trainer
 from crate_vision.data import ShapesDataset
 from crate_vision.ssl import (
+    BatchMultiCrop,
     MultiCrop,
     MultiCropDataset,
     SelfDistillation,
@@ -26,7 +27,7 @@ from crate_vision.ssl import (
     knn_scores,
     momentum_at,
 )
-from crate_vision.ssl.train import ssl_loss
+from crate_vision.ssl.train import BatchCropLoss, ssl_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 os.environ["WANDB_MODE"] = "disabled"
@@ -95,6 +96,61 @@ def test_multicrop_colour_arguments_reach_the_views():
     g1 = built(image)[0]
     assert g1.shape == (3, 32, 32) and torch.allclose(g1[0], g1[2], atol=1e-6)
     assert torch.allclose(g1[0], grey, atol=0.02) or torch.allclose(g1[0], grey.flip(-1), atol=0.02)  # whole image, maybe flipped
+
+
+def test_batch_multicrop_views_and_arguments():
+    """BatchMultiCrop gives MultiCrop's views for a whole batch, each image with its own random parameters,
+    and refuses MultiCrop's bad arguments with the same message."""
+    images = torch.rand(1, 3, 32, 32).expand(6, 3, 32, 32).contiguous()  # one image six times
+    crops = BatchMultiCrop(32, 16, local_crops=3, mean=(0.5,) * 3, std=(0.5,) * 3)(images)
+    assert [tuple(c.shape) for c in crops] == [(6, 3, 32, 32)] * 2 + [(6, 3, 16, 16)] * 3
+    assert all(c.dtype == torch.float32 and c.min() >= -1 - 1e-5 and c.max() <= 1 + 1e-5 for c in crops)
+    for view in crops:  # the same image, six different draws
+        assert len({tuple(v.flatten()[:64].tolist()) for v in view}) > 1
+    for bad, match in (({"local_scale": (0.5, 0.1)}, "local_scale"), ({"grayscale_p": 1.5}, "grayscale_p"),
+                       ({"blur_sigma": (2.0, 1.0)}, "blur_sigma")):
+        with pytest.raises(ValueError, match=match):
+            BatchMultiCrop(32, 16, 2, **bad)
+    with pytest.raises(ValueError, match="float .B, C, H, W. batch"):
+        BatchMultiCrop(32, 16, 0)(torch.rand(3, 32, 32))
+
+
+def test_batch_multicrop_whole_image_crop_is_the_image_or_its_mirror():
+    """Crop area 1 (every aspect ratio other than 1 exceeds the image, so the crop is the whole image), no
+    jitter, no grey, a blur of sigma 0.001 px (a 1-tap kernel), mean 0 and std 1: global view 1 is each image
+    or its horizontal mirror, and both occur in a batch of 64."""
+    images = torch.rand(64, 3, 32, 32)
+    mc = BatchMultiCrop(32, 16, 0, (0.0,) * 3, (1.0,) * 3, global_scale=(1.0, 1.0), color_jitter=(0, 0, 0, 0),
+                        grayscale_p=0.0, blur_sigma=(1e-3, 1e-3))
+    g1 = mc(images)[0]
+    same = (g1 - images).abs().flatten(1).amax(1) < 1e-4
+    mirror = (g1 - images.flip(-1)).abs().flatten(1).amax(1) < 1e-4
+    assert bool((same | mirror).all()) and same.any() and mirror.any()
+
+
+def test_batch_multicrop_grey_views_and_sslconfig():
+    """p(grey) = 1 without jitter: R = G = B in every view (solarisation and blur keep grey grey);
+    multicrop_for builds the batched augmentation from the same SSLConfig fields."""
+    from crate_vision.ssl.train import multicrop_for
+
+    cfg = SSLConfig(local_crops=2, color_jitter=(0, 0, 0, 0), grayscale_p=1.0, blur_sigma=(0.5, 1.0))
+    built = multicrop_for(crate_core.create("crate-tiny-test", num_classes=0), cfg, (0.0,) * 3, (1.0,) * 3, "batch")
+    assert isinstance(built, BatchMultiCrop) and built.ncrops == 4
+    for crop in built(torch.rand(5, 3, 32, 32)):
+        assert torch.allclose(crop[:, 0], crop[:, 1], atol=1e-5) and torch.allclose(crop[:, 1], crop[:, 2], atol=1e-5)
+    with pytest.raises(ValueError, match="crops must be one of"):
+        multicrop_for(crate_core.create("crate-tiny-test", num_classes=0), cfg, (0.0,) * 3, (1.0,) * 3, "gpu")
+
+
+def test_batch_crops_refuse_pil_images(tmp_path):
+    from crate_vision.ssl.train import pretrain
+    from PIL import Image
+
+    images = [(Image.new("RGB", (32, 32)), 0)] * 4
+    cfg = TrainConfig(out_dir=str(tmp_path), steps=1, micro_batch=2, wandb="disabled", progress="off")
+    with pytest.raises(ValueError, match="crops='batch' needs same-size"):
+        pretrain(crate_core.create("crate-tiny-test", num_classes=0), SSLConfig(local_crops=0), cfg, images,
+                 (0.5,) * 3, (0.5,) * 3, crops="batch")
 
 
 @pytest.mark.parametrize("name", ["crate-tiny-test", "crate-alpha-tiny-test", "tost-tiny-test", "vit-tiny-test"])
@@ -168,7 +224,7 @@ def test_knn_vote_matches_a_direct_count():
         knn_scores(train_x, train_y, test_x, 3, k=6)
 
 
-def _trainer(out: Path, method: str = "simdino", steps: int = 4, callbacks=(), **kw):
+def _trainer(out: Path, method: str = "simdino", steps: int = 4, callbacks=(), crops: str = "image", **kw):
     torch.manual_seed(0)
     backbone = crate_core.create("crate-tiny-test", num_classes=0)
     cfg = TrainConfig(out_dir=str(out), steps=steps, micro_batch=4, lr=1e-3, warmup_steps=1, log_every=1,
@@ -176,14 +232,19 @@ def _trainer(out: Path, method: str = "simdino", steps: int = 4, callbacks=(), *
     model = SelfDistillation(backbone, SSLConfig(method=method, local_crops=2, hidden_dim=32, bottleneck_dim=16,
                                                  out_dim=64, total_steps=steps, warmup_teacher_temp_steps=3,
                                                  freeze_last_layer_steps=1))
-    data = MultiCropDataset(ShapesDataset(32, 32, normalize=False), MultiCrop(32, 16, 2, (0.5,) * 3, (0.5,) * 3))
-    return Trainer(cfg, model, data, loss_fn=ssl_loss, after_step=model.after_step, callbacks=callbacks), model
+    images = ShapesDataset(32, 32, normalize=False)
+    if crops == "batch":  # the crops drawn per batch in the training process, from the trainer's RNG stream
+        data, loss_fn = images, BatchCropLoss(BatchMultiCrop(32, 16, 2, (0.5,) * 3, (0.5,) * 3))
+    else:
+        data, loss_fn = MultiCropDataset(images, MultiCrop(32, 16, 2, (0.5,) * 3, (0.5,) * 3)), ssl_loss
+    return Trainer(cfg, model, data, loss_fn=loss_fn, after_step=model.after_step, callbacks=callbacks), model
 
 
-@pytest.mark.parametrize("method", ["dino", "simdino"])
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, method):
-    """Student, teacher, heads, the DINO centre and the step count all come back from the checkpoint."""
-    tr, straight = _trainer(tmp_path / "a", method)
+@pytest.mark.parametrize(("method", "crops"), [("dino", "image"), ("simdino", "image"), ("simdino", "batch")])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, method, crops):
+    """Student, teacher, heads, the DINO centre and the step count all come back from the checkpoint (with
+    batch crops the restored RNG state redraws the same crops)."""
+    tr, straight = _trainer(tmp_path / "a", method, crops=crops)
     tr.fit()
     tr.close()
 
@@ -194,11 +255,11 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, method):
         if step == 2:
             raise Stop
 
-    tr, _ = _trainer(tmp_path / "b", method, callbacks=[stop_at_2], ckpt_every=1)
+    tr, _ = _trainer(tmp_path / "b", method, callbacks=[stop_at_2], ckpt_every=1, crops=crops)
     with pytest.raises(Stop):
         tr.fit()
     tr.close()
-    tr, resumed = _trainer(tmp_path / "b", method, resume="auto")
+    tr, resumed = _trainer(tmp_path / "b", method, resume="auto", crops=crops)
     assert tr.step == 1  # the callback stops step 2 before its checkpoint: the step-1 one is the newest
     tr.fit()
     tr.close()
@@ -288,9 +349,10 @@ def test_tool_augmentation_flags_reach_sslconfig_and_default_to_dino(monkeypatch
               "--out-dir", str(tmp_path), "--wandb", "disabled"]
     tool = load_tool("pretrain_ssl")
     tool.main(common)
-    tool.main([*common, "--color-jitter", "0.8", "0.8", "0.8", "0.2", "--grayscale-p", "0.5", "--local-scale", "0.1", "0.3"])
+    tool.main([*common, "--color-jitter", "0.8", "0.8", "0.8", "0.2", "--grayscale-p", "0.5", "--local-scale", "0.1", "0.3",
+               "--blur-sigma", "0.5", "1.5"])
     default, given = seen
-    assert (default.global_scale, default.local_scale, default.color_jitter, default.grayscale_p) == (
-        DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE, DINO_COLOR_JITTER, 0.2)
-    assert (given.global_scale, given.local_scale, given.color_jitter, given.grayscale_p) == (
-        DINO_GLOBAL_SCALE, (0.1, 0.3), (0.8, 0.8, 0.8, 0.2), 0.5)
+    assert (default.global_scale, default.local_scale, default.color_jitter, default.grayscale_p, default.blur_sigma) == (
+        DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE, DINO_COLOR_JITTER, 0.2, None)
+    assert (given.global_scale, given.local_scale, given.color_jitter, given.grayscale_p, given.blur_sigma) == (
+        DINO_GLOBAL_SCALE, (0.1, 0.3), (0.8, 0.8, 0.8, 0.2), 0.5, (0.5, 1.5))

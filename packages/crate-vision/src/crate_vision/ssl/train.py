@@ -20,12 +20,26 @@ from torch import nn
 from ..models import CRATEClassifier
 from .distill import SelfDistillation, SSLConfig
 from .knn import extract, knn_accuracy
-from .multicrop import MultiCrop, MultiCropDataset, crop_sizes
+from .multicrop import BatchMultiCrop, MultiCrop, MultiCropDataset, crop_sizes
 
 
 def ssl_loss(model, batch):
     """Trainer loss_fn: (crops, labels) -> (loss, metrics); the labels are not used."""
     return model(batch[0])
+
+
+class BatchCropLoss:
+    """Trainer loss_fn: (images, labels) -> the batch's crops drawn on its device (BatchMultiCrop, in float32
+    outside any autocast, then in the images' dtype: bf16 under DeepSpeed's bf16) -> (loss, metrics)."""
+
+    def __init__(self, multicrop: BatchMultiCrop):
+        self.multicrop = multicrop
+
+    def __call__(self, model, batch):
+        images = batch[0]
+        with torch.autocast(images.device.type, enabled=False):
+            crops = self.multicrop(images)
+        return model([c.to(images.dtype) for c in crops])
 
 
 class KNNEval:
@@ -58,13 +72,18 @@ def export_teacher(trainer, backbone: nn.Module, path: str | Path, extra: dict |
     return save_pretrained(plain, path, extra=meta)
 
 
-def multicrop_for(backbone: nn.Module, ssl_cfg: SSLConfig, mean, std) -> MultiCrop:
-    """The multi-crop augmentation of ``ssl_cfg`` at the backbone's image and patch size."""
+CROPS = ("image", "batch")  # per image in the data loader (MultiCrop) or per batch in the training process
+
+
+def multicrop_for(backbone: nn.Module, ssl_cfg: SSLConfig, mean, std, crops: str = "image") -> MultiCrop | BatchMultiCrop:
+    """The multi-crop augmentation of ``ssl_cfg`` at the backbone's image and patch size, per image or per batch."""
+    if crops not in CROPS:
+        raise ValueError(f"crops must be one of {CROPS}, got crops={crops!r}")
     c = backbone.config
     g, l = crop_sizes(c.image_size, c.patch_size)
-    return MultiCrop(
+    return (MultiCrop if crops == "image" else BatchMultiCrop)(
         g, l, ssl_cfg.local_crops, mean, std, global_scale=ssl_cfg.global_scale, local_scale=ssl_cfg.local_scale,
-        color_jitter=ssl_cfg.color_jitter, grayscale_p=ssl_cfg.grayscale_p,
+        color_jitter=ssl_cfg.color_jitter, grayscale_p=ssl_cfg.grayscale_p, blur_sigma=ssl_cfg.blur_sigma,
     )
 
 
@@ -77,8 +96,10 @@ def pretrain(
     std,
     knn_eval: KNNEval | None = None,
     export_extra: dict | None = None,
+    crops: str = "image",
 ) -> dict:
-    """Train; returns the trainer's result plus ``params`` (the backbone's), ``head_params``, ``train_time_s``
+    """Train; ``crops="batch"`` draws each batch's crops in the training process (BatchMultiCrop: the images
+    must be same-size (C, H, W) tensors in [0, 1]), ``"image"`` in the data loader (MultiCrop). Returns the trainer's result plus ``params`` (the backbone's), ``head_params``, ``train_time_s``
     and ``export`` (the teacher's directory, ``train_cfg.out_dir``/final)."""
     from crate_core.train import Trainer
 
@@ -87,8 +108,18 @@ def pretrain(
     if isinstance(backbone, CRATEClassifier) and backbone.config.num_classes:
         raise ValueError(f"build the backbone with num_classes=0 (features only), got {backbone.config.num_classes}")
     model = SelfDistillation(backbone, ssl_cfg)
-    data = MultiCropDataset(train_images, multicrop_for(backbone, ssl_cfg, mean, std))
-    trainer = Trainer(train_cfg, model, data, loss_fn=ssl_loss, eval_fn=knn_eval, after_step=model.after_step)
+    multicrop = multicrop_for(backbone, ssl_cfg, mean, std, crops)
+    if crops == "batch":
+        first = train_images[0][0]
+        if not (isinstance(first, torch.Tensor) and first.is_floating_point() and first.dim() == 3):
+            raise ValueError(
+                f"crops='batch' needs same-size (C, H, W) float tensor images, got {type(first).__name__}: "
+                "use crops='image' for PIL or variable-size images"
+            )
+        data, loss_fn = train_images, BatchCropLoss(multicrop)
+    else:
+        data, loss_fn = MultiCropDataset(train_images, multicrop), ssl_loss
+    trainer = Trainer(train_cfg, model, data, loss_fn=loss_fn, eval_fn=knn_eval, after_step=model.after_step)
     try:
         t0 = time.perf_counter()
         result = trainer.fit()
