@@ -25,7 +25,7 @@ import torch
 from crate_core.cli import add_debug_arg, add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
 
-AUGMENTATION = ("global_scale", "local_scale", "color_jitter", "grayscale_p", "blur_sigma")  # SSLConfig fields with flags
+AUGMENTATION = ("global_scale", "local_scale", "color_jitter", "grayscale_p", "blur_sigma", "quarter_turns")  # SSLConfig fields with flags
 # model fields the self-supervised run decides
 FIXED = {"num_classes": "the self-supervised run (a features-only backbone, num_classes 0)"}
 
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--blur-sigma", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="Gaussian blur sigma range in pixels, every crop (default DINO's 0.1 2 px at 224 px, "
                         "scaled to the crop: 0.014 0.29 at 32 px)")
+    g.add_argument("--quarter-turns", action="store_true", default=None,
+                   help="turn each view by a random multiple of 90 degrees (not DINO's; for orientation-free classes)")
     g.add_argument("--hidden-dim", type=int, default=512, help="head MLP width (official 2048)")
     g.add_argument("--bottleneck-dim", type=int, default=128, help="head output / prototype input (official 256)")
     g.add_argument("--momentum-teacher", type=float, default=0.996, help="EMA momentum at step 0 (cosine to 1)")

@@ -61,6 +61,9 @@ def test_ssl_family_trains_with_pretrain_ssl_flags_and_evaluates_knn(report):
         parsed = _tool_parser("pretrain_ssl").parse_args(run.args)
         assert parsed.method == "simdino" and parsed.model == run.model
         assert train_config_from_args(parsed).eval_every == 0
+        # the quick preset's SimDINO settings reach the tool (README's self-supervised section measures them)
+        assert (parsed.local_crops, parsed.momentum_teacher, parsed.color_jitter, parsed.blur_sigma) == (
+            0, 0.99, [0.8, 0.8, 0.8, 0.2], [0.6, 1.6])
     assert report.PRESETS["quick"]["ssl"]["knn_test"] >= 1000  # the k-NN's binomial noise stays near 1%
 
 

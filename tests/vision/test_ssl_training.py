@@ -142,6 +142,24 @@ def test_batch_multicrop_grey_views_and_sslconfig():
         multicrop_for(crate_core.create("crate-tiny-test", num_classes=0), cfg, (0.0,) * 3, (1.0,) * 3, "gpu")
 
 
+def test_quarter_turns_rotate_each_image_by_its_own_multiple_of_90_degrees():
+    """quarter_turn: every image of the batch is rot90(image, k) for some k, and all four k occur in 64 draws;
+    SSLConfig.quarter_turns reaches both multi-crop forms (square views of the right size)."""
+    from crate_vision.ssl.multicrop import quarter_turn
+    from crate_vision.ssl.train import multicrop_for
+
+    x = torch.rand(64, 3, 8, 8)
+    turned = quarter_turn(x)
+    ks = [[k for k in range(4) if torch.equal(turned[i], torch.rot90(x[i], k, dims=(-2, -1)))] for i in range(64)]
+    assert all(len(k) == 1 for k in ks) and {k[0] for k in ks} == {0, 1, 2, 3}
+    cfg = SSLConfig(local_crops=1, quarter_turns=True)
+    backbone = crate_core.create("crate-tiny-test", num_classes=0)
+    assert [c.shape for c in multicrop_for(backbone, cfg, (0.5,) * 3, (0.5,) * 3)(torch.rand(3, 32, 32))] == [
+        (3, 32, 32), (3, 32, 32), (3, 16, 16)]
+    assert [c.shape for c in multicrop_for(backbone, cfg, (0.5,) * 3, (0.5,) * 3, "batch")(torch.rand(2, 3, 32, 32))] == [
+        (2, 3, 32, 32), (2, 3, 32, 32), (2, 3, 16, 16)]
+
+
 def test_batch_crops_refuse_pil_images(tmp_path):
     from crate_vision.ssl.train import pretrain
     from PIL import Image
@@ -350,9 +368,10 @@ def test_tool_augmentation_flags_reach_sslconfig_and_default_to_dino(monkeypatch
     tool = load_tool("pretrain_ssl")
     tool.main(common)
     tool.main([*common, "--color-jitter", "0.8", "0.8", "0.8", "0.2", "--grayscale-p", "0.5", "--local-scale", "0.1", "0.3",
-               "--blur-sigma", "0.5", "1.5"])
+               "--blur-sigma", "0.5", "1.5", "--quarter-turns"])
     default, given = seen
     assert (default.global_scale, default.local_scale, default.color_jitter, default.grayscale_p, default.blur_sigma) == (
         DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE, DINO_COLOR_JITTER, 0.2, None)
     assert (given.global_scale, given.local_scale, given.color_jitter, given.grayscale_p, given.blur_sigma) == (
         DINO_GLOBAL_SCALE, (0.1, 0.3), (0.8, 0.8, 0.8, 0.2), 0.5, (0.5, 1.5))
+    assert (default.quarter_turns, given.quarter_turns) == (False, True)

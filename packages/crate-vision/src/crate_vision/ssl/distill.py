@@ -43,6 +43,7 @@ class SSLConfig:
     color_jitter: tuple[float, float, float, float] = DINO_COLOR_JITTER
     grayscale_p: float = DINO_GRAYSCALE_P
     blur_sigma: tuple[float, float] | None = None  # pixels; None: DINO's 0.1-2 px at 224 px, scaled to the crop
+    quarter_turns: bool = False  # each view turned by a random multiple of 90 degrees (not DINO's)
     hidden_dim: int = 2048
     bottleneck_dim: int = 256  # SimDINO's z_dim
     nlayers: int = 3

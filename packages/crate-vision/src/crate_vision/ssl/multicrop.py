@@ -15,7 +15,9 @@ grey 0.2, is one setting of them; tools/pretrain_ssl.py --color-jitter, --graysc
 At DINO's 224 px, G = 224 and L = 96; ``crop_sizes(image_size, patch_size)`` keeps the ratio 96/224 for
 smaller images, rounded to a whole number of patches (32 px, patch 8: G = 32, L = 16). The blur's sigma range
 (0.1, 2) px at 224 px is scaled with the crop size the same way (``blur_range``) unless ``blur_sigma`` gives
-it in pixels for every crop (DINO's own crops all use 0.1-2 px, at 224 and at 96 px; --blur-sigma). Colour jitter: brightness 0.4, contrast 0.4,
+it in pixels for every crop (DINO's own crops all use 0.1-2 px, at 224 and at 96 px; --blur-sigma).
+``quarter_turns`` (not DINO's; --quarter-turns) turns each view after the flip by a random multiple of 90
+degrees: with the flip, the 8 symmetries of the square, for data whose classes do not depend on orientation. Colour jitter: brightness 0.4, contrast 0.4,
 saturation 0.2, hue 0.1. Input: a PIL image or a (C, H, W) tensor (uint8, or float in [0, 1]).
 """
 
@@ -43,6 +45,18 @@ def crop_sizes(image_size: int, patch_size: int) -> tuple[int, int]:
 
 def _clamp01(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0.0, 1.0)
+
+
+def quarter_turn(x: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` ((C, H, W) or (B, C, H, W), square) turned by its own random multiple of 90 degrees."""
+    if x.dim() == 3:
+        return torch.rot90(x, int(torch.randint(4, ())), dims=(-2, -1))
+    turns = torch.randint(4, (x.shape[0],), device=x.device)
+    out = x.clone()
+    for k in (1, 2, 3):
+        pick = turns == k
+        out[pick] = torch.rot90(x[pick], k, dims=(-2, -1))
+    return out
 
 
 def blur_range(size: int, sigma: tuple[float, float] | None = None) -> tuple[float, float]:
@@ -92,6 +106,7 @@ class MultiCrop:
         color_jitter: tuple[float, float, float, float] = DINO_COLOR_JITTER,
         grayscale_p: float = DINO_GRAYSCALE_P,
         blur_sigma: tuple[float, float] | None = None,
+        quarter_turns: bool = False,
     ):
         check_augmentation(local_crops, global_scale, local_scale, color_jitter, grayscale_p, blur_sigma)
         self.global_size, self.local_size, self.local_crops = global_size, local_size, local_crops
@@ -103,6 +118,7 @@ class MultiCrop:
                 v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
                 v2.Lambda(_clamp01),  # bicubic overshoots; PIL's 8-bit output (DINO's) is clamped too
                 v2.RandomHorizontalFlip(),
+                *([v2.Lambda(quarter_turn)] if quarter_turns else []),
                 v2.RandomApply([v2.ColorJitter(*color_jitter)], p=0.8),
                 v2.RandomGrayscale(p=grayscale_p),
                 _blur(size, blur_p, blur_sigma),
@@ -152,6 +168,7 @@ class BatchMultiCrop:
         color_jitter: tuple[float, float, float, float] = DINO_COLOR_JITTER,
         grayscale_p: float = DINO_GRAYSCALE_P,
         blur_sigma: tuple[float, float] | None = None,
+        quarter_turns: bool = False,
     ):
         import kornia.augmentation as K  # imported here: kornia takes seconds to import
 
@@ -166,6 +183,7 @@ class BatchMultiCrop:
                 K.RandomResizedCrop((size, size), scale=scale, resample="bicubic", cropping_mode="resample"),
                 _clamp01,  # bicubic overshoots
                 K.RandomHorizontalFlip(),
+                *([quarter_turn] if quarter_turns else []),
                 K.ColorJitter(*color_jitter, p=0.8),
                 K.RandomGrayscale(p=grayscale_p),
                 K.RandomGaussianBlur(2 * math.ceil(3 * hi) + 1, (lo, hi), p=blur_p),

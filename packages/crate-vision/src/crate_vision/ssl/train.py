@@ -84,6 +84,7 @@ def multicrop_for(backbone: nn.Module, ssl_cfg: SSLConfig, mean, std, crops: str
     return (MultiCrop if crops == "image" else BatchMultiCrop)(
         g, l, ssl_cfg.local_crops, mean, std, global_scale=ssl_cfg.global_scale, local_scale=ssl_cfg.local_scale,
         color_jitter=ssl_cfg.color_jitter, grayscale_p=ssl_cfg.grayscale_p, blur_sigma=ssl_cfg.blur_sigma,
+        quarter_turns=ssl_cfg.quarter_turns,
     )
 
 
