@@ -2,7 +2,7 @@
 its trivial floor, and a verdict on each white-box claim (per-layer Rc and sparsity) from
 measurements at initialisation, over training and after.
 
-    uv run benchmarks/report.py                          # --preset quick, offline; about 17 min on 2 CPU cores
+    uv run benchmarks/report.py                          # --preset quick, offline; 17-19 min on 2 CPU cores
     uv run benchmarks/report.py --preset full --name full-run --seeds 3
     uv run benchmarks/report.py --only vision gpt --vision-data imagefolder:/data/imagenette
     uv run benchmarks/report.py --compare benchmarks/reports/quick-reference   # numbers side by side
