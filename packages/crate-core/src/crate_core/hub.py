@@ -232,6 +232,7 @@ def resolve(
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repos, and {path} is a local path")
         return path
+    from huggingface_hub import constants as hf_constants
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
@@ -253,7 +254,9 @@ def resolve(
             raise FileNotFoundError(f"{missing}; pass local_files_only=False (with HF_HUB_OFFLINE unset) to download it") from e
         # the download was asked for: say why it did not happen (huggingface_hub chains the cause of its look-up)
         cause = e.__cause__
-        if isinstance(e, OfflineModeIsEnabled) or isinstance(cause, OfflineModeIsEnabled):
+        # huggingface_hub >= 0.26 raises (or chains) OfflineModeIsEnabled; 0.25 chains a plain ConnectionError,
+        # so its offline flag is read as well
+        if isinstance(e, OfflineModeIsEnabled) or isinstance(cause, OfflineModeIsEnabled) or hf_constants.HF_HUB_OFFLINE:
             raise FileNotFoundError(f"{missing}, and HF_HUB_OFFLINE is set; unset it to download") from None
         if isinstance(cause, HfHubHTTPError):
             raise FileNotFoundError(f"{missing}, and the Hub answered: {' '.join(str(cause).split())}") from None
