@@ -110,27 +110,30 @@ class MultiCrop:
     ):
         check_augmentation(local_crops, global_scale, local_scale, color_jitter, grayscale_p, blur_sigma)
         self.global_size, self.local_size, self.local_crops = global_size, local_size, local_crops
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.color_jitter, self.grayscale_p = tuple(color_jitter), grayscale_p
+        self.blur_sigma, self.quarter_turns = blur_sigma, quarter_turns
+        self.global1 = self.view(global_size, global_scale, 1.0)
+        self.global2 = self.view(global_size, global_scale, 0.1, solarize_p=0.2)
+        self.local = self.view(local_size, local_scale, 0.5)
 
-        def view(size, scale, blur_p, solarize_p=0.0):
-            ops = [
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                v2.Lambda(_clamp01),  # bicubic overshoots; PIL's 8-bit output (DINO's) is clamped too
-                v2.RandomHorizontalFlip(),
-                *([v2.Lambda(quarter_turn)] if quarter_turns else []),
-                v2.RandomApply([v2.ColorJitter(*color_jitter)], p=0.8),
-                v2.RandomGrayscale(p=grayscale_p),
-                _blur(size, blur_p, blur_sigma),
-            ]
-            if solarize_p:
-                ops.append(v2.RandomSolarize(threshold=0.5, p=solarize_p))
-            ops.append(v2.Normalize(mean, std))  # v2's colour ops and the blur keep [0, 1]
-            return v2.Compose(ops)
-
-        self.global1 = view(global_size, global_scale, 1.0)
-        self.global2 = view(global_size, global_scale, 0.1, solarize_p=0.2)
-        self.local = view(local_size, local_scale, 0.5)
+    def view(self, size: int, scale: tuple[float, float], blur_p: float, solarize_p: float = 0.0):
+        """One view's transform: crop, flip (and quarter turn), jitter, grey, blur (p blur_p), solarise, normalise."""
+        ops = [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.Lambda(_clamp01),  # bicubic overshoots; PIL's 8-bit output (DINO's) is clamped too
+            v2.RandomHorizontalFlip(),
+            *([v2.Lambda(quarter_turn)] if self.quarter_turns else []),
+            v2.RandomApply([v2.ColorJitter(*self.color_jitter)], p=0.8),
+            v2.RandomGrayscale(p=self.grayscale_p),
+            _blur(size, blur_p, self.blur_sigma),
+        ]
+        if solarize_p:
+            ops.append(v2.RandomSolarize(threshold=0.5, p=solarize_p))
+        ops.append(v2.Normalize(self.mean, self.std))  # v2's colour ops and the blur keep [0, 1]
+        return v2.Compose(ops)
 
     @property
     def ncrops(self) -> int:
@@ -142,10 +145,10 @@ class MultiCrop:
         return [torch.as_tensor(c) for c in crops]
 
 
-class BatchMultiCrop:
+class BatchMultiCrop(MultiCrop):
     """``BatchMultiCrop(global_size, local_size, local_crops, mean, std)(images)`` -> [global1, global2, local...]:
-    MultiCrop's views drawn for a whole batch at once, each image with its own random parameters (kornia's
-    batched augmentations), on the batch's device.
+    MultiCrop's views, with MultiCrop's arguments, drawn for a whole batch at once, each image with its own
+    random parameters (kornia's batched augmentations), on the batch's device.
 
     ``images``: (B, C, H, W) float in [0, 1], all of one size (shapes, MNIST, CIFAR; variable-size image
     folders need the per-image MultiCrop). Per image and view, as MultiCrop: a random resized crop (bicubic,
@@ -156,55 +159,31 @@ class BatchMultiCrop:
     and on a GPU the crops leave the data-loader workers altogether.
     """
 
-    def __init__(
-        self,
-        global_size: int = DINO_GLOBAL_SIZE,
-        local_size: int = DINO_LOCAL_SIZE,
-        local_crops: int = 8,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        global_scale: tuple[float, float] = DINO_GLOBAL_SCALE,
-        local_scale: tuple[float, float] = DINO_LOCAL_SCALE,
-        color_jitter: tuple[float, float, float, float] = DINO_COLOR_JITTER,
-        grayscale_p: float = DINO_GRAYSCALE_P,
-        blur_sigma: tuple[float, float] | None = None,
-        quarter_turns: bool = False,
-    ):
+    def view(self, size: int, scale: tuple[float, float], blur_p: float, solarize_p: float = 0.0):
+        """One view's batched ops (the normalisation is applied by __call__)."""
         import kornia.augmentation as K  # imported here: kornia takes seconds to import
 
-        check_augmentation(local_crops, global_scale, local_scale, color_jitter, grayscale_p, blur_sigma)
-        self.global_size, self.local_size, self.local_crops = global_size, local_size, local_crops
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-
-        def view(size, scale, blur_p, solarize_p=0.0):
-            lo, hi = blur_range(size, blur_sigma)
-            ops = [
-                K.RandomResizedCrop((size, size), scale=scale, resample="bicubic", cropping_mode="resample"),
-                _clamp01,  # bicubic overshoots
-                K.RandomHorizontalFlip(),
-                *([quarter_turn] if quarter_turns else []),
-                K.ColorJitter(*color_jitter, p=0.8),
-                K.RandomGrayscale(p=grayscale_p),
-                K.RandomGaussianBlur(2 * math.ceil(3 * hi) + 1, (lo, hi), p=blur_p),
-            ]
-            if solarize_p:
-                ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))  # threshold 0.5
-            return ops
-
-        self.global1 = view(global_size, global_scale, 1.0)
-        self.global2 = view(global_size, global_scale, 0.1, solarize_p=0.2)
-        self.local = view(local_size, local_scale, 0.5)
-
-    @property
-    def ncrops(self) -> int:
-        return 2 + self.local_crops
+        lo, hi = blur_range(size, self.blur_sigma)
+        ops = [
+            K.RandomResizedCrop((size, size), scale=scale, resample="bicubic", cropping_mode="resample"),
+            _clamp01,  # bicubic overshoots
+            K.RandomHorizontalFlip(),
+            *([quarter_turn] if self.quarter_turns else []),
+            K.ColorJitter(*self.color_jitter, p=0.8),
+            K.RandomGrayscale(p=self.grayscale_p),
+            K.RandomGaussianBlur(2 * math.ceil(3 * hi) + 1, (lo, hi), p=blur_p),
+        ]
+        if solarize_p:
+            ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))  # threshold 0.5
+        return ops
 
     def _draw(self, ops, images: torch.Tensor) -> torch.Tensor:
         x = images
         for op in ops:
             x = op(x)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
