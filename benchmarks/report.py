@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report of the same name")
     p.add_argument("--resume", action="store_true", help="continue an interrupted report: finished runs are reused")
     p.add_argument("--compare", type=Path, default=None, help="an older report directory to set side by side")
-    p.add_argument("--vision-data", default=None, help="tools/train_vision.py --data (default: offline shapes)")
+    p.add_argument("--vision-data", default=None,
+                   help="tools/train_vision.py and tools/pretrain_ssl.py --data, and the ssl family's k-NN data "
+                        "(default: offline shapes)")
     p.add_argument("--mae-data", default=None,
                    help="tools/pretrain_mae.py --data (default: the preset's, offline MNIST in quick)")
     p.add_argument("--text-data", default=None,
@@ -277,7 +279,8 @@ def rel(path: Path | str) -> str:
 
 def run_training(args, families: list[str], out: Path, work: Path) -> Path:
     preset = PRESETS[args.preset]
-    data = {"vision": args.vision_data, "mae": args.mae_data, "gpt": args.text_data, "bert": args.text_data}
+    data = {"vision": args.vision_data, "mae": args.mae_data, "gpt": args.text_data, "bert": args.text_data,
+            "ssl": args.vision_data}
     data = {fam: path or preset.get(fam, {}).get("data") for fam, path in data.items()}  # a preset's own data
     env = {**environment(), "parallel_runs": args.parallel, "threads_per_run": threads_per_slot(args.parallel)}
     t0 = time.perf_counter()
@@ -342,7 +345,8 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
     knn = None
     if "ssl" in families:
         t_phase = time.perf_counter()
-        knn = knn_phase(progress, next(j for j in jobs if j.name == "knn"), preset["ssl"], by_job, work, cmds)
+        knn = knn_phase(progress, next(j for j in jobs if j.name == "knn"), preset["ssl"], by_job, work, cmds,
+                        data.get("ssl"))
         for (fam, role), seeds in entries.items():
             for entry in seeds if fam == "ssl" else []:
                 entry["metrics"]["knn/top1"] = knn[(role, entry["seed"])]["top1"]
@@ -381,14 +385,24 @@ def run_training(args, families: list[str], out: Path, work: Path) -> Path:
     return out
 
 
-def knn_phase(progress: Progress, job: Job, spec: dict, by_job: dict, work: Path, cmds: list[str]) -> dict:
+def knn_data_args(spec: dict, data: str | None) -> list[str]:
+    """tools/eval_knn.py's data flags: the offline shapes, knn_bank labelled and knn_test held-out images, or
+    the data the ssl runs pretrained on (--vision-data): its training split as the labelled bank and its
+    validation split held out, as DINO evaluates."""
+    if not data or data == "shapes":
+        return ["--train-size", str(spec["knn_bank"]), "--test-size", str(spec["knn_test"])]
+    return ["--data", data, "--train-split", "train", "--test-split", "val"]
+
+
+def knn_phase(progress: Progress, job: Job, spec: dict, by_job: dict, work: Path, cmds: list[str],
+              data: str | None = None) -> dict:
     """tools/eval_knn.py on every self-supervised export at once (one labelled bank, one held-out set): the
     weighted k-NN of each, of the same network at its initialisation and of the raw pixels.
     Returns {(role, seed): that model's entry, with the shared raw-pixel result and the test-set size}."""
     runs = [run for run in by_job.values() if run.family == "ssl"]
     dirs = [str(work / run.label / "final") for run in runs]
     out = work / "knn" / "knn.json"
-    sizes = ["--train-size", str(spec["knn_bank"]), "--test-size", str(spec["knn_test"])]
+    sizes = knn_data_args(spec, data)
     job.cmd = [sys.executable, "tools/eval_knn.py", *dirs, *sizes, "--out", str(out)]
     cmds.append("uv run tools/eval_knn.py " + " ".join(rel(d) for d in dirs) + " " + " ".join(sizes)
                 + f" --out {rel(out)}")

@@ -67,6 +67,20 @@ def test_ssl_family_trains_with_pretrain_ssl_flags_and_evaluates_knn(report):
     assert report.PRESETS["quick"]["ssl"]["knn_test"] >= 1000  # the k-NN's binomial noise stays near 1%
 
 
+def test_vision_data_reaches_the_ssl_runs_and_their_knn(report):
+    """--vision-data is the ssl family's pretraining data and its k-NN's (training split as the bank, validation
+    split held out); without it, the offline shapes at the preset's bank and test sizes."""
+    spec = report.PRESETS["quick"]["ssl"]
+    runs = report.plan(report.PRESETS["quick"], ["ssl"], {"ssl": "imagefolder:/data/imagenette"})
+    assert runs and all(r.args[r.args.index("--data") + 1] == "imagefolder:/data/imagenette" for r in runs)
+    assert report.knn_data_args(spec, "imagefolder:/data/imagenette") == [
+        "--data", "imagefolder:/data/imagenette", "--train-split", "train", "--test-split", "val"]
+    assert report.knn_data_args(spec, None) == report.knn_data_args(spec, "shapes") == [
+        "--train-size", str(spec["knn_bank"]), "--test-size", str(spec["knn_test"])]
+    parser = _tool_parser("eval_knn")
+    parser.parse_args(["x/final", *report.knn_data_args(spec, "imagefolder:/data/imagenette")])
+
+
 def test_plan_passes_data_paths_and_extra_flags(report):
     runs = report.plan(report.PRESETS["quick"], ["gpt"], {"gpt": "data/mine"})
     for r in runs:
