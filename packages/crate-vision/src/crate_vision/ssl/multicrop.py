@@ -155,8 +155,9 @@ class BatchMultiCrop(MultiCrop):
     clamped to [0, 1]), a horizontal flip (p 0.5), colour jitter (p 0.8; kornia applies brightness, contrast,
     saturation and hue in a random order per call, torchvision per image), grey (grayscale_p), the blur
     (global 1 always, global 2 p 0.1, local p 0.5) and solarisation (global 2, p 0.2, threshold 0.5), then
-    Normalize(mean, std). On 64 shapes of 32 px it takes about a quarter of MultiCrop's time on one CPU thread,
-    and on a GPU the crops leave the data-loader workers altogether.
+    Normalize(mean, std). On 64 shapes of 32 px it takes 1/3.5 of MultiCrop's time on one CPU thread for 2
+    crops and 1/5.4 with 4 local ones (benchmarks/multicrop_speed.py); on a GPU the crops leave the data-loader
+    workers altogether.
     """
 
     def view(self, size: int, scale: tuple[float, float], blur_p: float, solarize_p: float = 0.0):
