@@ -160,6 +160,21 @@ def test_quarter_turns_rotate_each_image_by_its_own_multiple_of_90_degrees():
         (2, 3, 32, 32), (2, 3, 32, 32), (2, 3, 16, 16)]
 
 
+def test_batch_crop_loss_draws_fixed_crops_in_eval_mode():
+    """The layer-wise measurement runs the loss in eval mode on a fixed batch of images: the crops are then the
+    same at every call and the global RNG stream is untouched; in training mode every call draws afresh."""
+    loss_fn = BatchCropLoss(BatchMultiCrop(32, 16, 1, (0.5,) * 3, (0.5,) * 3))
+    images = torch.rand(4, 3, 32, 32)
+    torch.manual_seed(5)
+    first = loss_fn.crops(images, fixed=True)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # the fixed draw consumed nothing from the training stream
+    second = loss_fn.crops(images, fixed=True)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(loss_fn.crops(images, fixed=False)[0], loss_fn.crops(images, fixed=False)[0])
+
+
 def test_batch_crops_refuse_pil_images(tmp_path):
     from crate_vision.ssl.train import pretrain
     from PIL import Image

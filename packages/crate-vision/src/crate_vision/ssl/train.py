@@ -30,15 +30,26 @@ def ssl_loss(model, batch):
 
 class BatchCropLoss:
     """Trainer loss_fn: (images, labels) -> the batch's crops drawn on its device (BatchMultiCrop, in float32
-    outside any autocast, then in the images' dtype: bf16 under DeepSpeed's bf16) -> (loss, metrics)."""
+    outside any autocast, then in the images' dtype: bf16 under DeepSpeed's bf16) -> (loss, metrics).
 
-    def __init__(self, multicrop: BatchMultiCrop):
-        self.multicrop = multicrop
+    In eval mode (the trainer's layer-wise measurement, on its fixed batch of images) the crops are drawn from
+    the fixed seed ``eval_seed`` in a forked RNG, so every measurement sees the same crops and the training
+    stream is left as it was."""
+
+    def __init__(self, multicrop: BatchMultiCrop, eval_seed: int = 0):
+        self.multicrop, self.eval_seed = multicrop, eval_seed
+
+    def crops(self, images: torch.Tensor, fixed: bool) -> list[torch.Tensor]:
+        with torch.autocast(images.device.type, enabled=False):
+            if not fixed:
+                return self.multicrop(images)
+            with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []):
+                torch.manual_seed(self.eval_seed)
+                return self.multicrop(images)
 
     def __call__(self, model, batch):
         images = batch[0]
-        with torch.autocast(images.device.type, enabled=False):
-            crops = self.multicrop(images)
+        crops = self.crops(images, fixed=not model.training)
         return model([c.to(images.dtype) for c in crops])
 
 
