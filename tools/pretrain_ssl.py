@@ -25,7 +25,8 @@ import torch
 from crate_core.cli import add_debug_arg, add_set_arg, parse_sets
 from crate_core.train import add_train_args, train_config_from_args
 
-AUGMENTATION = ("global_scale", "local_scale", "color_jitter", "grayscale_p", "blur_sigma", "quarter_turns")  # SSLConfig fields with flags
+# SSLConfig fields with flags
+AUGMENTATION = ("global_scale", "local_scale", "color_jitter", "grayscale_p", "blur_sigma", "quarter_turns")
 # model fields the self-supervised run decides
 FIXED = {"num_classes": "the self-supervised run (a features-only backbone, num_classes 0)"}
 
@@ -46,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         log_every=20,
         wandb="offline",
         zero_stage=0,
-        num_workers=2,  # --crops image draws the crops in these worker processes (one thread each: torchvision's ops are slow threaded)
+        # --crops image draws the crops in these worker processes (one thread each: torchvision's ops are slow
+        # threaded)
+        num_workers=2,
     )
     g = p.add_argument_group("self-supervised")
     g.add_argument("--method", choices=("dino", "simdino"), default="simdino")

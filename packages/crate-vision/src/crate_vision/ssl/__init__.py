@@ -18,6 +18,6 @@ from .multicrop import BatchMultiCrop, MultiCrop, MultiCropDataset, crop_sizes
 from .simdino_loss import SimDINOLoss
 
 __all__ = [
-    "BatchMultiCrop", "DINOHead", "DINOLoss", "METHODS", "MultiCrop", "MultiCropDataset", "Projector", "SSLConfig", "SelfDistillation",
-    "SimDINOLoss", "crop_sizes", "extract", "knn_accuracy", "knn_scores", "momentum_at", "pooled_features",
+    "BatchMultiCrop", "DINOHead", "DINOLoss", "METHODS", "MultiCrop", "MultiCropDataset", "Projector", "SSLConfig",
+    "SelfDistillation", "SimDINOLoss", "crop_sizes", "extract", "knn_accuracy", "knn_scores", "momentum_at", "pooled_features",
 ]

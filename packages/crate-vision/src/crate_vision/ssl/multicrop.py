@@ -8,17 +8,17 @@ in the training process and on its device).
     then       Normalize(mean, std)     (on float images in [0, 1]; the crop's bicubic overshoot is clamped)
 
 The colour jitter (brightness, contrast, saturation, hue), the grey probability, both crop scale ranges and the
-blur's sigma range are arguments with DINO's values as defaults (SimCLR's stronger colour distortion, e.g. jitter 0.8 0.8 0.8 0.2 and
-grey 0.2, is one setting of them; tools/pretrain_ssl.py --color-jitter, --grayscale-p, --global-scale,
---local-scale).
+blur's sigma range are arguments with DINO's values as defaults (SimCLR's stronger colour distortion, e.g.
+jitter 0.8 0.8 0.8 0.2 and grey 0.2, is one setting of them; tools/pretrain_ssl.py --color-jitter,
+--grayscale-p, --global-scale, --local-scale, --blur-sigma).
 
 At DINO's 224 px, G = 224 and L = 96; ``crop_sizes(image_size, patch_size)`` keeps the ratio 96/224 for
 smaller images, rounded to a whole number of patches (32 px, patch 8: G = 32, L = 16). The blur's sigma range
 (0.1, 2) px at 224 px is scaled with the crop size the same way (``blur_range``) unless ``blur_sigma`` gives
 it in pixels for every crop (DINO's own crops all use 0.1-2 px, at 224 and at 96 px; --blur-sigma).
 ``quarter_turns`` (not DINO's; --quarter-turns) turns each view after the flip by a random multiple of 90
-degrees: with the flip, the 8 symmetries of the square, for data whose classes do not depend on orientation. Colour jitter: brightness 0.4, contrast 0.4,
-saturation 0.2, hue 0.1. Input: a PIL image or a (C, H, W) tensor (uint8, or float in [0, 1]).
+degrees: with the flip, the 8 symmetries of the square, for data whose classes do not depend on orientation.
+Colour jitter: brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1. Input: a PIL image or a (C, H, W) tensor (uint8, or float in [0, 1]).
 """
 
 from __future__ import annotations

@@ -111,8 +111,9 @@ def pretrain(
     crops: str = "image",
 ) -> dict:
     """Train; ``crops="batch"`` draws each batch's crops in the training process (BatchMultiCrop: the images
-    must be same-size (C, H, W) tensors in [0, 1]), ``"image"`` in the data loader (MultiCrop). Returns the trainer's result plus ``params`` (the backbone's), ``head_params``, ``train_time_s``
-    and ``export`` (the teacher's directory, ``train_cfg.out_dir``/final)."""
+    must be same-size (C, H, W) tensors in [0, 1]), ``"image"`` in the data loader (MultiCrop). Returns the
+    trainer's result plus ``params`` (the backbone's), ``head_params``, ``train_time_s`` and ``export`` (the
+    teacher's directory, ``train_cfg.out_dir``/final)."""
     from crate_core.train import Trainer
 
     if train_cfg.zero_stage == 3:
